@@ -1,0 +1,61 @@
+# geomesh — two commands do all set-up on a fresh machine:
+#   make run    create .venv, install, seed the demo product (first start), start the app
+#   make test   create .venv, install (incl. headless chromium when root), lint, type-check, test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export GEOMESH_STORAGE_ROOT ?= $(CURDIR)/geomesh-data
+PORT ?= 8501
+
+.PHONY: install run demo test test-default test-backends lint typecheck audit-deps browser bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/geomesh demo seed --if-empty
+
+run: demo
+	$(VENV)/bin/streamlit run app.py --server.headless true --server.port $(PORT) --browser.gatherUsageStats false
+
+# Debian chromium for the browser tests (Playwright drives it via executable_path).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -q && apt-get install -y -q chromium) >/tmp/geomesh-apt.log 2>&1 || \
+	  { echo "could not install chromium (see /tmp/geomesh-apt.log)"; exit 1; }; \
+	else echo "chromium not installed and not root: browser tests will skip"; fi
+
+lint: install
+	$(VENV)/bin/ruff check geomesh tests pages app.py bench
+	$(VENV)/bin/ruff format --check geomesh tests pages app.py bench
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+audit-deps: install
+	$(VENV)/bin/pip-audit --strict --progress-spinner off -r requirements.txt --disable-pip --no-deps
+
+# the suite on SQLite + a local directory
+test-default: install browser
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# the same suite on PostgreSQL (127.0.0.1:5432) + S3 on SeaweedFS started by the tests
+test-backends: install
+	GEOMESH_TEST_BACKEND=postgres-s3 $(VENV)/bin/pytest -q -p no:cacheprovider -m "not browser"
+
+test: lint typecheck test-default test-backends
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) geomesh-data .pytest_cache .mypy_cache .ruff_cache

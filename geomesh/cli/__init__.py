@@ -1,0 +1,14 @@
+"""The `geomesh` command line: each command parses options and calls one service function.
+
+Errors are mapped at the edge: a ``GeomeshError`` prints one clear line on stderr and
+exits with status 2 (validation uses 0-3 by worst severity); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from geomesh.cli._base import main, cli
+
+# command modules register themselves on `cli`
+from geomesh.cli import ingest as _ingest  # noqa: F401
+
+__all__ = ["cli", "main"]

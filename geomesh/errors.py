@@ -1,0 +1,111 @@
+"""geomesh errors: one base class, domain-noun subclasses.
+
+Every error a user can cause carries a message that names the file, field or
+object involved and says what to do. The CLI and the app map ``GeomeshError``
+to a clear message at the edge; anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+
+class GeomeshError(Exception):
+    """Base class of every error geomesh raises on purpose."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} — {self.hint}"
+        return self.message
+
+
+class GeomeshWarning(UserWarning):
+    """Base class of geomesh warnings (never raised as errors)."""
+
+
+class ConfigError(GeomeshError):
+    """A product config or setting is invalid."""
+
+
+class RasterError(GeomeshError):
+    """A raster cannot be read or does not meet basic expectations."""
+
+
+class MissingCRS(RasterError):
+    """A raster has no coordinate reference system where one is needed."""
+
+
+class OutsideDomain(RasterError):
+    """A raster does not intersect the product's spatial domain."""
+
+
+class StorageError(GeomeshError):
+    """An object could not be stored or read."""
+
+
+class UnsafePath(StorageError):
+    """A path or key would escape the storage root or is not a valid name."""
+
+
+class ChecksumMismatch(StorageError):
+    """Stored bytes do not match their recorded digest."""
+
+
+class StacError(GeomeshError):
+    """A STAC document is malformed or cannot be built."""
+
+
+class NotFound(GeomeshError):
+    """A product, item, release, user or finding does not exist."""
+
+
+class AlreadyExists(GeomeshError):
+    """An object that must be unique already exists."""
+
+
+class PermissionDenied(GeomeshError):
+    """The actor's role does not allow the action."""
+
+
+class InvalidTransition(GeomeshError):
+    """An item lifecycle transition is not allowed from its current state."""
+
+    def __init__(self, current: str, target: str, *, item_id: str | None = None) -> None:
+        self.current = current
+        self.target = target
+        self.item_id = item_id
+        what = f"item {item_id!r}" if item_id else "item"
+        super().__init__(
+            f"{what} cannot move from {current!r} to {target!r}",
+            hint="see `geomesh items list` for its state; the legal transitions are in docs/architecture.md",
+        )
+
+
+class PromotionBlocked(GeomeshError):
+    """A promotion gate (validation, checksum or sign-off) is not met."""
+
+
+class ConcurrentUpdate(GeomeshError):
+    """Another actor changed the same object at the same time; retry."""
+
+
+class AuditChainBroken(GeomeshError):
+    """The audit hash chain does not verify."""
+
+
+class ValidationError(GeomeshError):
+    """Validation could not be run (not: the item is invalid; that is a Finding)."""
+
+
+class SourceError(GeomeshError):
+    """A remote STAC API source could not be searched or read."""
+
+
+class DeliveryError(GeomeshError):
+    """A webhook delivery failed."""

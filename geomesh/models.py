@@ -1,0 +1,266 @@
+"""All database tables (SQLModel), one section per entity.
+
+The schema is created and upgraded by Alembic (``geomesh/migrations``); never call
+``create_all`` outside tests of the migrations themselves.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), **kw))
+
+
+class Role(StrEnum):
+    admin = "admin"
+    steward = "steward"
+    analyst = "analyst"
+    viewer = "viewer"
+
+
+class ItemState(StrEnum):
+    staging = "staging"
+    validation = "validation"
+    production = "production"
+    quarantined = "quarantined"
+    rolled_back = "rolled_back"
+    superseded = "superseded"
+    deprecated = "deprecated"
+    discarded = "discarded"
+
+
+class Severity(StrEnum):
+    P1 = "P1"
+    P2 = "P2"
+    P3 = "P3"
+
+
+# ------------------------------------------------------------------ users
+
+
+class UserBase(SQLModel):
+    name: str = Field(index=True, unique=True, max_length=64)
+    role: Role
+    display_name: str | None = None
+
+
+class User(UserBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    password_hash: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = _ts(nullable=False)
+
+
+class UserPublic(UserBase):
+    id: int
+    created_at: datetime
+
+
+# ------------------------------------------------------------------ products
+
+
+class Product(SQLModel, table=True):
+    """A registered data product; ``current_release_id`` is the production pointer."""
+
+    id: str = Field(primary_key=True, max_length=128)
+    config_json: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    config_digest: str = Field(max_length=64)
+    current_release_id: str | None = Field(default=None, max_length=64)
+    #: optimistic-lock counter, bumped on every pointer move
+    version_counter: int = Field(default=0)
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+# ------------------------------------------------------------------ items
+
+
+class Item(SQLModel, table=True):
+    """One immutable item version. Its id derives from product id + content digest."""
+
+    id: str = Field(primary_key=True, max_length=160)
+    product_id: str = Field(index=True, foreign_key="product.id", max_length=128)
+    #: where the raster came from (path or URL, as given; secrets stripped)
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    #: stable key of the source used to find earlier versions of the "same tile"
+    source_key: str = Field(index=True, max_length=64)
+    content_digest: str = Field(index=True, max_length=64)  # sha256 hex of the COG
+    size: int
+    object_key: str = Field(max_length=255)
+    #: storage key of the item JSON (immutable)
+    stac_key: str = Field(max_length=255)
+    stac: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    state: ItemState = Field(default=ItemState.staging, index=True)
+    submitted_by: str = Field(max_length=64)
+    #: item id this version replaces (same source, changed bytes)
+    supersedes: str | None = Field(default=None, max_length=160)
+    #: item id this one was derived from by `geomesh remediate`
+    derived_from: str | None = Field(default=None, max_length=160)
+    worst_severity: Severity | None = None
+    quarantine_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    quarantine_key: str | None = Field(default=None, max_length=255)
+    #: source STAC item id + asset key (issue 6), used for incremental discovery
+    source_item_id: str | None = Field(default=None, index=True, max_length=255)
+    source_etag: str | None = Field(default=None, max_length=255)
+    lock_version: int = Field(default=0)
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+# ------------------------------------------------------------------ validation
+
+
+class ValidationRun(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: str = Field(index=True, foreign_key="item.id", max_length=160)
+    content_digest: str = Field(max_length=64)
+    passed: bool
+    worst_severity: Severity | None = None
+    strict: bool = False
+    actor: str = Field(max_length=64)
+    created_at: datetime = _ts(nullable=False)
+
+
+class FindingRecord(SQLModel, table=True):
+    """A persisted ``geomesh.validation.Finding``."""
+
+    __tablename__ = "finding"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(index=True, foreign_key="validationrun.id")
+    item_id: str = Field(index=True, max_length=160)
+    product_id: str = Field(index=True, max_length=128)
+    rule_id: str = Field(index=True, max_length=32)
+    severity: Severity = Field(index=True)
+    path: str = Field(sa_column=Column(Text, nullable=False))
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    remediation: str = Field(sa_column=Column(Text, nullable=False))
+    context: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: open until a later validation run of the same content no longer reports it
+    open: bool = Field(default=True, index=True)
+    created_at: datetime = _ts(nullable=False)
+
+
+# ------------------------------------------------------------------ sign-off
+
+
+class Decision(StrEnum):
+    approve = "approve"
+    reject = "reject"
+
+
+class Approval(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("item_id", "actor", "content_digest"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: str = Field(index=True, foreign_key="item.id", max_length=160)
+    #: the digest that was reviewed; only counts while it equals the item's content
+    content_digest: str = Field(max_length=64)
+    actor: str = Field(max_length=64)
+    decision: Decision
+    comment: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = _ts(nullable=False)
+
+
+# ------------------------------------------------------------------ releases
+
+
+class Release(SQLModel, table=True):
+    """An immutable, content-addressed release manifest (the manifest JSON is in storage)."""
+
+    __table_args__ = (UniqueConstraint("product_id", "version"),)
+
+    id: str = Field(primary_key=True, max_length=64)  # sha256 of the canonical manifest
+    product_id: str = Field(index=True, foreign_key="product.id", max_length=128)
+    version: str = Field(max_length=64)
+    parent_id: str | None = Field(default=None, max_length=64)
+    manifest_key: str = Field(max_length=255)
+    item_count: int
+    #: what changed against the parent: {"added": [...], "removed": [...], "changed": [...]}
+    delta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    kind: str = Field(default="promote", max_length=32)  # promote | item-rollback
+    actor: str = Field(max_length=64)
+    deprecated: bool = False
+    created_at: datetime = _ts(nullable=False)
+
+
+# ------------------------------------------------------------------ audit
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only, hash-chained audit trail. Never updated, never deleted."""
+
+    seq: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=36)
+    timestamp: datetime = _ts(nullable=False)
+    actor: str = Field(index=True, max_length=64)
+    action: str = Field(index=True, max_length=64)
+    product_id: str | None = Field(default=None, index=True, max_length=128)
+    target: str = Field(max_length=255)
+    state_before: str | None = Field(default=None, max_length=32)
+    state_after: str | None = Field(default=None, max_length=32)
+    digest: str | None = Field(default=None, max_length=64)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(unique=True, max_length=64)
+
+
+class AuditHead(SQLModel, table=True):
+    """One row that serialises appends to the audit chain (row-locked on PostgreSQL)."""
+
+    id: int = Field(default=1, primary_key=True)
+    last_seq: int = 0
+    last_hash: str = Field(default="0" * 64, max_length=64)
+
+
+# ------------------------------------------------------------------ notifications
+
+
+class OutboxStatus(StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A webhook notification written in the same transaction as the event it reports."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(unique=True, max_length=128)
+    product_id: str = Field(index=True, max_length=128)
+    target_name: str = Field(max_length=128)
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    event: str = Field(max_length=64)
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: OutboxStatus = Field(default=OutboxStatus.pending, index=True)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    next_attempt_at: datetime = _ts(nullable=False)
+    created_at: datetime = _ts(nullable=False)
+    delivered_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class Task(SQLModel, table=True):
+    """Follow-up work queued by routing, e.g. a re-clip after a P1 boundary failure."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    product_id: str = Field(index=True, max_length=128)
+    item_id: str = Field(max_length=160)
+    kind: str = Field(max_length=32)  # reclip | ...
+    status: str = Field(default="queued", max_length=16)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts(nullable=False)

@@ -1,0 +1,225 @@
+"""Object storage behind one interface: a local directory (default) or S3-compatible.
+
+Keys are relative POSIX paths inside an *area* (``staging``, ``quarantine``,
+``production`` or ``meta``). Writes never expose a partial object: the local store
+writes a temporary file in the target directory, fsyncs and renames; S3 PUTs are
+atomic by the protocol. Content-addressed keys come from :func:`object_key`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Literal, Protocol
+
+from geomesh.errors import StorageError, UnsafePath
+
+Area = Literal["staging", "quarantine", "production", "meta"]
+AREAS: tuple[Area, ...] = ("staging", "quarantine", "production", "meta")
+TMP_PREFIX = ".tmp-"
+_KEY_PART = re.compile(r"^[A-Za-z0-9._=+-]{1,200}$")
+
+
+def object_key(hexdigest: str, suffix: str = ".tif") -> str:
+    """Content-addressed key: ``sha256/ab/cdef….tif``."""
+    if not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
+        raise UnsafePath(f"{hexdigest!r} is not a sha256 hex digest")
+    return f"sha256/{hexdigest[:2]}/{hexdigest[2:]}{suffix}"
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape their area: absolute, '..', empty or odd parts."""
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise UnsafePath(f"storage key {key!r} is not a relative POSIX path")
+    parts = PurePosixPath(key).parts
+    for part in parts:
+        if part in (".", "..") or not _KEY_PART.match(part) or part.startswith(TMP_PREFIX):
+            raise UnsafePath(
+                f"storage key {key!r} has an unsafe part {part!r}; "
+                "use letters, digits, '.', '_', '-', '=' and '+' only"
+            )
+    return key
+
+
+class ObjectStore(Protocol):
+    """What geomesh needs from object storage."""
+
+    def put_file(self, area: Area, key: str, path: Path) -> None:
+        """Store the file at ``path`` under ``key`` atomically (no-op if it exists)."""
+
+    def put_bytes(self, area: Area, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        """Store ``data`` atomically; without ``overwrite`` an existing key is kept."""
+
+    def get_bytes(self, area: Area, key: str) -> bytes: ...
+
+    def exists(self, area: Area, key: str) -> bool: ...
+
+    def size(self, area: Area, key: str) -> int: ...
+
+    def copy(self, src_area: Area, dst_area: Area, key: str) -> None:
+        """Copy an object between areas (no-op if the destination exists)."""
+
+    def delete(self, area: Area, key: str) -> None:
+        """Delete if present."""
+
+    def list(self, area: Area, prefix: str = "") -> Iterator[str]: ...
+
+    def gdal_path(self, area: Area, key: str) -> str:
+        """A path rasterio/GDAL can open (a local path or ``/vsis3/…``)."""
+
+    def open_local(self, area: Area, key: str) -> contextlib.AbstractContextManager[Path]:
+        """A local file with the object's bytes for the duration of the context."""
+
+    def describe(self) -> str: ...
+
+
+def fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` via a temp file in the same directory, fsync, rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+def atomic_copy_file(src: Path, target: Path) -> None:
+    """Copy ``src`` to ``target`` through a temp file in the target directory."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+class LocalStore:
+    """Objects as files under ``root/<area>/<key>``."""
+
+    def __init__(self, root: Path, prefixes: dict[Area, str] | None = None) -> None:
+        self.root = root.resolve()
+        self.prefixes: dict[Area, str] = {a: a for a in AREAS}
+        if prefixes:
+            self.prefixes.update(prefixes)
+
+    def describe(self) -> str:
+        return f"local directory {self.root}"
+
+    def path(self, area: Area, key: str) -> Path:
+        check_key(key)
+        base = (self.root / self.prefixes[area]).resolve()
+        p = (base / key).resolve()
+        if base not in p.parents:
+            raise UnsafePath(f"storage key {key!r} resolves outside {base}")
+        return p
+
+    def put_file(self, area: Area, key: str, path: Path) -> None:
+        target = self.path(area, key)
+        if target.exists():
+            return
+        try:
+            atomic_copy_file(path, target)
+        except OSError as exc:
+            raise StorageError(f"cannot store {key} in {target.parent}: {exc.strerror}") from exc
+
+    def put_bytes(self, area: Area, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        target = self.path(area, key)
+        if target.exists() and not overwrite:
+            return
+        try:
+            atomic_write_bytes(target, data)
+        except OSError as exc:
+            raise StorageError(f"cannot store {key} in {target.parent}: {exc.strerror}") from exc
+
+    def get_bytes(self, area: Area, key: str) -> bytes:
+        try:
+            return self.path(area, key).read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageError(f"object {area}/{key} is missing from {self.root}") from exc
+
+    def exists(self, area: Area, key: str) -> bool:
+        return self.path(area, key).is_file()
+
+    def size(self, area: Area, key: str) -> int:
+        try:
+            return self.path(area, key).stat().st_size
+        except FileNotFoundError as exc:
+            raise StorageError(f"object {area}/{key} is missing from {self.root}") from exc
+
+    def copy(self, src_area: Area, dst_area: Area, key: str) -> None:
+        src = self.path(src_area, key)
+        dst = self.path(dst_area, key)
+        if dst.exists():
+            return
+        if not src.exists():
+            raise StorageError(f"object {src_area}/{key} is missing from {self.root}")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        # a hard link is atomic and free; fall back to a copy across filesystems
+        tmp = dst.parent / f"{TMP_PREFIX}{os.getpid()}-{dst.name}"
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            os.link(src, tmp)
+            os.replace(tmp, dst)
+            fsync_dir(dst.parent)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            atomic_copy_file(src, dst)
+
+    def delete(self, area: Area, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(area, key).unlink()
+
+    def list(self, area: Area, prefix: str = "") -> Iterator[str]:
+        base = self.root / self.prefixes[area]
+        if not base.exists():
+            return
+        for p in sorted(base.rglob("*")):
+            if p.is_file() and not p.name.startswith(TMP_PREFIX):
+                rel = p.relative_to(base).as_posix()
+                if rel.startswith(prefix):
+                    yield rel
+
+    def gdal_path(self, area: Area, key: str) -> str:
+        return str(self.path(area, key))
+
+    @contextlib.contextmanager
+    def open_local(self, area: Area, key: str) -> Iterator[Path]:
+        p = self.path(area, key)
+        if not p.exists():
+            raise StorageError(f"object {area}/{key} is missing from {self.root}")
+        yield p
+
+    def temp_files(self) -> Iterator[Path]:
+        """Leftover temporary files from interrupted writes (for `geomesh doctor`)."""
+        if self.root.exists():
+            yield from (p for p in self.root.rglob(f"{TMP_PREFIX}*") if p.is_file())
