@@ -94,6 +94,8 @@ class Item(SQLModel, table=True):
     source: str = Field(sa_column=Column(Text, nullable=False))
     #: stable key of the source used to find earlier versions of the "same tile"
     source_key: str = Field(index=True, max_length=64)
+    #: sha256 of the input bytes + ingestion options (local sources): re-runs skip the work
+    source_digest: str | None = Field(default=None, index=True, max_length=64)
     content_digest: str = Field(index=True, max_length=64)  # sha256 hex of the COG
     size: int
     object_key: str = Field(max_length=255)

@@ -1,0 +1,422 @@
+"""Raster inspection, warp/clip to the domain, and COG writing (rasterio + rio-cogeo).
+
+Nothing here touches the catalog: functions read a raster and write files where told.
+Every rasterio/GDAL failure on user input becomes a :class:`~geomesh.errors.RasterError`
+that names the file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import rasterio
+import shapely
+from pyproj import CRS, Transformer
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import calculate_default_transform, transform_bounds
+from rio_cogeo.cogeo import cog_translate, cog_validate
+from rio_cogeo.profiles import cog_profiles
+from shapely.geometry import Polygon, box, mapping
+from shapely.geometry.base import BaseGeometry
+
+from geomesh.config import ProductConfig
+from geomesh.errors import MissingCRS, OutsideDomain, RasterError
+
+#: refuse rasters that declare more pixels than this (a 10980² S2 band is 1.2e8)
+MAX_PIXELS = 4 * 10980 * 10980 * 16
+EDGE_POINTS = 21  # densification of footprint edges
+
+
+@dataclass(frozen=True)
+class BandInfo:
+    index: int
+    dtype: str
+    nodata: float | None
+    description: str | None
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What `geomesh inspect` shows: `rio info` plus what the contract needs."""
+
+    source: str
+    driver: str
+    width: int
+    height: int
+    count: int
+    dtypes: tuple[str, ...]
+    nodata: float | None
+    crs_code: str | None
+    crs_wkt2: str | None
+    crs_projjson: dict[str, Any] | None
+    transform: tuple[float, ...]
+    bounds: tuple[float, float, float, float]
+    res: tuple[float, float]
+    block_shapes: tuple[tuple[int, int], ...]
+    tiled: bool
+    compression: str | None
+    overviews: tuple[int, ...]
+    has_gcps: bool
+    tags: dict[str, str]
+    datetime: datetime | None
+    bands: tuple[BandInfo, ...]
+    #: footprint in the raster CRS, EPSG:4326 and the domain CRS (None without a CRS)
+    footprint: BaseGeometry | None = field(repr=False)
+    footprint_4326: BaseGeometry | None = field(repr=False)
+    footprint_domain: BaseGeometry | None = field(repr=False)
+
+    @property
+    def has_crs(self) -> bool:
+        return self.crs_wkt2 is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "driver": self.driver,
+            "width": self.width,
+            "height": self.height,
+            "count": self.count,
+            "dtypes": list(self.dtypes),
+            "nodata": _json_num(self.nodata),
+            "crs": self.crs_code or ("custom (WKT2)" if self.crs_wkt2 else None),
+            "transform": list(self.transform),
+            "bounds": list(self.bounds),
+            "res": list(self.res),
+            "blocks": [list(b) for b in self.block_shapes],
+            "tiled": self.tiled,
+            "compression": self.compression,
+            "overviews": list(self.overviews),
+            "gcps": self.has_gcps,
+            "datetime": self.datetime.isoformat() if self.datetime else None,
+            "bands": [
+                {"index": b.index, "dtype": b.dtype, "nodata": _json_num(b.nodata),
+                 "description": b.description}
+                for b in self.bands
+            ],
+            "footprint_4326": mapping(self.footprint_4326) if self.footprint_4326 else None,
+        }
+
+
+def _json_num(v: float | None) -> float | str | None:
+    if v is None:
+        return None
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+def sanitize_source(source: str) -> str:
+    """The source as recorded: URLs lose credentials and query strings (signed tokens)."""
+    if "://" in source:
+        parts = urlsplit(source)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return str(Path(source).expanduser().resolve())
+
+
+def is_remote(source: str) -> bool:
+    return source.startswith(("http://", "https://", "s3://", "/vsi"))
+
+
+@contextmanager
+def open_raster(source: str | Path) -> Iterator[rasterio.io.DatasetReader]:
+    """Open a raster (path, http(s)://, s3:// or /vsi…), mapping failures to RasterError."""
+    src_str = str(source)
+    name = sanitize_source(src_str)
+    if not is_remote(src_str):
+        p = Path(src_str)
+        if not p.exists():
+            raise RasterError(f"{name}: file not found", hint="check the path")
+        if p.is_dir():
+            raise RasterError(f"{name}: is a directory, not a raster file")
+        if p.stat().st_size == 0:
+            raise RasterError(f"{name}: file is empty (0 bytes)", hint="re-export the raster")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(src_str)
+    except RasterioError as exc:
+        raise RasterError(
+            f"{name}: not a readable raster ({_short(exc)})",
+            hint="give a GeoTIFF/COG; check the file is complete and not another format",
+        ) from exc
+    with ds:
+        _sanity(ds, name)
+        yield ds
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def _sanity(ds: Any, name: str) -> None:
+    pixels = int(ds.width) * int(ds.height) * max(int(ds.count), 1)
+    if ds.width <= 0 or ds.height <= 0 or ds.count <= 0:
+        raise RasterError(f"{name}: raster has no pixels or no bands")
+    if pixels > MAX_PIXELS:
+        raise RasterError(
+            f"{name}: declares {ds.width}×{ds.height}×{ds.count} pixels, more than the "
+            f"limit of {MAX_PIXELS}",
+            hint="split the scene into tiles before ingesting",
+        )
+    t = ds.transform
+    if not all(math.isfinite(v) for v in (t.a, t.b, t.c, t.d, t.e, t.f)):
+        raise RasterError(f"{name}: geotransform contains NaN or infinity; fix the georeferencing")
+    if ds.crs is not None and (t.a == 0 or t.e == 0) and t.b == 0 and t.d == 0:
+        raise RasterError(f"{name}: geotransform has a zero pixel size; fix the georeferencing")
+
+
+_TIFF_DT = re.compile(r"^(\d{4})[:-](\d{2})[:-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+
+
+def parse_datetime(value: str) -> datetime | None:
+    """Parse TIFF ('YYYY:MM:DD HH:MM:SS') or ISO 8601 datetimes; naive means UTC."""
+    v = value.strip()
+    m = _TIFF_DT.match(v)
+    if m and not v[10:11] == "T" and ":" in v[:10]:
+        y, mo, d, h, mi, s = (int(x) for x in m.groups())
+        try:
+            return datetime(y, mo, d, h, mi, s, tzinfo=UTC)
+        except ValueError:
+            return None
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+DATETIME_TAGS = (
+    "ACQUISITIONDATETIME",
+    "DATETIME",
+    "datetime",
+    "ACQUISITION_DATETIME",
+    "SENSING_TIME",
+    "PRODUCT_START_TIME",
+    "TIFFTAG_DATETIME",
+)
+
+
+def datetime_from_tags(tags: dict[str, str]) -> datetime | None:
+    for key in DATETIME_TAGS:
+        if key in tags and tags[key]:
+            dt = parse_datetime(tags[key])
+            if dt is not None:
+                return dt
+    return None
+
+
+def crs_identity(crs: Any) -> tuple[str | None, str | None, dict[str, Any] | None]:
+    """(authority code like 'EPSG:32610' or None, WKT2, PROJJSON) of a rasterio/pyproj CRS."""
+    if crs is None:
+        return None, None, None
+    pcrs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    auth = pcrs.to_authority(min_confidence=90)
+    code = f"{auth[0]}:{auth[1]}" if auth else None
+    return code, pcrs.to_wkt(version="WKT2_2019"), pcrs.to_json_dict()
+
+
+def footprint_polygon(
+    bounds: tuple[float, float, float, float], src_crs: CRS, dst_crs: CRS
+) -> BaseGeometry:
+    """The raster's bounds as a polygon in ``dst_crs`` with densified edges."""
+    poly = box(*bounds)
+    if src_crs == dst_crs:
+        return poly
+    step = max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / (EDGE_POINTS - 1)
+    dense = shapely.segmentize(poly, step)
+    tr = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+    xs, ys = np.asarray(dense.exterior.coords).T
+    tx, ty = tr.transform(xs, ys)
+    if not (np.all(np.isfinite(tx)) and np.all(np.isfinite(ty))):
+        raise RasterError("footprint cannot be reprojected (coordinates outside the CRS's area)")
+    out = Polygon(zip(tx, ty, strict=True))
+    return out if out.is_valid else shapely.make_valid(out)
+
+
+def inspect(source: str | Path, *, domain_crs: str | None = None) -> RasterInfo:
+    """Read everything the contract needs from a raster's header (no pixel reads)."""
+    with open_raster(source) as ds:
+        return _inspect_open(ds, str(source), domain_crs)
+
+
+def _inspect_open(ds: Any, source: str, domain_crs: str | None) -> RasterInfo:
+    code, wkt2, projjson = crs_identity(ds.crs)
+    tags = {str(k): str(v) for k, v in ds.tags().items()}
+    ovr = tuple(ds.overviews(1)) if ds.count else ()
+    footprint = fp4326 = fpdom = None
+    if wkt2 is not None:
+        src_crs = CRS.from_wkt(wkt2)
+        footprint = box(*ds.bounds)
+        fp4326 = footprint_polygon(tuple(ds.bounds), src_crs, CRS.from_epsg(4326))
+        if domain_crs:
+            fpdom = footprint_polygon(tuple(ds.bounds), src_crs, CRS.from_user_input(domain_crs))
+    nodata = ds.nodata
+    return RasterInfo(
+        source=sanitize_source(source),
+        driver=ds.driver,
+        width=ds.width,
+        height=ds.height,
+        count=ds.count,
+        dtypes=tuple(ds.dtypes),
+        nodata=None if nodata is None else float(nodata),
+        crs_code=code,
+        crs_wkt2=wkt2,
+        crs_projjson=projjson,
+        transform=tuple(ds.transform)[:6],
+        bounds=tuple(ds.bounds),
+        res=tuple(ds.res),
+        block_shapes=tuple(tuple(b) for b in ds.block_shapes),
+        tiled=bool(ds.profile.get("tiled", False)),
+        compression=ds.compression.value if ds.compression else None,
+        overviews=ovr,
+        has_gcps=bool(ds.gcps[0]),
+        tags=tags,
+        datetime=datetime_from_tags(tags),
+        bands=tuple(
+            BandInfo(i, ds.dtypes[i - 1], None if ds.nodatavals[i - 1] is None
+                     else float(ds.nodatavals[i - 1]), ds.descriptions[i - 1])
+            for i in range(1, ds.count + 1)
+        ),
+        footprint=footprint,
+        footprint_4326=fp4326,
+        footprint_domain=fpdom,
+    )
+
+
+@dataclass(frozen=True)
+class CogResult:
+    path: Path
+    is_valid: bool
+    errors: list[str]
+    warnings: list[str]
+    clipped: bool
+
+
+def _cog_profile(config: ProductConfig, nodata_dtype: str) -> dict[str, Any]:
+    ing = config.ingestion
+    profile: dict[str, Any] = dict(cog_profiles.get(ing.compression.lower()))
+    profile.update(blockxsize=ing.tile_size, blockysize=ing.tile_size, BIGTIFF="IF_SAFER")
+    if ing.compression in ("DEFLATE", "LZW"):
+        profile["predictor"] = 3 if np.dtype(nodata_dtype).kind == "f" else 2
+    return profile
+
+
+def clip_grid(
+    ds: Any, domain_crs: CRS, envelope: tuple[float, float, float, float], name: str
+) -> tuple[Any, int, int]:
+    """Output transform and size of the tile warped to the domain CRS, clipped to the envelope."""
+    src_crs = CRS.from_wkt(ds.crs.to_wkt())
+    tb = transform_bounds(ds.crs, domain_crs.to_wkt(), *ds.bounds, densify_pts=EDGE_POINTS)
+    left, bottom = max(tb[0], envelope[0]), max(tb[1], envelope[1])
+    right, top = min(tb[2], envelope[2]), min(tb[3], envelope[3])
+    if left >= right or bottom >= top:
+        raise OutsideDomain(
+            f"{name}: the tile does not intersect the domain envelope {list(envelope)} "
+            f"(tile bounds in {domain_crs.to_string()}: {[round(v, 6) for v in tb]})",
+            hint="check the tile and the product's spatial_domain",
+        )
+    default_t, _, _ = calculate_default_transform(
+        src_crs.to_wkt(), domain_crs.to_wkt(), ds.width, ds.height, *ds.bounds
+    )
+    res = abs(default_t.a)
+    width = max(1, math.ceil((right - left) / res))
+    height = max(1, math.ceil((top - bottom) / res))
+    transform = rasterio.transform.from_origin(left, top, res, res)
+    return transform, width, height
+
+
+def write_cog(
+    source: str | Path, dst: Path, config: ProductConfig, *, clip: bool | None = None
+) -> CogResult:
+    """Write ``source`` as a COG at ``dst`` (optionally warped + clipped to the domain)."""
+    do_clip = config.ingestion.clip if clip is None else clip
+    resampling = config.ingestion.resampling
+    name = sanitize_source(str(source))
+    with ExitStack() as stack:
+        ds = stack.enter_context(open_raster(source))
+        src: Any = ds
+        if do_clip:
+            if ds.crs is None:
+                raise MissingCRS(
+                    f"{name}: cannot clip to the domain: the raster has no CRS",
+                    hint="assign a CRS (gdal_edit.py -a_srs) or set ingestion.clip: false",
+                )
+            dom = config.spatial_domain
+            transform, width, height = clip_grid(ds, dom.pyproj_crs, dom.boundary.bounds, name)
+            src = stack.enter_context(
+                WarpedVRT(
+                    ds,
+                    crs=dom.pyproj_crs.to_wkt(),
+                    transform=transform,
+                    width=width,
+                    height=height,
+                    resampling=Resampling[resampling],
+                    nodata=ds.nodata,
+                )
+            )
+        profile = _cog_profile(config, ds.dtypes[0])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                cog_translate(
+                    src,
+                    str(dst),
+                    profile,
+                    overview_resampling=resampling,
+                    web_optimized=False,
+                    quiet=True,
+                    in_memory=False,
+                    use_cog_driver=False,
+                    config={"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_TIFF_OVR_BLOCKSIZE": str(config.ingestion.tile_size)},
+                )
+        except RasterioError as exc:
+            raise RasterError(f"{name}: could not be converted to a COG ({_short(exc)})") from exc
+    is_valid, errors, warns = validate_cog(dst)
+    return CogResult(path=dst, is_valid=is_valid, errors=errors, warnings=warns, clipped=do_clip)
+
+
+def validate_cog(path: str | Path) -> tuple[bool, list[str], list[str]]:
+    """rio-cogeo's validation: (is_valid, errors, warnings); never prints."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            ok, errs, warns = cog_validate(str(path), quiet=True)
+        except RasterioError as exc:
+            return False, [f"cannot be read as a GeoTIFF: {_short(exc)}"], []
+    return bool(ok), list(errs), list(warns)
+
+
+def band_statistics(path: str | Path) -> list[dict[str, float] | None]:
+    """Approximate per-band statistics (GDAL computes them on overviews: cheap)."""
+    out: list[dict[str, float] | None] = []
+    with open_raster(path) as ds:
+        for b in range(1, ds.count + 1):
+            try:
+                st = ds.stats(indexes=[b], approx=True)[0]
+            except (RasterioError, ValueError):
+                out.append(None)
+                continue
+            vals = {"minimum": st.min, "maximum": st.max, "mean": st.mean, "stddev": st.std}
+            if all(v is not None and math.isfinite(v) for v in vals.values()):
+                out.append({k: float(v) for k, v in vals.items()})
+            else:
+                out.append(None)
+    return out
