@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
-import datetime as dt
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -35,8 +35,9 @@ from geomesh.errors import ConfigError
 
 Severity = Literal["P1", "P2", "P3"]
 LifecycleStage = Literal["staging", "validation", "production"]
+ALL_SEVERITIES: tuple[Severity, ...] = ("P1", "P2", "P3")
 
-#: Resampling methods GDAL knows for warping and overviews (rasterio.enums.Resampling names).
+#: Resampling methods GDAL supports both for warping and for building overviews.
 RESAMPLING_METHODS = (
     "nearest",
     "bilinear",
@@ -46,12 +47,6 @@ RESAMPLING_METHODS = (
     "average",
     "mode",
     "gauss",
-    "max",
-    "min",
-    "med",
-    "q1",
-    "q3",
-    "sum",
     "rms",
 )
 MAX_CONFIG_BYTES = 1 << 20
@@ -153,7 +148,9 @@ class Ingestion(_Section):
     resampling: str = Field(default="bilinear", description="GDAL resampling method.")
     output_format: Literal["cloud-optimized-geotiff"] = "cloud-optimized-geotiff"
     checksum_algorithm: Literal["sha256"] = "sha256"
-    clip: bool = Field(default=False, description="Warp to the domain CRS and clip to its envelope.")
+    clip: bool = Field(
+        default=False, description="Warp to the domain CRS and clip to its envelope."
+    )
     compression: Literal["DEFLATE", "LZW", "ZSTD"] = "DEFLATE"
     datetime: dt.datetime | None = Field(
         default=None, description="Acquisition datetime when the raster does not carry one."
@@ -186,13 +183,15 @@ class Storage(_Section):
 class EscalationTarget(_Section):
     name: str
     url: str = Field(description="Webhook URL (http:// or https://).")
-    severities: list[Severity] = Field(default_factory=lambda: ["P1", "P2", "P3"])
+    severities: list[Severity] = Field(default_factory=lambda: list(ALL_SEVERITIES))
     events: list[str] = Field(
         default_factory=lambda: ["finding", "signoff_requested", "signoff_decided"],
         description="Which events this target receives.",
     )
     secret: SecretStr | None = Field(default=None, description="HMAC secret (prefer secret_env).")
-    secret_env: str | None = Field(default=None, description="Environment variable holding the secret.")
+    secret_env: str | None = Field(
+        default=None, description="Environment variable holding the secret."
+    )
 
     @field_validator("url")
     @classmethod
@@ -209,15 +208,14 @@ class Governance(_Section):
 
 
 RouteAction = Literal["warn", "quarantine", "rollback"]
+DEFAULT_ROUTING: dict[Severity, RouteAction] = {"P1": "rollback", "P2": "quarantine", "P3": "warn"}
 
 
 class Validation(_Section):
     severity_overrides: dict[str, Severity] = Field(default_factory=dict)
     disabled_rules: list[str] = Field(default_factory=list)
     strict: bool = False
-    routing: dict[Severity, RouteAction] = Field(
-        default_factory=lambda: {"P1": "rollback", "P2": "quarantine", "P3": "warn"}
-    )
+    routing: dict[Severity, RouteAction] = Field(default_factory=lambda: dict(DEFAULT_ROUTING))
 
 
 class Source(_Section):
@@ -226,7 +224,9 @@ class Source(_Section):
     url: str
     collection: str
     assets: list[str] = Field(min_length=1)
-    datetime: str | None = Field(default=None, description="RFC 3339 interval, e.g. 2024-01-01/2024-12-31")
+    datetime: str | None = Field(
+        default=None, description="RFC 3339 interval, e.g. 2024-01-01/2024-12-31"
+    )
     max_cloud_cover: float | None = Field(default=None, ge=0, le=100)
     query: dict[str, Any] | None = None
     filter: dict[str, Any] | None = None
@@ -267,9 +267,9 @@ class ProductConfig(_Section):
 class _NoAliasLoader(yaml.SafeLoader):
     """A safe loader that refuses anchors/aliases (no alias bombs) and duplicate keys."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: ANN401
+    def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise ConfigError(
                 f"YAML alias '*{event.anchor}' at line {event.start_mark.line + 1}: "
                 "anchors and aliases are not allowed in product configs; write the value out"
@@ -336,7 +336,7 @@ def parse_config(data: Any, *, source: str = "<config>") -> ProductConfig:
 
 def loads_config(text: str, *, source: str = "<config>") -> ProductConfig:
     try:
-        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_NoAliasLoader)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc.message}") from exc
     except yaml.YAMLError as exc:

@@ -101,8 +101,12 @@ class RasterInfo:
             "gcps": self.has_gcps,
             "datetime": self.datetime.isoformat() if self.datetime else None,
             "bands": [
-                {"index": b.index, "dtype": b.dtype, "nodata": _json_num(b.nodata),
-                 "description": b.description}
+                {
+                    "index": b.index,
+                    "dtype": b.dtype,
+                    "nodata": _json_num(b.nodata),
+                    "description": b.description,
+                }
                 for b in self.bands
             ],
             "footprint_4326": mapping(self.footprint_4326) if self.footprint_4326 else None,
@@ -190,7 +194,7 @@ def parse_datetime(value: str) -> datetime | None:
     """Parse TIFF ('YYYY:MM:DD HH:MM:SS') or ISO 8601 datetimes; naive means UTC."""
     v = value.strip()
     m = _TIFF_DT.match(v)
-    if m and not v[10:11] == "T" and ":" in v[:10]:
+    if m and v[4] == ":":  # TIFF style; ISO 8601 is handled below
         y, mo, d, h, mi, s = (int(x) for x in m.groups())
         try:
             return datetime(y, mo, d, h, mi, s, tzinfo=UTC)
@@ -291,8 +295,12 @@ def _inspect_open(ds: Any, source: str, domain_crs: str | None) -> RasterInfo:
         tags=tags,
         datetime=datetime_from_tags(tags),
         bands=tuple(
-            BandInfo(i, ds.dtypes[i - 1], None if ds.nodatavals[i - 1] is None
-                     else float(ds.nodatavals[i - 1]), ds.descriptions[i - 1])
+            BandInfo(
+                i,
+                ds.dtypes[i - 1],
+                None if ds.nodatavals[i - 1] is None else float(ds.nodatavals[i - 1]),
+                ds.descriptions[i - 1],
+            )
             for i in range(1, ds.count + 1)
         ),
         footprint=footprint,
@@ -312,7 +320,7 @@ class CogResult:
 
 def _cog_profile(config: ProductConfig, nodata_dtype: str) -> dict[str, Any]:
     ing = config.ingestion
-    profile: dict[str, Any] = dict(cog_profiles.get(ing.compression.lower()))
+    profile: dict[str, Any] = dict(cog_profiles.get(ing.compression.lower()))  # type: ignore[no-untyped-call]
     profile.update(blockxsize=ing.tile_size, blockysize=ing.tile_size, BIGTIFF="IF_SAFER")
     if ing.compression in ("DEFLATE", "LZW"):
         profile["predictor"] = 3 if np.dtype(nodata_dtype).kind == "f" else 2
@@ -380,12 +388,15 @@ def write_cog(
                     src,
                     str(dst),
                     profile,
-                    overview_resampling=resampling,
+                    overview_resampling=resampling,  # type: ignore[arg-type]
                     web_optimized=False,
                     quiet=True,
                     in_memory=False,
                     use_cog_driver=False,
-                    config={"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_TIFF_OVR_BLOCKSIZE": str(config.ingestion.tile_size)},
+                    config={
+                        "GDAL_NUM_THREADS": "ALL_CPUS",
+                        "GDAL_TIFF_OVR_BLOCKSIZE": str(config.ingestion.tile_size),
+                    },
                 )
         except RasterioError as exc:
             raise RasterError(f"{name}: could not be converted to a COG ({_short(exc)})") from exc

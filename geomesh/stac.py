@@ -9,7 +9,13 @@ from typing import Any
 import pystac
 from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
-from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Statistics
+from pystac.extensions.raster import (
+    DataType,
+    NoDataStrings,
+    RasterBand,
+    RasterExtension,
+    Statistics,
+)
 from pystac.extensions.version import ItemVersionExtension
 from shapely.geometry import mapping
 
@@ -73,7 +79,7 @@ def build_item(
         collection=None,
     )
     if acquired is None:
-        item.properties["datetime"] = None
+        item.datetime = None
     if meta.platform:
         item.common_metadata.platform = meta.platform
     if meta.instruments:
@@ -87,8 +93,9 @@ def build_item(
     if extra_properties:
         item.properties.update(extra_properties)
 
-    asset = pystac.Asset(href=asset_href, media_type=COG_MEDIA_TYPE, roles=["data"],
-                         title=f"{meta.product_id} tile")
+    asset = pystac.Asset(
+        href=asset_href, media_type=COG_MEDIA_TYPE, roles=["data"], title=f"{meta.product_id} tile"
+    )
     item.add_asset(DATA_ASSET, asset)
 
     if info.has_crs:
@@ -96,8 +103,9 @@ def build_item(
         if info.crs_code:
             proj.code = info.crs_code
         else:
+            # WKT2 alone: the PROJJSON schema lives outside the STAC schema store, so
+            # proj:projjson would make offline validation impossible
             proj.wkt2 = info.crs_wkt2
-            proj.projjson = info.crs_projjson
         proj.shape = [info.height, info.width]
         proj.transform = list(info.transform)
         proj.bbox = list(info.bounds)
@@ -116,7 +124,7 @@ def build_item(
             spatial_resolution=float(info.res[0]) if info.has_crs else None,
         )
         if b.nodata is not None:
-            band.nodata = b.nodata if b.nodata == b.nodata else "nan"
+            band.nodata = b.nodata if b.nodata == b.nodata else NoDataStrings.NAN
         st = statistics[i] if statistics and i < len(statistics) else None
         if st:
             band.statistics = Statistics.create(
@@ -129,8 +137,9 @@ def build_item(
     ver.version = str(item_version)
     ver.deprecated = False
     if predecessor_href:
-        item.add_link(pystac.Link("predecessor-version", predecessor_href,
-                                  media_type="application/geo+json"))
+        item.add_link(
+            pystac.Link("predecessor-version", predecessor_href, media_type="application/geo+json")
+        )
     if source_href:
         item.add_link(pystac.Link("derived_from", source_href))
     return item

@@ -117,7 +117,9 @@ class IngestReport:
 
 
 #: called after a tile is staged (validation + routing); set by geomesh.services.pipeline
-PostStage = Callable[[Catalog, ProductConfig, str, str], tuple[str | None, str | None, dict[str, int]]]
+PostStage = Callable[
+    [Catalog, ProductConfig, str, str], tuple[str | None, str | None, dict[str, int]]
+]
 
 
 # ------------------------------------------------------------------ helpers
@@ -235,20 +237,34 @@ def register_product(session: Session, config: ProductConfig, *, actor: str) -> 
     digest = config.digest()
     product = session.get(Product, config.product_id)
     if product is None:
-        product = Product(id=config.product_id, config_json=config.to_json_dict(),
-                          config_digest=digest)
+        product = Product(
+            id=config.product_id, config_json=config.to_json_dict(), config_digest=digest
+        )
         session.add(product)
         session.flush()
-        audit.append(session, actor=actor, action="product.register", target=product.id,
-                      product_id=product.id, digest=digest)
+        audit.append(
+            session,
+            actor=actor,
+            action="product.register",
+            target=product.id,
+            product_id=product.id,
+            digest=digest,
+        )
     elif product.config_digest != digest:
         before = product.config_digest
         product.config_json = config.to_json_dict()
         product.config_digest = digest
         product.updated_at = utcnow()
         session.add(product)
-        audit.append(session, actor=actor, action="product.config", target=product.id,
-                     product_id=product.id, digest=digest, details={"previous_digest": before})
+        audit.append(
+            session,
+            actor=actor,
+            action="product.config",
+            target=product.id,
+            product_id=product.id,
+            digest=digest,
+            details={"previous_digest": before},
+        )
     return product
 
 
@@ -279,10 +295,17 @@ def stage_tile(
         raise StorageError(f"product id {product_id!r} makes an unsafe item id {item_id!r}")
     okey = object_key(prepared.hexdigest)
     skey = stac_key_for(product_id, item_id)
-    result = TileResult(source=prepared.source_name, status="staged", item_id=item_id,
-                        digest=prepared.hexdigest, size=prepared.size, object_key=okey,
-                        stac_key=skey, cog_warnings=prepared.cog_warnings,
-                        cog_errors=prepared.cog_errors)
+    result = TileResult(
+        source=prepared.source_name,
+        status="staged",
+        item_id=item_id,
+        digest=prepared.hexdigest,
+        size=prepared.size,
+        object_key=okey,
+        stac_key=skey,
+        cog_warnings=prepared.cog_warnings,
+        cog_errors=prepared.cog_errors,
+    )
     with cat.read() as session:
         existing = session.get(Item, item_id)
         if existing is not None:
@@ -292,10 +315,16 @@ def stage_tile(
         version = _version_number(session, product_id, prepared.source_key)
     predecessor = (
         object_href(cat.store, "staging", stac_key_for(product_id, previous.id))
-        if previous is not None else None
+        if previous is not None
+        else None
     )
-    stac = build_stac(config, prepared, asset_href=object_href(cat.store, "staging", okey),
-                      item_version=version, predecessor_href=predecessor)
+    stac = build_stac(
+        config,
+        prepared,
+        asset_href=object_href(cat.store, "staging", okey),
+        item_version=version,
+        predecessor_href=predecessor,
+    )
     cat.store.put_file("staging", okey, prepared.cog_path)
     payload = json.dumps(stac, indent=2, sort_keys=True).encode()
     cat.store.put_bytes("staging", skey, payload)
@@ -324,14 +353,30 @@ def stage_tile(
         )
         session.add(item)
         session.flush()
-        audit.append(session, actor=actor, action="ingest", target=item_id,
-                     product_id=product_id, state_after=ItemState.staging.value,
-                     digest=prepared.hexdigest,
-                     details={"source": prepared.source_name, "size": prepared.size,
-                              "supersedes": item.supersedes, "clipped": prepared.clipped})
+        audit.append(
+            session,
+            actor=actor,
+            action="ingest",
+            target=item_id,
+            product_id=product_id,
+            state_after=ItemState.staging.value,
+            digest=prepared.hexdigest,
+            details={
+                "source": prepared.source_name,
+                "size": prepared.size,
+                "supersedes": item.supersedes,
+                "clipped": prepared.clipped,
+            },
+        )
         if prev is not None and prev.state in (ItemState.staging, ItemState.validation):
-            lifecycle.transition(session, prev, ItemState.superseded, actor=actor,
-                                 action="supersede", details={"by": item_id})
+            lifecycle.transition(
+                session,
+                prev,
+                ItemState.superseded,
+                actor=actor,
+                action="supersede",
+                details={"by": item_id},
+            )
     result.state = ItemState.staging.value
     result.item = stac
     return result
@@ -367,13 +412,16 @@ def iter_prepared(
     if scheduler or workers > 1:
         from geomesh.parallel import map_prepare  # process pool / dask
 
-        yield from map_prepare(config, tasks, workdir, acquired=acquired, workers=workers,
-                               scheduler=scheduler)
+        yield from map_prepare(
+            config, tasks, workdir, acquired=acquired, workers=workers, scheduler=scheduler
+        )
         return
     for source, sdigest in tasks:
         try:
-            yield source, prepare_tile(config, source, workdir, acquired=acquired,
-                                       source_digest=sdigest)
+            yield (
+                source,
+                prepare_tile(config, source, workdir, acquired=acquired, source_digest=sdigest),
+            )
         except GeomeshError as exc:
             yield source, exc
 
@@ -398,10 +446,14 @@ def ingest_rasters(
     """
     srcs = [str(s) for s in sources]
     _check_can_ingest(cat, actor)
-    log = None if dry_run else RunLog(cat.root, product_id=config.product_id,
-                                      stderr=cat.settings.log_stderr)
-    report = IngestReport(product_id=config.product_id, run_id=log.run_id if log else "dry-run",
-                          dry_run=dry_run)
+    log = (
+        None
+        if dry_run
+        else RunLog(cat.root, product_id=config.product_id, stderr=cat.settings.log_stderr)
+    )
+    report = IngestReport(
+        product_id=config.product_id, run_id=log.run_id if log else "dry-run", dry_run=dry_run
+    )
     if post_stage is None and not dry_run:
         from geomesh.services.pipeline import default_post_stage
 
@@ -414,18 +466,26 @@ def ingest_rasters(
         sdigest = source_digest_for(s, config)
         hit = _find_by_source_digest(cat, config.product_id, sdigest)
         if hit is not None:
-            done[s] = TileResult(source=hit.source, status="exists", item_id=hit.id,
-                                 digest=hit.content_digest, size=hit.size,
-                                 object_key=hit.object_key, stac_key=hit.stac_key,
-                                 state=hit.state.value, item=hit.stac)
+            done[s] = TileResult(
+                source=hit.source,
+                status="exists",
+                item_id=hit.id,
+                digest=hit.content_digest,
+                size=hit.size,
+                object_key=hit.object_key,
+                stac_key=hit.stac_key,
+                state=hit.state.value,
+                item=hit.stac,
+            )
         else:
             tasks.append((s, sdigest))
 
     base = Path(tempfile.gettempdir()) if dry_run else cat.root
     workdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}ingest-", dir=base))
     try:
-        prepared_iter = iter_prepared(config, tasks, workdir, acquired=acquired,
-                                      workers=workers, scheduler=scheduler)
+        prepared_iter = iter_prepared(
+            config, tasks, workdir, acquired=acquired, workers=workers, scheduler=scheduler
+        )
         prepared_by_source: dict[str, PreparedTile | GeomeshError] = {}
         pending = iter(prepared_iter)
         for s in srcs:
@@ -437,8 +497,16 @@ def ingest_rasters(
                         prepared_by_source[src] = value
                         if src == s:
                             break
-                res = _finish_one(cat, config, s, prepared_by_source.pop(s), actor=actor,
-                                  dry_run=dry_run, post_stage=post_stage, log=log)
+                res = _finish_one(
+                    cat,
+                    config,
+                    s,
+                    prepared_by_source.pop(s),
+                    actor=actor,
+                    dry_run=dry_run,
+                    post_stage=post_stage,
+                    log=log,
+                )
             report.results.append(res)
             if progress is not None:
                 progress(res)
@@ -464,8 +532,13 @@ def _finish_one(
             log.write(step="prepare", outcome="error", source=name, error=str(prepared))
         return TileResult(source=name, status="failed", error=str(prepared))
     if log:
-        log.write(step="prepare", outcome="ok", item_id=item_id_for(config.product_id,
-                  prepared.hexdigest), source=name, size=prepared.size)
+        log.write(
+            step="prepare",
+            outcome="ok",
+            item_id=item_id_for(config.product_id, prepared.hexdigest),
+            source=name,
+            size=prepared.size,
+        )
     if dry_run:
         return _dry_run_result(cat, config, prepared)
     try:
@@ -477,8 +550,12 @@ def _finish_one(
                 res.state, res.route, res.findings = post_stage(cat, config, res.item_id, actor)
                 info["outcome"] = res.route or "ok"
     except GeomeshError as exc:
-        return TileResult(source=name, status="failed", error=str(exc),
-                          item_id=item_id_for(config.product_id, prepared.hexdigest))
+        return TileResult(
+            source=name,
+            status="failed",
+            error=str(exc),
+            item_id=item_id_for(config.product_id, prepared.hexdigest),
+        )
     return res
 
 
@@ -488,11 +565,18 @@ def _dry_run_result(cat: Catalog, config: ProductConfig, prepared: PreparedTile)
     with cat.read() as session:
         exists = session.get(Item, item_id) is not None
     stac = build_stac(config, prepared, asset_href=object_href(cat.store, "staging", okey))
-    res = TileResult(source=prepared.source_name, status="exists" if exists else "would-stage",
-                     item_id=item_id, digest=prepared.hexdigest, size=prepared.size,
-                     object_key=okey, stac_key=stac_key_for(config.product_id, item_id),
-                     cog_warnings=prepared.cog_warnings, cog_errors=prepared.cog_errors,
-                     item=stac)
+    res = TileResult(
+        source=prepared.source_name,
+        status="exists" if exists else "would-stage",
+        item_id=item_id,
+        digest=prepared.hexdigest,
+        size=prepared.size,
+        object_key=okey,
+        stac_key=stac_key_for(config.product_id, item_id),
+        cog_warnings=prepared.cog_warnings,
+        cog_errors=prepared.cog_errors,
+        item=stac,
+    )
     from geomesh.services.pipeline import dry_run_findings
 
     res.findings, res.route = dry_run_findings(cat, config, stac, prepared.cog_path)

@@ -1,0 +1,339 @@
+"""Ingestion core: rasters in many CRSs and dtypes → COG → content-addressed object → STAC item."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pystac
+import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
+from shapely.geometry import box, shape
+from sqlmodel import select
+
+from geomesh.catalog import Catalog
+from geomesh.config import ProductConfig, load_config
+from geomesh.errors import PermissionDenied
+from geomesh.hashing import sha256_file
+from geomesh.models import AuditEvent, Item, ItemState
+from geomesh.services import ingest as ingest_mod
+from geomesh.services.ingest import IngestReport, ingest_rasters
+
+SYSTEM = "system"
+
+
+def _ingest(cat: Catalog, cfg: ProductConfig, *sources: Any, **kw: Any) -> IngestReport:
+    return ingest_rasters(cat, cfg, list(sources), actor=kw.pop("actor", SYSTEM), **kw)
+
+
+def _items(cat: Catalog) -> list[Item]:
+    with cat.read() as s:
+        return list(s.exec(select(Item)).all())
+
+
+def _validate_offline(item_dict: dict[str, Any]) -> list[str]:
+    return pystac.validation.validate_dict(item_dict)
+
+
+# real third-party rasters covering CRSs, dtypes, nodata and layouts
+REAL = [
+    ("rasterio__RGB.byte.tif", "EPSG:32618", "uint8", 3),  # UTM, striped, nodata 0
+    ("rasterio__shade.tif", "EPSG:3857", "uint8", 1),  # web mercator, tiled non-COG
+    ("rio-tiler__cog.tif", "EPSG:32621", "uint16", 1),  # COG input, no nodata
+    ("rio-tiler__cog_gradient.tif", "EPSG:4326", "float32", 1),  # geographic
+    ("clj-gdal-test-data__landsat_8_sr_band_2_san_francisco.tif", None, "int16", 1),  # WKT-only CRS
+    ("rio-tiler__nocog.tif", "EPSG:32621", "uint16", 1),  # striped deflate
+]
+
+
+@pytest.mark.parametrize(("name", "code", "dtype", "bands"), REAL, ids=[r[0] for r in REAL])
+def test_ingest_real_rasters(
+    catalog: Catalog,
+    config: ProductConfig,
+    shared_raster: Callable[[str], Path],
+    pystac_offline: Any,
+    name: str,
+    code: str | None,
+    dtype: str,
+    bands: int,
+) -> None:
+    src = shared_raster(name)
+    report = _ingest(catalog, config, src, acquired=datetime(2024, 6, 1, tzinfo=UTC))
+    assert report.ok, report.to_json()
+    (res,) = report.results
+    assert res.status == "staged"
+    item = res.item
+    assert item is not None
+    props = item["properties"]
+    # projection v2: proj:code when an authority code exists, WKT2 + PROJJSON otherwise
+    if code:
+        assert props["proj:code"] == code
+    else:
+        assert "proj:code" not in props and props["proj:wkt2"].startswith("PROJCRS")
+    with rasterio.open(src) as ds:
+        assert props["proj:shape"] == [ds.height, ds.width]
+        assert props["proj:transform"] == pytest.approx(list(ds.transform)[:6])
+    asset = item["assets"]["data"]
+    with catalog.store.open_local("staging", res.object_key or "") as obj:
+        digest, size = sha256_file(obj)
+        ok, errors, _ = cog_validate(str(obj), quiet=True)
+        assert ok, errors
+        with rasterio.open(obj) as cog:
+            assert cog.block_shapes[0] == (256, 256) or min(cog.width, cog.height) < 256
+            assert cog.dtypes[0] == dtype and cog.count == bands
+            assert cog.crs is not None  # the CRS stays embedded in the output
+    assert asset["file:checksum"] == "1220" + digest
+    assert asset["file:size"] == size
+    assert [b["data_type"] for b in asset["raster:bands"]] == [dtype] * bands
+    assert _validate_offline(item)  # returns the schema URIs it validated against
+
+
+def test_s2_like_tile_item_is_complete(
+    catalog: Catalog, write_config: Callable[..., Path], s2_tile: Path, pystac_offline: Any
+) -> None:
+    cfg = load_config(
+        write_config(
+            {
+                "product_metadata": {
+                    "product_id": "sentinel2-msi-l2a-v2.1",
+                    "platform": "sentinel-2b",
+                    "instruments": ["msi"],
+                    "processing_level": "L2A",
+                }
+            }
+        )
+    )
+    report = _ingest(catalog, cfg, s2_tile)
+    (res,) = report.results
+    item = res.item
+    assert item is not None
+    # deterministic id from product id + content hash, no ':' or '/'
+    assert res.item_id == f"sentinel2-msi-l2a-v2.1-{res.digest[:20]}"  # type: ignore[index]
+    assert ":" not in item["id"] and "/" not in item["id"]
+    # the acquisition datetime comes from the raster's TIFF tag, not a hard-coded value
+    assert item["properties"]["datetime"] == "2024-06-12T19:03:21Z"
+    assert item["properties"]["platform"] == "sentinel-2b"
+    assert item["properties"]["instruments"] == ["msi"]
+    assert item["properties"]["processing:level"] == "L2A"
+    assert item["properties"]["version"] == "1"
+    # geometry = the real tile footprint (densified), not the domain boundary
+    geom = shape(item["geometry"])
+    assert len(item["geometry"]["coordinates"][0]) > 5
+    assert geom.within(box(-122.5, 37.7, -122.3, 37.9))
+    assert geom.area < box(-122.5, 37.7, -122.3, 37.9).area / 4
+    assert item["bbox"] == pytest.approx(list(geom.bounds), abs=1e-6)
+    bands = item["assets"]["data"]["raster:bands"]
+    assert len(bands) == 4 and all(b["nodata"] == 0 for b in bands)
+    assert all(b["statistics"]["minimum"] >= 1 for b in bands)
+    validated = _validate_offline(item)
+    assert any("projection/v2.0.0" in u for u in validated)
+    assert any("file/v2.1.0" in u for u in validated)
+    # the item JSON is stored immutably beside the object
+    stored = json.loads(catalog.store.get_bytes("staging", res.stac_key or ""))
+    assert stored == item
+
+
+def test_datetime_explicit_or_missing(
+    catalog: Catalog, config: ProductConfig, make_raster: Callable[..., Path]
+) -> None:
+    plain = make_raster("no-date.tif", width=128, height=128)
+    rep = _ingest(catalog, config, plain, acquired=datetime(2023, 5, 4, 3, 2, 1, tzinfo=UTC))
+    assert rep.results[0].item["properties"]["datetime"] == "2023-05-04T03:02:01Z"  # type: ignore[index]
+    other = make_raster("no-date2.tif", width=128, height=128, seed=5)
+    rep = _ingest(catalog, config, other)
+    # no datetime anywhere: recorded as null (validation quarantines it), never invented
+    assert rep.results[0].item["properties"]["datetime"] is None  # type: ignore[index]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+@pytest.mark.parametrize("nodata", [None, 0])
+def test_generated_dtypes_and_nodata(
+    catalog: Catalog,
+    config: ProductConfig,
+    make_raster: Callable[..., Path],
+    dtype: str,
+    nodata: int | None,
+) -> None:
+    src = make_raster(width=300, height=200, count=2, dtype=dtype, nodata=nodata)
+    (res,) = _ingest(catalog, config, src, acquired=datetime(2024, 1, 1, tzinfo=UTC)).results
+    assert res.status == "staged", res.error
+    bands = res.item["assets"]["data"]["raster:bands"]  # type: ignore[index]
+    assert [b["data_type"] for b in bands] == [dtype, dtype]
+    assert all(("nodata" in b) == (nodata is not None) for b in bands)
+
+
+def test_clip_warps_to_domain_crs_and_envelope(
+    catalog: Catalog, write_config: Callable[..., Path], make_raster: Callable[..., Path]
+) -> None:
+    cfg = load_config(
+        write_config({"ingestion": {"clip": True, "tile_size": 256, "resampling": "bilinear"}})
+    )
+    # a UTM tile hanging over the domain's western edge (-122.5)
+    src = make_raster("edge.tif", width=600, height=400, origin=(540000.0, 4185000.0), res=20.0)
+    (res,) = _ingest(catalog, cfg, src, acquired=datetime(2024, 1, 1, tzinfo=UTC)).results
+    assert res.status == "staged", res.error
+    item = res.item
+    assert item["properties"]["proj:code"] == "EPSG:4326"  # type: ignore[index]
+    with catalog.store.open_local("staging", res.object_key or "") as obj, rasterio.open(obj) as ds:
+        assert ds.crs.to_epsg() == 4326
+        assert ds.bounds.left >= -122.5 - 1e-9
+        assert ds.block_shapes[0] == (256, 256)
+    assert shape(item["geometry"]).bounds[0] >= -122.5 - 1e-6  # type: ignore[index]
+
+
+def test_clip_off_keeps_native_crs(
+    catalog: Catalog, config: ProductConfig, make_raster: Callable[..., Path]
+) -> None:
+    src = make_raster("edge.tif", width=600, height=400, origin=(540000.0, 4185000.0), res=20.0)
+    (res,) = _ingest(catalog, config, src, acquired=datetime(2024, 1, 1, tzinfo=UTC)).results
+    assert res.item["properties"]["proj:code"] == "EPSG:32610"  # type: ignore[index]
+    assert shape(res.item["geometry"]).bounds[0] < -122.5  # type: ignore[index]
+
+
+def test_clip_outside_domain_is_a_clear_error(
+    catalog: Catalog, write_config: Callable[..., Path], make_raster: Callable[..., Path]
+) -> None:
+    cfg = load_config(write_config({"ingestion": {"clip": True}}))
+    far = make_raster("far.tif", origin=(300000.0, 4000000.0), width=64, height=64)
+    rep = _ingest(catalog, cfg, far)
+    assert not rep.ok
+    assert "does not intersect the domain envelope" in (rep.results[0].error or "")
+    assert _items(catalog) == []
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_dry_run_changes_nothing(
+    catalog: Catalog, config: ProductConfig, s2_tile: Path, make_raster: Callable[..., Path]
+) -> None:
+    _ingest(catalog, config, make_raster("first.tif", width=128, height=128))  # a non-empty catalog
+    catalog.engine.dispose()  # close pooled connections so WAL files are checkpointed away
+    before = _tree(catalog.root)
+    report = _ingest(catalog, config, s2_tile, dry_run=True)
+    catalog.engine.dispose()
+    (res,) = report.results
+    assert res.status == "would-stage"
+    assert res.object_key and res.stac_key and res.item is not None
+    assert _tree(catalog.root) == before
+
+
+def test_idempotent_same_bytes(
+    catalog: Catalog, config: ProductConfig, s2_tile: Path, tmp_path: Path
+) -> None:
+    first = _ingest(catalog, config, s2_tile).results[0]
+    again = _ingest(catalog, config, s2_tile).results[0]
+    # the same bytes from another path: the COG work runs again, the content is the same
+    copy = tmp_path / "copy.tif"
+    copy.write_bytes(s2_tile.read_bytes())
+    third = _ingest(catalog, config, copy).results[0]
+    assert first.status == "staged" and again.status == "exists" and third.status == "exists"
+    assert first.item_id == again.item_id == third.item_id
+    assert len(_items(catalog)) == 1
+    assert len(list(catalog.store.list("staging", "sha256/"))) == 1
+    with catalog.read() as s:
+        ingests = s.exec(select(AuditEvent).where(AuditEvent.action == "ingest")).all()
+    assert len(ingests) == 1
+
+
+def test_changed_bytes_make_a_new_version(
+    catalog: Catalog, config: ProductConfig, make_raster: Callable[..., Path]
+) -> None:
+    v1 = _ingest(catalog, config, make_raster("tile.tif", seed=1)).results[0]
+    stored_v1 = catalog.store.get_bytes("staging", v1.stac_key or "")
+    v2 = _ingest(catalog, config, make_raster("tile.tif", seed=2)).results[0]  # same path
+    assert v1.item_id != v2.item_id
+    with catalog.read() as s:
+        old, new = s.get(Item, v1.item_id), s.get(Item, v2.item_id)
+    assert old is not None and new is not None
+    assert new.supersedes == old.id
+    assert old.state == ItemState.superseded
+    assert new.stac["properties"]["version"] == "2"
+    assert any(link["rel"] == "predecessor-version" for link in new.stac["links"])
+    # the earlier item is never overwritten
+    assert catalog.store.get_bytes("staging", v1.stac_key or "") == stored_v1
+
+
+def test_crash_between_object_and_row_leaves_nothing_visible(
+    catalog: Catalog, config: ProductConfig, s2_tile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Boom(Exception):
+        pass
+
+    real_put_bytes = catalog.store.put_bytes
+
+    def crash_after_item_json(*args: Any, **kwargs: Any) -> None:
+        real_put_bytes(*args, **kwargs)
+        raise Boom("injected crash after the object and item JSON were written")
+
+    monkeypatch.setattr(catalog.store, "put_bytes", crash_after_item_json)
+    with pytest.raises(Boom):
+        _ingest(catalog, config, s2_tile)
+    assert _items(catalog) == []  # nothing half-staged is visible
+    monkeypatch.undo()
+    rerun = _ingest(catalog, config, s2_tile).results[0]
+    assert rerun.status == "staged"
+    # converges to the state of an uninterrupted run in a fresh catalog
+    assert [i.id for i in _items(catalog)] == [rerun.item_id]
+    assert len(list(catalog.store.list("staging", "sha256/"))) == 1
+    assert not list(catalog.root.rglob(".tmp-*"))
+
+
+def test_failures_do_not_stop_the_batch(
+    catalog: Catalog, config: ProductConfig, s2_tile: Path, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.tif"
+    junk.write_text("this is not a raster")
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    rep = _ingest(catalog, config, junk, s2_tile, empty, tmp_path / "missing.tif")
+    assert [r.status for r in rep.results] == ["failed", "staged", "failed", "failed"]
+    assert "junk.tif: not a readable raster" in (rep.results[0].error or "")
+    assert "empty.tif: file is empty" in (rep.results[2].error or "")
+    assert "missing.tif: file not found" in (rep.results[3].error or "")
+    assert not rep.ok
+
+
+def test_unknown_actor_cannot_ingest(
+    catalog: Catalog, config: ProductConfig, s2_tile: Path
+) -> None:
+    with pytest.raises(PermissionDenied, match="unknown user 'mallory'"):
+        _ingest(catalog, config, s2_tile, actor="mallory")
+    assert _items(catalog) == []
+
+
+def test_run_log_lines(catalog: Catalog, config: ProductConfig, s2_tile: Path) -> None:
+    rep = _ingest(catalog, config, s2_tile)
+    lines = [
+        json.loads(x)
+        for f in (catalog.root / "logs").glob("*.jsonl")
+        for x in f.read_text().splitlines()
+    ]
+    steps = {ln["step"] for ln in lines if ln["run_id"] == rep.run_id}
+    assert {"prepare", "stage"} <= steps
+    assert all(ln["product_id"] == config.product_id for ln in lines)
+    stage = next(ln for ln in lines if ln["step"] == "stage")
+    assert stage["item_id"] == rep.results[0].item_id and stage["outcome"] == "ok"
+    assert stage["duration_s"] >= 0
+
+
+def test_source_digest_shortcut_skips_cog_work(
+    catalog: Catalog, config: ProductConfig, s2_tile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ingest(catalog, config, s2_tile)
+
+    def must_not_run(*_: Any, **__: Any) -> None:
+        raise AssertionError("prepare_tile ran for an already-ingested local source")
+
+    monkeypatch.setattr(ingest_mod, "prepare_tile", must_not_run)
+    assert _ingest(catalog, config, s2_tile).results[0].status == "exists"
