@@ -11,6 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
+from geomesh import faults
 from geomesh.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -71,3 +72,6 @@ def transaction(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         with session.begin():
             yield session
+            session.flush()
+            faults.point("db.before_commit")
+        faults.point("db.after_commit")

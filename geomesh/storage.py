@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 
+from geomesh import faults
 from geomesh.errors import StorageError, UnsafePath
 
 Area = Literal["staging", "quarantine", "production", "meta"]
@@ -93,9 +94,13 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            half = len(data) // 2
+            fh.write(data[:half])
+            faults.point("write_bytes.partial")
+            fh.write(data[half:])
             fh.flush()
             os.fsync(fh.fileno())
+        faults.point("write_bytes.before_rename")
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -110,9 +115,12 @@ def atomic_copy_file(src: Path, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            out.write(inp.read(1 << 16))
+            faults.point("copy_file.partial")
             shutil.copyfileobj(inp, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
+        faults.point("copy_file.before_rename")
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -188,6 +196,7 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             os.link(src, tmp)
+            faults.point("copy.before_rename")
             os.replace(tmp, dst)
             fsync_dir(dst.parent)
         except OSError:

@@ -7,6 +7,7 @@ exits with status 2 (validation uses 0-3 by worst severity); anything else is a 
 from __future__ import annotations
 
 # command modules register themselves on `cli`
+from geomesh.cli import doctor as _doctor  # noqa: F401
 from geomesh.cli import ingest as _ingest  # noqa: F401
 from geomesh.cli._base import cli, main
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from sqlmodel import Session, col, select
 
-from geomesh import audit, auth, lifecycle
+from geomesh import audit, auth, faults, lifecycle
 from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig
 from geomesh.errors import GeomeshError, StorageError
@@ -328,6 +328,7 @@ def stage_tile(
     cat.store.put_file("staging", okey, prepared.cog_path)
     payload = json.dumps(stac, indent=2, sort_keys=True).encode()
     cat.store.put_bytes("staging", skey, payload)
+    faults.point("ingest.files_stored")
 
     with cat.transaction() as session:
         auth.require(session, actor, "ingest")
