@@ -129,6 +129,24 @@ def atomic_copy_file(src: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
+def _link_into_place(src: Path, target: Path) -> bool:
+    """Hard-link a complete, fsynced file into place (free on one filesystem); False if not possible."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f"{TMP_PREFIX}{os.getpid()}-{target.name}"
+    try:
+        with open(src, "rb") as fh:
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(src, tmp)
+    except OSError:
+        return False
+    faults.point("put_file.before_rename")
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+    return True
+
+
 class LocalStore:
     """Objects as files under ``root/<area>/<key>``."""
 
@@ -154,7 +172,8 @@ class LocalStore:
         if target.exists():
             return
         try:
-            atomic_copy_file(path, target)
+            if not _link_into_place(path, target):
+                atomic_copy_file(path, target)
         except OSError as exc:
             raise StorageError(f"cannot store {key} in {target.parent}: {exc.strerror}") from exc
 

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLE_CONFIG
 
 from geomesh.config import load_config, loads_config
 from geomesh.errors import ConfigError
+
+from conftest import EXAMPLE_CONFIG
 
 
 def test_example_config_loads_unchanged(config_path: Path) -> None:

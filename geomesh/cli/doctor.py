@@ -24,7 +24,7 @@ def doctor_cmd(gc: bool, deep: bool, min_age: float, as_json: bool) -> None:
             echo_json(report.to_json())
         else:
             for p in report.problems:
-                colour = {"error": "red", "warning": "yellow"}.get(p.level, None)
+                colour = {"error": "red", "warning": "yellow"}.get(p.level)
                 click.secho(f"{p.level:<8} {p.kind:<26} {p.target}: {p.message}", fg=colour)
             for c in report.collected:
                 click.echo(f"removed  {c}")
