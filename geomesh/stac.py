@@ -61,6 +61,7 @@ def build_item(
     predecessor_href: str | None = None,
     source_href: str | None = None,
     extra_properties: dict[str, Any] | None = None,
+    extra_extensions: list[str] | None = None,
 ) -> pystac.Item:
     """The STAC Item of a stored COG. ``info`` describes the COG itself (not the input)."""
     meta = config.product_metadata
@@ -92,6 +93,9 @@ def build_item(
     item.properties["geomesh:product_id"] = meta.product_id
     if extra_properties:
         item.properties.update(extra_properties)
+    for uri in extra_extensions or ():
+        if uri not in item.stac_extensions:
+            item.stac_extensions.append(uri)
 
     asset = pystac.Asset(
         href=asset_href, media_type=COG_MEDIA_TYPE, roles=["data"], title=f"{meta.product_id} tile"

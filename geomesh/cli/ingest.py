@@ -57,7 +57,13 @@ def _print_report(report: IngestReport) -> None:
 
 @cli.command("ingest")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.argument("rasters", nargs=-1, required=True)
+@click.argument("rasters", nargs=-1, required=False)
+@click.option(
+    "--from-stac",
+    "from_stac",
+    is_flag=True,
+    help="Ingest the new scenes of the config's STAC `source` (see `geomesh discover`).",
+)
 @click.option("--dry-run", is_flag=True, help="Do every read and check; write nothing.")
 @click.option(
     "--datetime",
@@ -84,8 +90,28 @@ def ingest_cmd(
     scheduler: str | None,
     actor: str | None,
     as_json: bool,
+    from_stac: bool = False,
 ) -> None:
-    """Ingest RASTERS (paths, http(s):// or s3:// URLs) into the product CONFIG."""
+    """Ingest RASTERS (paths, http(s):// or s3:// URLs) into the product CONFIG.
+
+    With --from-stac, ingest the new scenes of the config's STAC `source` instead.
+    """
+    if from_stac or not rasters:
+        from geomesh.cli.sources import run_ingest_from_stac
+
+        run_ingest_from_stac(
+            config,
+            from_stac=from_stac,
+            rasters=rasters,
+            workers=workers,
+            scheduler=scheduler,
+            dry_run=dry_run,
+            acquired=acquired,
+            actor=actor,
+            as_json=as_json,
+            print_report=_print_report,
+        )
+        return
     with errors_at_edge():
         cfg = load(config)
         cat = open_catalog(cfg)

@@ -46,6 +46,20 @@ Status = Literal["staged", "exists", "would-stage", "failed"]
 
 
 @dataclass
+class SourceMeta:
+    """Where a tile came from when it was found in a STAC API (set by geomesh.sources)."""
+
+    #: "<stac item id>/<asset key>": with source_etag, what makes a re-run skip the asset
+    source_item_id: str
+    source_etag: str | None
+    #: self href of the source STAC item (the new item's `derived_from` link)
+    derived_from: str | None = None
+    #: source item properties to carry (checked against their extension schemas)
+    properties: dict[str, Any] = field(default_factory=dict)
+    stac_extensions: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PreparedTile:
     """The result of the file work for one source (picklable, for worker processes)."""
 
@@ -63,6 +77,7 @@ class PreparedTile:
     cog_errors: list[str]
     cog_warnings: list[str]
     clipped: bool
+    source_meta: SourceMeta | None = None
 
 
 @dataclass
@@ -214,6 +229,7 @@ def build_stac(
     predecessor_href: str | None = None,
 ) -> dict[str, Any]:
     info = inspect(prepared.cog_path, domain_crs=config.spatial_domain.crs)
+    meta = prepared.source_meta
     item = build_item(
         config=config,
         info=info,
@@ -224,7 +240,9 @@ def build_stac(
         statistics=prepared.statistics,
         item_version=item_version,
         predecessor_href=predecessor_href,
-        source_href=prepared.source_name,
+        source_href=(meta.derived_from if meta and meta.derived_from else prepared.source_name),
+        extra_properties=meta.properties if meta else None,
+        extra_extensions=meta.stac_extensions if meta else None,
     )
     return item_to_dict(item)
 
@@ -351,6 +369,8 @@ def stage_tile(
             state=ItemState.staging,
             submitted_by=actor,
             supersedes=prev.id if prev is not None else None,
+            source_item_id=prepared.source_meta.source_item_id if prepared.source_meta else None,
+            source_etag=prepared.source_meta.source_etag if prepared.source_meta else None,
         )
         session.add(item)
         session.flush()

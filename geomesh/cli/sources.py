@@ -1,0 +1,156 @@
+"""`geomesh discover` and the `geomesh ingest --from-stac` path (STAC API sources)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from geomesh.cli._base import (
+    cli,
+    echo_json,
+    errors_at_edge,
+    json_option,
+    load,
+    open_catalog,
+    resolve_actor,
+)
+from geomesh.errors import ConfigError
+from geomesh.raster import parse_datetime
+from geomesh.services.ingest import IngestReport, TileResult
+from geomesh.sources import Candidate, discover, ingest_from_stac, require_source
+
+
+def _discover_json(product_id: str, candidates: list[Candidate]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for c in candidates:
+        counts[c.status] = counts.get(c.status, 0) + 1
+    return {
+        "product_id": product_id,
+        "counts": counts,
+        "candidates": [c.to_json() for c in candidates],
+    }
+
+
+def _print_candidates(candidates: list[Candidate]) -> None:
+    colours = {"new": "green", "ingested": "yellow", "unavailable": "red"}
+    for c in candidates:
+        when = c.datetime.isoformat() if c.datetime else "-"
+        cloud = f"{c.cloud_cover:6.2f}%" if c.cloud_cover is not None else "     -"
+        assets = ", ".join(f"{k}:{s}" for k, s in c.asset_status.items()) or "no configured asset"
+        click.secho(
+            f"{c.status:<11} {c.item_id:<56} {when:<32} {cloud}  {assets}", fg=colours.get(c.status)
+        )
+        for key, err in c.errors.items():
+            click.secho(f"            {key}: {err}", fg="red")
+    counts: dict[str, int] = {}
+    for c in candidates:
+        counts[c.status] = counts.get(c.status, 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no scenes found"
+    click.echo(f"summary: {summary}")
+
+
+@cli.command("discover")
+@click.argument("config", type=click.Path(dir_okay=False))
+@json_option
+def discover_cmd(config: str, as_json: bool) -> None:
+    """List the scenes the config's STAC `source` offers over the domain (no pixel reads).
+
+    Each scene is `new` or `ingested` (by source item id + asset checksum/ETag).
+    """
+    with errors_at_edge():
+        cfg = load(config)
+        require_source(cfg)
+        cat = open_catalog(cfg)
+        candidates = discover(cat, cfg)
+        if as_json:
+            echo_json(_discover_json(cfg.product_id, candidates))
+        else:
+            _print_candidates(candidates)
+
+
+def run_ingest_from_stac(
+    config: str,
+    *,
+    from_stac: bool,
+    rasters: tuple[str, ...],
+    workers: int,
+    scheduler: str | None,
+    dry_run: bool,
+    acquired: str | None,
+    actor: str | None,
+    as_json: bool,
+    print_report: Callable[[IngestReport], None],
+) -> None:
+    """`geomesh ingest --from-stac CONFIG`: ingest the new assets of the source's scenes.
+
+    ``--dry-run`` lists what would be ingested (the discover step) and reads no pixels.
+    Exits 0 when every asset was staged or already present, 1 otherwise.
+    """
+    if not from_stac:
+        raise click.UsageError(
+            "give one or more RASTERS, or --from-stac to ingest from the config's STAC source"
+        )
+    if rasters:
+        raise click.UsageError(
+            f"--from-stac reads the scenes from the config's source section; "
+            f"drop the RASTERS ({' '.join(rasters[:3])}{' …' if len(rasters) > 3 else ''})"
+        )
+    if workers != 1 or scheduler:
+        raise click.UsageError("--from-stac runs serially: drop --workers and --scheduler")
+    with errors_at_edge():
+        when = None
+        if acquired is not None:
+            when = parse_datetime(acquired)
+            if when is None:
+                raise ConfigError(
+                    f"--datetime {acquired!r} is not an ISO 8601 datetime "
+                    "(e.g. 2024-06-12T19:03:21Z)"
+                )
+        cfg = load(config)
+        require_source(cfg)
+        cat = open_catalog(cfg)
+        candidates = discover(cat, cfg)
+        if dry_run:
+            if as_json:
+                echo_json(_discover_json(cfg.product_id, candidates))
+            else:
+                _print_candidates(candidates)
+            return
+        todo = sum(1 for c in candidates for _ in (c.assets or {"": ""}))
+        show_bar = not as_json and todo > 1
+        with (
+            click.progressbar(length=todo, label="ingesting", file=sys.stderr, show_pos=True)
+            if show_bar
+            else _NullBar()
+        ) as bar:
+
+            def tick(_: TileResult) -> None:
+                bar.update(1)
+
+            report: IngestReport = ingest_from_stac(
+                cat,
+                cfg,
+                actor=resolve_actor(actor),
+                candidates=candidates,
+                acquired=when,
+                progress=tick,
+            )
+        if as_json:
+            echo_json(report.to_json())
+        else:
+            print_report(report)
+        sys.exit(0 if report.ok else 1)
+
+
+class _NullBar:
+    def __enter__(self) -> _NullBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None

@@ -1,0 +1,779 @@
+"""STAC API sources: find scenes over the domain and ingest their assets by range reads.
+
+* :func:`discover` searches the config's ``source`` (pystac-client ``ItemSearch``:
+  collection, the domain boundary as GeoJSON in EPSG:4326, datetime, cloud cover, query or
+  CQL2 filter) and marks each candidate ``new`` or ``ingested`` by source item id + asset
+  identity (``file:checksum`` when the item has one, else the HTTP ETag from a HEAD request).
+  It never reads pixels.
+* :func:`ingest_from_stac` runs the same core as local ingestion (``prepare_tile`` →
+  ``stage_tile`` → post-stage) on the new assets, reading them through GDAL's ``/vsicurl/``
+  with the clip to the domain forced on, so only the byte ranges under the domain are
+  fetched. The source item's metadata (datetime, platform, eo:cloud_cover, s2:*, …) and a
+  ``derived_from`` link to it go into the new item. Re-runs skip what is already ingested;
+  an interrupted run resumes without duplicates.
+
+Extension fields are carried only when their schema is in the offline schema store and the
+value validates against it, so items stay valid offline; other prefixes are left out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import numpy as np
+import pystac
+import rasterio
+import shapely
+from pyproj import CRS, Transformer
+from pystac_client import Client
+from pystac_client.conformance import ConformanceClasses
+from pystac_client.errors import ClientTypeError
+from pystac_client.exceptions import APIError
+from shapely.errors import ShapelyError
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
+from sqlmodel import col, select
+
+from geomesh import audit, auth
+from geomesh.catalog import Catalog
+from geomesh.config import ProductConfig, Source
+from geomesh.errors import ConfigError, GeomeshError, SourceError
+from geomesh.logs import RunLog
+from geomesh.models import Item, utcnow
+from geomesh.raster import EDGE_POINTS, parse_datetime, sanitize_source
+from geomesh.services.ingest import (
+    IngestReport,
+    PostStage,
+    SourceMeta,
+    TileResult,
+    prepare_tile,
+    stage_tile,
+)
+from geomesh.storage import TMP_PREFIX
+from geomesh.validation.schemas import compiled_validator
+
+CandidateStatus = Literal["new", "ingested", "unavailable"]
+AssetStatus = Literal["new", "changed", "ingested"]
+
+#: GDAL options for remote reads: no directory listing on open, only COG extensions probed
+GDAL_REMOTE_OPTIONS: Final[dict[str, str]] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+}
+#: page size asked of the API (max_items still caps the total at source.limit)
+PAGE_SIZE: Final = 100
+HTTP_TIMEOUT_S: Final = 30.0
+MAX_IDENTITY_CHARS: Final = 255
+#: source item ids per IN (...) lookup (SQLite limits bound parameters)
+ID_BATCH: Final = 500
+
+#: core fields copied from the source item when present
+CARRIED_CORE: Final[tuple[str, ...]] = ("platform", "constellation", "instruments")
+#: property prefix → the extension schema its fields are checked against (offline store)
+CARRIED_EXTENSIONS: Final[dict[str, str]] = {
+    "eo:": "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+    "sat:": "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
+    "s2:": "https://stac-extensions.github.io/sentinel-2/v1.0.0/schema.json",
+    "processing:": "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
+}
+#: fields that describe the whole source scene's band set, not the one asset ingested
+NOT_CARRIED: Final[frozenset[str]] = frozenset({"eo:bands"})
+
+
+# ------------------------------------------------------------------ candidates
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scene the search found, with what it would contribute to the product.
+
+    ``geometry`` is the item's GeoJSON geometry (EPSG:4326 lon/lat), ready to draw over
+    :func:`domain_geojson`. ``assets`` maps each configured asset key the item offers to
+    its href (as the API gave it; signed URLs keep their token for reading — use
+    :meth:`to_json` for display, which strips tokens).
+    """
+
+    item_id: str
+    collection: str | None
+    datetime: datetime | None
+    cloud_cover: float | None
+    geometry: dict[str, Any]
+    bbox: list[float] | None
+    assets: dict[str, str]
+    status: CandidateStatus
+    self_href: str | None
+    #: asset key → identity recorded as Item.source_etag ("checksum:…", "etag:…", …)
+    identities: dict[str, str | None] = field(default_factory=dict)
+    asset_status: dict[str, AssetStatus] = field(default_factory=dict)
+    #: asset key → id of the geomesh item that already holds it (status "ingested")
+    ingested_items: dict[str, str] = field(default_factory=dict)
+    #: configured asset keys this item does not offer, and every key it does offer
+    missing_assets: tuple[str, ...] = ()
+    offered_assets: tuple[str, ...] = ()
+    #: asset key → why its identity could not be read (the asset is still a candidate)
+    errors: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def source_item_id(self, asset_key: str) -> str:
+        return f"{self.item_id}/{asset_key}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "collection": self.collection,
+            "datetime": self.datetime.isoformat() if self.datetime else None,
+            "cloud_cover": self.cloud_cover,
+            "platform": self.properties.get("platform"),
+            "status": self.status,
+            "assets": {k: sanitize_source(v) for k, v in self.assets.items()},
+            "asset_status": dict(self.asset_status),
+            "identities": dict(self.identities),
+            "ingested_items": dict(self.ingested_items),
+            "missing_assets": list(self.missing_assets),
+            "errors": dict(self.errors),
+            "self_href": sanitize_source(self.self_href) if self.self_href else None,
+            "bbox": self.bbox,
+            "geometry": self.geometry,
+        }
+
+    def to_feature(self) -> dict[str, Any]:
+        """A GeoJSON Feature (for maps): the geometry plus the summary as properties."""
+        props = self.to_json()
+        geometry = props.pop("geometry")
+        props.pop("bbox")
+        feature: dict[str, Any] = {
+            "type": "Feature",
+            "id": self.item_id,
+            "geometry": geometry,
+            "properties": props,
+        }
+        if self.bbox:
+            feature["bbox"] = self.bbox
+        return feature
+
+
+def candidates_geojson(candidates: Sequence[Candidate]) -> dict[str, Any]:
+    """The candidates as a GeoJSON FeatureCollection (EPSG:4326)."""
+    return {"type": "FeatureCollection", "features": [c.to_feature() for c in candidates]}
+
+
+# ------------------------------------------------------------------ the domain in lon/lat
+
+
+def domain_geometry_4326(config: ProductConfig) -> BaseGeometry:
+    """The domain boundary in EPSG:4326 (lon/lat), edges densified before reprojecting."""
+    dom = config.spatial_domain
+    geom = dom.boundary
+    if dom.pyproj_crs.to_epsg() == 4326:
+        return geom
+    tr = Transformer.from_crs(dom.pyproj_crs, CRS.from_epsg(4326), always_xy=True)
+    minx, miny, maxx, maxy = geom.bounds
+    step = max(maxx - minx, maxy - miny) / (EDGE_POINTS - 1)
+    dense = shapely.segmentize(geom, step)
+    out = shapely.transform(dense, lambda xy: _transform_xy(tr, xy))
+    if not bool(shapely.is_valid(out)):
+        out = shapely.make_valid(out)
+    return out
+
+
+def _transform_xy(tr: Transformer, xy: Any) -> Any:
+    x, y = tr.transform(xy[:, 0], xy[:, 1])
+    out = np.column_stack([x, y])
+    if not np.all(np.isfinite(out)):
+        raise ConfigError(
+            "spatial_domain.boundary_wkt cannot be reprojected to EPSG:4326 (coordinates "
+            "outside the CRS's area of use); check spatial_domain.crs"
+        )
+    return out
+
+
+def domain_geojson(config: ProductConfig) -> dict[str, Any]:
+    """The domain boundary as a GeoJSON geometry in EPSG:4326 (what the search sends)."""
+    result: dict[str, Any] = json.loads(shapely.to_geojson(domain_geometry_4326(config)))
+    return result
+
+
+# ------------------------------------------------------------------ search
+
+
+def require_source(config: ProductConfig) -> Source:
+    if config.source is None:
+        raise ConfigError(
+            f"product {config.product_id!r} has no `source` section",
+            hint="add source.url (STAC API), source.collection and source.assets to the config",
+        )
+    return config.source
+
+
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()]+")
+
+
+def scrub(text: str, *urls: str) -> str:
+    """``text`` with credentials and query strings (signed tokens) removed from URLs,
+    including the parts of ``urls`` that libraries echo without the scheme."""
+    text = _URL_RE.sub(lambda m: sanitize_source(m.group(0)), text)
+    for url in urls:
+        parts = urlsplit(url)
+        for secret in (parts.query, parts.password, parts.username):
+            if secret:
+                text = text.replace(secret, "***")
+    return text
+
+
+def _short(exc: BaseException, *urls: str) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return scrub(first, *urls)[:300]
+
+
+def open_client(source: Source) -> Client:
+    """Open the STAC API landing page; failures become a SourceError naming the URL."""
+    url = sanitize_source(source.url)
+    try:
+        return Client.open(source.url, timeout=HTTP_TIMEOUT_S)
+    except (APIError, ClientTypeError, pystac.STACError, ValueError, OSError) as exc:
+        raise SourceError(
+            f"{url}: cannot open the STAC API ({_short(exc, source.url)})",
+            hint="check source.url points at a STAC API landing page and the API is reachable",
+        ) from exc
+
+
+def search_parameters(client: Client, config: ProductConfig) -> dict[str, Any]:
+    """The ItemSearch keyword arguments for the config's source (checked against the API)."""
+    source = require_source(config)
+    url = sanitize_source(source.url)
+    has_query = bool(client.conforms_to(ConformanceClasses.QUERY))
+    has_filter = bool(client.conforms_to(ConformanceClasses.FILTER))
+    if source.query and not has_query:
+        raise SourceError(
+            f"{url}: source.query needs the STAC API query extension, which this API does "
+            "not declare in conformsTo",
+            hint="remove source.query, or express it as source.filter (CQL2) if the API "
+            "supports filter",
+        )
+    if source.filter and not has_filter:
+        raise SourceError(
+            f"{url}: source.filter needs the STAC API filter extension (CQL2), which this "
+            "API does not declare in conformsTo",
+            hint="remove source.filter, or use source.query if the API supports it",
+        )
+    params: dict[str, Any] = {
+        "collections": [source.collection],
+        "intersects": domain_geojson(config),
+        "max_items": source.limit,
+        "limit": min(source.limit, PAGE_SIZE),
+    }
+    if source.datetime:
+        params["datetime"] = source.datetime
+    query: dict[str, Any] = {
+        k: dict(v) if isinstance(v, dict) else v for k, v in (source.query or {}).items()
+    }
+    filt: dict[str, Any] | None = dict(source.filter) if source.filter else None
+    if source.max_cloud_cover is not None:
+        # server-side when the API can; the result is re-checked client-side either way
+        if has_query and filt is None:
+            cc = query.get("eo:cloud_cover")
+            query["eo:cloud_cover"] = {
+                **(cc if isinstance(cc, dict) else {}),
+                "lt": source.max_cloud_cover,
+            }
+        elif has_filter:
+            clause = {"op": "<", "args": [{"property": "eo:cloud_cover"}, source.max_cloud_cover]}
+            filt = {"op": "and", "args": [filt, clause]} if filt else clause
+    if query:
+        params["query"] = query
+    if filt:
+        params["filter"] = filt
+        params["filter_lang"] = "cql2-json"
+    return params
+
+
+def _search(client: Client, config: ProductConfig) -> Iterator[pystac.Item]:
+    source = require_source(config)
+    url = sanitize_source(source.url)
+    params = search_parameters(client, config)
+    try:
+        search = client.search(**params)
+        yield from search.items()
+    except (APIError, pystac.STACError, ValueError, OSError) as exc:
+        raise SourceError(
+            f"{url}: item search in collection {source.collection!r} failed "
+            f"({_short(exc, source.url)})",
+            hint="check source.collection, source.datetime and source.query/filter",
+        ) from exc
+
+
+def _self_href(item: pystac.Item, api_url: str) -> str | None:
+    """The item's self href in this API (some servers keep the upstream self link too)."""
+    hrefs = [link.href for link in item.links if link.rel == "self"]
+    base = api_url.rstrip("/")
+    for href in hrefs:
+        if href.startswith(base + "/"):
+            return href
+    if hrefs:
+        return hrefs[0]
+    if item.collection_id:
+        return f"{base}/collections/{item.collection_id}/items/{item.id}"
+    return None
+
+
+def _item_datetime(item: pystac.Item) -> datetime | None:
+    if item.datetime is not None:
+        return item.datetime
+    start = item.properties.get("start_datetime")
+    return parse_datetime(start) if isinstance(start, str) else None
+
+
+def _cloud_cover(item: pystac.Item) -> float | None:
+    value = item.properties.get("eo:cloud_cover")
+    return float(value) if isinstance(value, int | float) else None
+
+
+# ------------------------------------------------------------------ asset identity
+
+
+def _cap(value: str) -> str:
+    if len(value) <= MAX_IDENTITY_CHARS:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def _head(href: str) -> Mapping[str, str]:
+    """Response headers of a HEAD (or, where HEAD is refused, a 1-byte ranged GET)."""
+    opener = urllib.request.build_opener()
+    headers = {"User-Agent": "geomesh"}
+    try:
+        with opener.open(
+            urllib.request.Request(href, method="HEAD", headers=headers), timeout=HTTP_TIMEOUT_S
+        ) as resp:
+            return dict(resp.headers.items())
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (403, 405, 501):
+            raise
+    # some stores (e.g. presigned GET URLs) refuse HEAD: ask for one byte instead
+    req = urllib.request.Request(href, headers={**headers, "Range": "bytes=0-0"})
+    with opener.open(req, timeout=HTTP_TIMEOUT_S) as resp:
+        return dict(resp.headers.items())
+
+
+def asset_identity(href: str, asset: pystac.Asset | None = None) -> str | None:
+    """What identifies this version of the asset's bytes, without reading them.
+
+    ``checksum:<multihash>`` from the item's ``file:checksum``, else ``etag:<ETag>`` from
+    an HTTP HEAD, else ``modified:<Last-Modified>;size:<n>``; None when nothing is known
+    (then the source item id alone decides). Raises SourceError when the HEAD fails.
+    """
+    checksum = asset.extra_fields.get("file:checksum") if asset is not None else None
+    if isinstance(checksum, str) and checksum:
+        return _cap(f"checksum:{checksum.lower()}")
+    if not href.startswith(("http://", "https://")):
+        return None
+    try:
+        headers = {k.lower(): v for k, v in _head(href).items()}
+    except urllib.error.HTTPError as exc:
+        raise SourceError(
+            f"{sanitize_source(href)}: HEAD request answered HTTP {exc.code}",
+            hint="check the asset href is readable (signed URLs may have expired)",
+        ) from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise SourceError(
+            f"{sanitize_source(href)}: cannot reach the asset ({_short(exc, href)})",
+            hint="check the network and the asset href",
+        ) from exc
+    if headers.get("etag"):
+        return _cap(f"etag:{headers['etag']}")
+    if headers.get("last-modified"):
+        size = headers.get("content-length", "?")
+        return _cap(f"modified:{headers['last-modified']};size:{size}")
+    return None
+
+
+def _known(cat: Catalog, product_id: str, ids: Sequence[str]) -> dict[str, dict[str | None, str]]:
+    """source_item_id → {identity: geomesh item id} of what this product already holds."""
+    out: dict[str, dict[str | None, str]] = {}
+    unique = sorted(set(ids))
+    with cat.read() as session:
+        for i in range(0, len(unique), ID_BATCH):
+            rows = session.exec(
+                select(Item.source_item_id, Item.source_etag, Item.id)
+                .where(Item.product_id == product_id)
+                .where(col(Item.source_item_id).in_(unique[i : i + ID_BATCH]))
+                .order_by(col(Item.created_at))
+            ).all()
+            for sid, identity, item_id in rows:
+                if sid is not None:
+                    out.setdefault(sid, {})[identity] = item_id
+    return out
+
+
+# ------------------------------------------------------------------ discover
+
+
+def discover(cat: Catalog, config: ProductConfig) -> list[Candidate]:
+    """Candidate scenes over the domain, each marked new or already ingested. No pixel reads.
+
+    Sorted by datetime, then item id. Items the API returns although they miss the domain
+    or exceed ``max_cloud_cover`` (APIs without the query/filter extension) are dropped.
+    """
+    source = require_source(config)
+    client = open_client(source)
+    domain = domain_geometry_4326(config)
+    found: list[tuple[pystac.Item, dict[str, str], dict[str, str | None], dict[str, str]]] = []
+    for item in _search(client, config):
+        if item.geometry is None:
+            continue
+        try:
+            if not shape(item.geometry).intersects(domain):
+                continue
+        except (ShapelyError, ValueError, TypeError, AttributeError):
+            continue  # an unreadable footprint cannot be placed in the domain
+        cc = _cloud_cover(item)
+        if source.max_cloud_cover is not None and (cc is None or cc >= source.max_cloud_cover):
+            continue
+        hrefs: dict[str, str] = {}
+        identities: dict[str, str | None] = {}
+        errors: dict[str, str] = {}
+        for key in source.assets:
+            asset = item.assets.get(key)
+            if asset is None:
+                continue
+            href = asset.get_absolute_href() or asset.href
+            hrefs[key] = href
+            try:
+                identities[key] = asset_identity(href, asset)
+            except SourceError as exc:
+                identities[key] = None
+                errors[key] = str(exc)
+        found.append((item, hrefs, identities, errors))
+
+    known = _known(
+        cat, config.product_id, [f"{item.id}/{k}" for item, hrefs, _, _ in found for k in hrefs]
+    )
+    api_url = client.get_self_href() or source.url
+    out: list[Candidate] = []
+    for item, hrefs, identities, errors in found:
+        asset_status: dict[str, AssetStatus] = {}
+        ingested: dict[str, str] = {}
+        for key in hrefs:
+            versions = known.get(f"{item.id}/{key}", {})
+            if identities[key] in versions and key not in errors:
+                asset_status[key] = "ingested"
+                ingested[key] = versions[identities[key]]
+            else:
+                asset_status[key] = "changed" if versions else "new"
+        status: CandidateStatus
+        if not hrefs:
+            status = "unavailable"
+        elif all(s == "ingested" for s in asset_status.values()):
+            status = "ingested"
+        else:
+            status = "new"
+        out.append(
+            Candidate(
+                item_id=item.id,
+                collection=item.collection_id,
+                datetime=_item_datetime(item),
+                cloud_cover=_cloud_cover(item),
+                geometry=dict(item.geometry) if item.geometry else {},
+                bbox=[float(v) for v in item.bbox] if item.bbox else None,
+                assets=hrefs,
+                status=status,
+                self_href=_self_href(item, api_url),
+                identities=identities,
+                asset_status=asset_status,
+                ingested_items=ingested,
+                missing_assets=tuple(k for k in source.assets if k not in hrefs),
+                offered_assets=tuple(sorted(item.assets)),
+                errors=errors,
+                properties=dict(item.properties),
+            )
+        )
+    out.sort(key=lambda c: (c.datetime.isoformat() if c.datetime else "", c.item_id))
+    return out
+
+
+# ------------------------------------------------------------------ carried metadata
+
+
+def carried_metadata(
+    schema_dir: Path, properties: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """(properties to carry, extension schema URIs they need, field names left out).
+
+    Core fields are carried as they are. Extension fields are carried when the offline
+    schema store has the extension's schema and the field validates against it; otherwise
+    they are left out (an item must not list an extension it cannot be validated against).
+    """
+    carried: dict[str, Any] = {}
+    extensions: list[str] = []
+    dropped: list[str] = []
+    for key in CARRIED_CORE:
+        if properties.get(key) is not None:
+            carried[key] = properties[key]
+    for prefix, uri in CARRIED_EXTENSIONS.items():
+        fields = {
+            k: v for k, v in properties.items() if k.startswith(prefix) and k not in NOT_CARRIED
+        }
+        if not fields:
+            continue
+        compiled = compiled_validator(schema_dir, uri)
+        if compiled is None:
+            dropped.extend(sorted(fields))
+            continue
+        kept = False
+        for key, value in sorted(fields.items()):
+            doc = {
+                "type": "Feature",
+                "stac_extensions": [uri],
+                "properties": {key: value},
+                "assets": {},
+            }
+            if compiled.validator.is_valid(doc):
+                carried[key] = value
+                kept = True
+            else:
+                dropped.append(key)
+        if kept:
+            extensions.append(uri)
+    return carried, extensions, dropped
+
+
+# ------------------------------------------------------------------ remote reads
+
+
+def remote_config(config: ProductConfig) -> ProductConfig:
+    """The config remote reads use: clip forced on, so only the domain's ranges are read."""
+    if config.ingestion.clip:
+        return config
+    ingestion = config.ingestion.model_copy(update={"clip": True})
+    return config.model_copy(update={"ingestion": ingestion})
+
+
+@contextmanager
+def gdal_remote_env() -> Iterator[None]:
+    """GDAL settings for /vsicurl/ range reads (no sidecar probing, retries)."""
+    with rasterio.Env(**GDAL_REMOTE_OPTIONS):
+        yield
+
+
+@cache
+def _partial_clear_cache() -> Callable[[bytes], None] | None:
+    # GDAL's VSICurlPartialClearCache, reached through the libgdal rasterio links
+    # (rasterio exposes no wrapper). None where the symbol cannot be found.
+    try:
+        from rasterio import _base
+
+        fn = ctypes.CDLL(_base.__file__).VSICurlPartialClearCache
+    except (OSError, AttributeError, ImportError):
+        return None
+    fn.argtypes = [ctypes.c_char_p]
+    fn.restype = None
+    return fn
+
+
+def forget_cached(href: str) -> None:
+    """Drop GDAL's in-process /vsicurl/ cache of ``href``.
+
+    GDAL keeps the size, headers and blocks of a remote file for the life of the process;
+    a remote asset replaced in place would otherwise be read as a mix of old and new bytes.
+    """
+    fn = _partial_clear_cache()
+    if fn is not None and href.startswith(("http://", "https://")):
+        fn(("/vsicurl/" + href).encode())
+
+
+# ------------------------------------------------------------------ ingest
+
+
+def ingest_from_stac(
+    cat: Catalog,
+    config: ProductConfig,
+    *,
+    actor: str,
+    candidates: Sequence[Candidate] | None = None,
+    acquired: datetime | None = None,
+    progress: Callable[[TileResult], None] | None = None,
+    post_stage: PostStage | None = None,
+) -> IngestReport:
+    """Ingest the new assets of the discovered scenes; skip what is already ingested.
+
+    Each asset is read through /vsicurl/ with the clip to the domain forced on, staged by
+    :func:`~geomesh.services.ingest.stage_tile` (idempotent per content) and recorded with
+    ``source_item_id = "<stac item id>/<asset key>"`` and its identity, so a re-run ingests
+    only what is new and an interrupted run resumes where it stopped.
+    """
+    require_source(config)
+    with cat.read() as session:
+        auth.require(session, actor, "ingest")
+    cands = list(discover(cat, config) if candidates is None else candidates)
+    if post_stage is None:
+        from geomesh.services.pipeline import default_post_stage
+
+        post_stage = default_post_stage
+    log = RunLog(cat.root, product_id=config.product_id, stderr=cat.settings.log_stderr)
+    report = IngestReport(product_id=config.product_id, run_id=log.run_id, dry_run=False)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}ingest-", dir=cat.root))
+    run = _Run(cat, config, remote_config(config), actor, log, workdir, post_stage, acquired)
+    try:
+        with gdal_remote_env():
+            for cand in cands:
+                for res in run.candidate(cand):
+                    report.results.append(res)
+                    if progress is not None:
+                        progress(res)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
+@dataclass
+class _Run:
+    cat: Catalog
+    config: ProductConfig
+    remote: ProductConfig
+    actor: str
+    log: RunLog
+    workdir: Path
+    post_stage: PostStage
+    acquired: datetime | None
+
+    def candidate(self, cand: Candidate) -> Iterator[TileResult]:
+        if not cand.assets:
+            offered = ", ".join(cand.offered_assets) or "none"
+            msg = (
+                f"{cand.item_id}: has none of the configured assets "
+                f"{list(cand.missing_assets)}; it offers: {offered} (fix source.assets)"
+            )
+            self.log.write(step="prepare", outcome="error", source=cand.item_id, error=msg)
+            yield TileResult(source=cand.self_href or cand.item_id, status="failed", error=msg)
+            return
+        meta: tuple[dict[str, Any], list[str]] | None = None
+        for key, href in cand.assets.items():
+            if cand.asset_status.get(key) == "ingested":
+                yield self._existing(cand, key, href)
+                continue
+            if meta is None:
+                props, exts, dropped = carried_metadata(self.cat.schema_dir, cand.properties)
+                if dropped:
+                    self.log.write(
+                        step="carry", outcome="dropped", source=cand.item_id, fields=dropped
+                    )
+                meta = (props, exts)
+            yield self._ingest_asset(cand, key, href, meta)
+
+    def _existing(self, cand: Candidate, key: str, href: str) -> TileResult:
+        item_id = cand.ingested_items[key]
+        with self.cat.read() as session:
+            row = session.get(Item, item_id)
+        if row is None:  # removed since discover: report what discover saw
+            return TileResult(source=sanitize_source(href), status="exists", item_id=item_id)
+        return TileResult(
+            source=row.source,
+            status="exists",
+            item_id=row.id,
+            digest=row.content_digest,
+            size=row.size,
+            object_key=row.object_key,
+            stac_key=row.stac_key,
+            state=row.state.value,
+            item=row.stac,
+        )
+
+    def _ingest_asset(
+        self, cand: Candidate, key: str, href: str, meta: tuple[dict[str, Any], list[str]]
+    ) -> TileResult:
+        name = sanitize_source(href)
+        source_item_id = cand.source_item_id(key)
+        forget_cached(href)
+        try:
+            prepared = prepare_tile(
+                self.remote, href, self.workdir, acquired=cand.datetime or self.acquired
+            )
+        except GeomeshError as exc:
+            error = scrub(str(exc), href)
+            self.log.write(
+                step="prepare",
+                outcome="error",
+                source=name,
+                source_item_id=source_item_id,
+                error=error,
+            )
+            return TileResult(source=name, status="failed", error=error)
+        try:
+            props, exts = meta
+            prepared.source_meta = SourceMeta(
+                source_item_id=source_item_id,
+                source_etag=cand.identities.get(key),
+                derived_from=cand.self_href,
+                properties=dict(props),
+                stac_extensions=list(exts),
+            )
+            self.log.write(
+                step="prepare",
+                outcome="ok",
+                source=name,
+                source_item_id=source_item_id,
+                size=prepared.size,
+            )
+            with self.log.step("stage", source_item_id=source_item_id):
+                # the product's own config: forcing the clip must not register a new version
+                res = stage_tile(self.cat, self.config, prepared, actor=self.actor)
+            if res.status == "exists" and res.item_id:
+                self._record_identity(res.item_id, prepared.source_meta)
+            elif res.status == "staged" and res.item_id:
+                with self.log.step("validate+route", item_id=res.item_id) as info:
+                    res.state, res.route, res.findings = self.post_stage(
+                        self.cat, self.config, res.item_id, self.actor
+                    )
+                    info["outcome"] = res.route or "ok"
+        except GeomeshError as exc:
+            return TileResult(source=name, status="failed", error=scrub(str(exc), href))
+        finally:
+            prepared.cog_path.unlink(missing_ok=True)
+        return res
+
+    def _record_identity(self, item_id: str, meta: SourceMeta) -> None:
+        """Same bytes as an item we hold (e.g. the asset was re-uploaded unchanged): note
+        the new identity on it so the next discover sees the asset as ingested."""
+        with self.cat.transaction() as session:
+            row = session.get(Item, item_id)
+            if row is None or row.source_item_id not in (None, meta.source_item_id):
+                return
+            if row.source_item_id == meta.source_item_id and row.source_etag == meta.source_etag:
+                return
+            before = {"source_item_id": row.source_item_id, "source_etag": row.source_etag}
+            row.source_item_id = meta.source_item_id
+            row.source_etag = meta.source_etag
+            row.updated_at = utcnow()
+            session.add(row)
+            audit.append(
+                session,
+                actor=self.actor,
+                action="ingest.source",
+                target=item_id,
+                product_id=row.product_id,
+                digest=row.content_digest,
+                details={
+                    "previous": before,
+                    "source_item_id": meta.source_item_id,
+                    "source_etag": meta.source_etag,
+                },
+            )
