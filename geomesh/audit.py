@@ -116,22 +116,34 @@ def verify(session: Session) -> list[ChainProblem]:
         if ev.seq != expected_seq:
             if (ev.seq or 0) > expected_seq:
                 problems.append(
-                    ChainProblem(ev.seq, ev.event_id, f"events #{expected_seq}..#{(ev.seq or 1) - 1} were deleted")
+                    ChainProblem(
+                        ev.seq,
+                        ev.event_id,
+                        f"events #{expected_seq}..#{(ev.seq or 1) - 1} were deleted",
+                    )
                 )
             else:
                 problems.append(ChainProblem(ev.seq, ev.event_id, "sequence number out of order"))
         if ev.prev_hash != prev_hash:
             problems.append(
-                ChainProblem(ev.seq, ev.event_id, "previous-hash link broken (an event before it was deleted or inserted)")
+                ChainProblem(
+                    ev.seq,
+                    ev.event_id,
+                    "previous-hash link broken (an event before it was deleted or inserted)",
+                )
             )
         if event_hash(ev) != ev.hash:
-            problems.append(ChainProblem(ev.seq, ev.event_id, "content was edited after it was written"))
+            problems.append(
+                ChainProblem(ev.seq, ev.event_id, "content was edited after it was written")
+            )
         prev_hash = ev.hash
         expected_seq = (ev.seq or 0) + 1
     head = session.get(AuditHead, 1)
     if head is not None and (head.last_seq != expected_seq - 1 or head.last_hash != prev_hash):
         problems.append(
-            ChainProblem(head.last_seq, None, "the newest events were deleted (chain head does not match)")
+            ChainProblem(
+                head.last_seq, None, "the newest events were deleted (chain head does not match)"
+            )
         )
     return problems
 
@@ -140,7 +152,10 @@ def iter_events(session: Session, *, batch: int = 2000) -> Iterator[AuditEvent]:
     last = 0
     while True:
         rows = session.exec(
-            select(AuditEvent).where(col(AuditEvent.seq) > last).order_by(col(AuditEvent.seq)).limit(batch)
+            select(AuditEvent)
+            .where(col(AuditEvent.seq) > last)
+            .order_by(col(AuditEvent.seq))
+            .limit(batch)
         ).all()
         if not rows:
             return

@@ -85,9 +85,7 @@ def validate_name(name: str) -> str:
     return name
 
 
-def create_user(
-    session: Session, *, name: str, role: Role, password: str | None = None
-) -> User:
+def create_user(session: Session, *, name: str, role: Role, password: str | None = None) -> User:
     validate_name(name)
     if get_user(session, name) is not None:
         raise AlreadyExists(f"user {name!r} already exists")

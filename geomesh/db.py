@@ -7,14 +7,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 from geomesh import faults
 from geomesh.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: PostgreSQL advisory lock serialising concurrent `migrate` calls ("geom" in ASCII)
+MIGRATION_LOCK_KEY = 0x67656F6D
 
 
 def make_engine(url: str) -> Engine:
@@ -61,9 +64,23 @@ def migrate(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # replicas starting together: one migrates, the others wait here, then find
+                # the schema at head (SQLite: BEGIN IMMEDIATE already serialises)
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise ConfigError(
+            f"cannot open the database {where}: {reason}",
+            hint="check GEOMESH_DATABASE_URL and that the server is running",
+        ) from None
 
 
 @contextmanager

@@ -109,3 +109,15 @@ class SourceError(GeomeshError):
 
 class DeliveryError(GeomeshError):
     """A webhook delivery failed."""
+
+
+class QuarantineBlocked(GeomeshError):
+    """A quarantined item cannot be released: its latest validation still routes it away."""
+
+
+class SignoffError(GeomeshError):
+    """A sign-off cannot be recorded (item not under review, rejection without a comment)."""
+
+
+class NothingToRollBack(GeomeshError):
+    """There is no earlier release (or no release at all) to roll back to."""

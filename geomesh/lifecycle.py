@@ -19,7 +19,8 @@ TRANSITIONS: Final[dict[ItemState, frozenset[ItemState]]] = {
     S.production: frozenset({S.rolled_back, S.superseded, S.deprecated}),
     S.quarantined: frozenset({S.staging, S.discarded}),
     S.rolled_back: frozenset({S.production, S.staging}),
-    S.superseded: frozenset({S.production}),
+    # a P1 rollback restores the version a failed re-ingest superseded, wherever it was
+    S.superseded: frozenset({S.production, S.staging, S.validation}),
     S.deprecated: frozenset(),
     S.discarded: frozenset(),
 }

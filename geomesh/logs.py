@@ -24,8 +24,15 @@ class RunLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._stderr: TextIO | None = sys.stderr if stderr else None
 
-    def write(self, *, step: str, outcome: str, item_id: str | None = None,
-              duration_s: float | None = None, **extra: Any) -> None:
+    def write(
+        self,
+        *,
+        step: str,
+        outcome: str,
+        item_id: str | None = None,
+        duration_s: float | None = None,
+        **extra: Any,
+    ) -> None:
         rec = {
             "ts": datetime.now(UTC).isoformat(),
             "run_id": self.run_id,
@@ -44,15 +51,27 @@ class RunLog:
             self._stderr.write(line + "\n")
 
     @contextmanager
-    def step(self, step: str, *, item_id: str | None = None, **extra: Any) -> Iterator[dict[str, Any]]:
+    def step(
+        self, step: str, *, item_id: str | None = None, **extra: Any
+    ) -> Iterator[dict[str, Any]]:
         """Time a step; log ``ok`` or the exception type as its outcome."""
         t0 = time.perf_counter()
         info: dict[str, Any] = dict(extra)
         try:
             yield info
         except BaseException as exc:
-            self.write(step=step, outcome=f"error:{type(exc).__name__}", item_id=item_id,
-                       duration_s=time.perf_counter() - t0, **info)
+            self.write(
+                step=step,
+                outcome=f"error:{type(exc).__name__}",
+                item_id=item_id,
+                duration_s=time.perf_counter() - t0,
+                **info,
+            )
             raise
-        self.write(step=step, outcome=info.pop("outcome", "ok"), item_id=item_id,
-                   duration_s=time.perf_counter() - t0, **info)
+        self.write(
+            step=step,
+            outcome=info.pop("outcome", "ok"),
+            item_id=item_id,
+            duration_s=time.perf_counter() - t0,
+            **info,
+        )

@@ -52,7 +52,9 @@ class Settings(BaseSettings):
 
     # parallel ingestion
     workers: int | None = Field(default=None, description="Process-pool size (default: CPU count).")
-    scheduler: str | None = Field(default=None, description="Dask scheduler address tcp://host:port.")
+    scheduler: str | None = Field(
+        default=None, description="Dask scheduler address tcp://host:port."
+    )
 
     def resolved_storage_root(self, config_root: Path | None = None) -> Path:
         """The storage root: the environment wins, then the product config, then ./geomesh-data."""

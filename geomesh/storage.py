@@ -14,8 +14,8 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from geomesh import faults
 from geomesh.errors import StorageError, UnsafePath
@@ -37,8 +37,7 @@ def check_key(key: str) -> str:
     """Reject keys that could escape their area: absolute, '..', empty or odd parts."""
     if not key or key.startswith("/") or "\\" in key or "\x00" in key:
         raise UnsafePath(f"storage key {key!r} is not a relative POSIX path")
-    parts = PurePosixPath(key).parts
-    for part in parts:
+    for part in key.split("/"):
         if part in (".", "..") or not _KEY_PART.match(part) or part.startswith(TMP_PREFIX):
             raise UnsafePath(
                 f"storage key {key!r} has an unsafe part {part!r}; "
@@ -77,6 +76,12 @@ class ObjectStore(Protocol):
         """A local file with the object's bytes for the duration of the context."""
 
     def describe(self) -> str: ...
+
+    def url(self, area: Area, key: str) -> str:
+        """A URL naming the object (a local path, or ``s3://bucket/key``) for hrefs."""
+
+    def gdal_env(self) -> dict[str, Any]:
+        """``rasterio.Env`` keyword arguments needed to read :meth:`gdal_path` (may be empty)."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -239,6 +244,12 @@ class LocalStore:
 
     def gdal_path(self, area: Area, key: str) -> str:
         return str(self.path(area, key))
+
+    def url(self, area: Area, key: str) -> str:
+        return str(self.path(area, key))
+
+    def gdal_env(self) -> dict[str, Any]:
+        return {}
 
     @contextlib.contextmanager
     def open_local(self, area: Area, key: str) -> Iterator[Path]:

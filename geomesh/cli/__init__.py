@@ -9,7 +9,9 @@ from __future__ import annotations
 # command modules register themselves on `cli`
 from geomesh.cli import doctor as _doctor  # noqa: F401
 from geomesh.cli import ingest as _ingest  # noqa: F401
+from geomesh.cli import quarantine as _quarantine  # noqa: F401
 from geomesh.cli import sources as _sources  # noqa: F401
+from geomesh.cli import validate as _validate  # noqa: F401
 from geomesh.cli._base import cli, main
 
 __all__ = ["cli", "main"]

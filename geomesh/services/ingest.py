@@ -173,10 +173,7 @@ def stac_key_for(product_id: str, item_id: str) -> str:
 
 
 def object_href(store: ObjectStore, area: Literal["staging"], key: str) -> str:
-    path = store.gdal_path(area, key)
-    if path.startswith("/vsis3/"):
-        return "s3://" + path.removeprefix("/vsis3/")
-    return path
+    return store.url(area, key)
 
 
 # ------------------------------------------------------------------ file work
@@ -512,6 +509,10 @@ def ingest_rasters(
         for s in srcs:
             if s in done:
                 res = done[s]
+                try:
+                    _run_post_stage(cat, config, res, actor=actor, post_stage=post_stage, log=log)
+                except GeomeshError as exc:
+                    res.status, res.error = "failed", str(exc)
             else:
                 if s not in prepared_by_source:
                     for src, value in pending:
@@ -566,10 +567,7 @@ def _finish_one(
         assert log is not None
         with log.step("stage", item_id=item_id_for(config.product_id, prepared.hexdigest)):
             res = stage_tile(cat, config, prepared, actor=actor)
-        if res.status == "staged" and post_stage is not None and res.item_id:
-            with log.step("validate+route", item_id=res.item_id) as info:
-                res.state, res.route, res.findings = post_stage(cat, config, res.item_id, actor)
-                info["outcome"] = res.route or "ok"
+        _run_post_stage(cat, config, res, actor=actor, post_stage=post_stage, log=log)
     except GeomeshError as exc:
         return TileResult(
             source=name,
@@ -578,6 +576,25 @@ def _finish_one(
             item_id=item_id_for(config.product_id, prepared.hexdigest),
         )
     return res
+
+
+def _run_post_stage(
+    cat: Catalog,
+    config: ProductConfig,
+    res: TileResult,
+    *,
+    actor: str,
+    post_stage: PostStage | None,
+    log: RunLog | None,
+) -> None:
+    """Validate + route a newly staged item, or one a crash left in staging unrouted."""
+    if post_stage is None or log is None or res.item_id is None:
+        return
+    if not (res.status == "staged" or (res.status == "exists" and res.state == "staging")):
+        return
+    with log.step("validate+route", item_id=res.item_id) as info:
+        res.state, res.route, res.findings = post_stage(cat, config, res.item_id, actor)
+        info["outcome"] = res.route or "ok"
 
 
 def _dry_run_result(cat: Catalog, config: ProductConfig, prepared: PreparedTile) -> TileResult:

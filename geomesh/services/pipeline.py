@@ -1,24 +1,13 @@
-"""What happens to a tile right after it is staged: validation, then severity routing."""
+"""What happens to a tile right after it is staged: validation, then severity routing.
+
+The ingest service calls these two hooks; they live here so that ingestion does not import
+the routing machinery at module import time.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from geomesh.services.routing import dry_run_findings, post_stage
 
-from geomesh.catalog import Catalog
-from geomesh.config import ProductConfig
+default_post_stage = post_stage
 
-
-def default_post_stage(
-    cat: Catalog, config: ProductConfig, item_id: str, actor: str
-) -> tuple[str | None, str | None, dict[str, int]]:
-    """Validate the staged item and route it by worst severity: (state, route, counts)."""
-    # PLACEHOLDER until geomesh.services.routing lands (validation issue)
-    return "staging", None, {}
-
-
-def dry_run_findings(
-    cat: Catalog, config: ProductConfig, stac: dict[str, Any], cog_path: Path
-) -> tuple[dict[str, int], str | None]:
-    """Findings counts and the route a tile would take, without writing anything."""
-    return {}, None
+__all__ = ["default_post_stage", "dry_run_findings"]

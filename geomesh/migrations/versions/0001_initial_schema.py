@@ -24,6 +24,9 @@ depends_on = None
 
 def upgrade() -> None:
     SQLModel.metadata.create_all(bind=op.get_bind())
+    # the audit chain head exists from the start, so concurrent first appenders lock it
+    # instead of racing to insert it
+    op.execute("INSERT INTO audithead (id, last_seq, last_hash) VALUES (1, 0, '" + "0" * 64 + "')")
 
 
 def downgrade() -> None:

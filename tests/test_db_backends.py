@@ -1,0 +1,257 @@
+"""The same database code on SQLite and PostgreSQL: migrations and concurrent audit appends."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _concurrency import WorkerFailed, hammer
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, col, select
+
+import geomesh.models  # noqa: F401  (registers the tables)
+from geomesh import audit, db
+from geomesh.errors import ConfigError
+from geomesh.models import AuditEvent
+
+WORKERS = 4
+EVENTS_PER_WORKER = 25
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'geomesh.db'}"
+    env: dict[str, str] = request.getfixturevalue("postgres_env")
+    return env["GEOMESH_DATABASE_URL"]
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = db.make_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+def _head_revision() -> str:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+# ------------------------------------------------------------------ migrations
+
+
+def test_migrate_creates_every_table_at_the_head_revision(engine: Engine) -> None:
+    db.migrate(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert set(SQLModel.metadata.tables) <= tables
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == (
+            _head_revision()
+        )
+
+
+def test_migrate_twice_is_a_no_op_and_keeps_data(engine: Engine) -> None:
+    db.migrate(engine)
+    with db.transaction(engine) as s:
+        audit.append(s, actor="alice", action="ingest", target="item-1")
+    db.migrate(engine)
+    with Session(engine) as s:
+        assert len(s.exec(select(AuditEvent)).all()) == 1
+        assert audit.verify(s) == []
+
+
+def migrate_in_worker(index: int, url: str) -> str:
+    """Hammer worker: run the migrations (engine connected in setup), report the revision."""
+    engine = _ENGINES[url]
+    try:
+        db.migrate(engine)
+        with engine.connect() as conn:
+            return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_replicas_starting_together_migrate_once(database_url: str, engine: Engine) -> None:
+    """N processes call migrate on an empty database at the same instant: all succeed."""
+    revisions = hammer(migrate_in_worker, 3, database_url, setup=connect_engine)
+    assert revisions == [_head_revision()] * 3
+    assert set(SQLModel.metadata.tables) <= set(inspect(engine).get_table_names())
+
+
+def test_postgres_engine_is_postgres_and_sqlite_is_not(engine: Engine, database_url: str) -> None:
+    assert db.is_postgres(engine) == database_url.startswith("postgresql")
+
+
+def test_transaction_rolls_back_on_error(engine: Engine) -> None:
+    db.migrate(engine)
+    with pytest.raises(RuntimeError), db.transaction(engine) as s:
+        audit.append(s, actor="alice", action="ingest", target="item-1")
+        raise RuntimeError("boom")
+    with Session(engine) as s:
+        assert s.exec(select(AuditEvent)).all() == []
+        assert audit.verify(s) == []
+
+
+def test_invalid_url_is_a_config_error_without_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        db.make_engine("postgresql+psycopg://geomesh:hunter2-secret@db:notaport/geomesh")
+    assert "hunter2-secret" not in str(info.value)
+    assert "GEOMESH_DATABASE_URL" in str(info.value) or "database URL" in str(info.value)
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+_ENGINES: dict[str, Engine] = {}  # per worker process: setup opens, the worker reuses
+
+
+def connect_engine(index: int, url: str, *_: object) -> None:
+    """Hammer setup: engine created and connected before the start barrier."""
+    engine = _ENGINES[url] = db.make_engine(url)
+    with engine.connect():
+        pass
+
+
+def append_events(index: int, url: str, count: int) -> list[str]:
+    """Hammer worker: ``count`` audit events, one transaction each (runs in a child process)."""
+    engine = _ENGINES.get(url) or db.make_engine(url)
+    ids: list[str] = []
+    try:
+        for n in range(count):
+            with db.transaction(engine) as s:
+                event = audit.append(
+                    s,
+                    actor=f"worker-{index}",
+                    action="hammer",
+                    target=f"w{index}-{n}",
+                    details={"worker": index, "n": n},
+                )
+                ids.append(event.event_id)
+    finally:
+        engine.dispose()
+    return ids
+
+
+def _assert_chain_complete(engine: Engine, ids_per_worker: list[list[str]], before: int) -> None:
+    expected = before + sum(len(ids) for ids in ids_per_worker)
+    with Session(engine) as s:
+        events = s.exec(select(AuditEvent).order_by(col(AuditEvent.seq))).all()
+        assert audit.verify(s) == []
+    assert [e.seq for e in events] == list(range(1, expected + 1)), "gap or duplicate seq"
+    stored = {e.event_id for e in events}
+    for worker, ids in enumerate(ids_per_worker):
+        assert len(ids) == EVENTS_PER_WORKER
+        lost = [i for i in ids if i not in stored]
+        assert not lost, f"worker {worker} lost {len(lost)} committed events"
+        # each worker's own events are chained in the order it committed them
+        mine = [e.details["n"] for e in events if e.actor == f"worker-{worker}"]
+        assert mine == list(range(EVENTS_PER_WORKER))
+
+
+def test_concurrent_appenders_lose_no_event(engine: Engine, database_url: str) -> None:
+    db.migrate(engine)
+    with db.transaction(engine) as s:  # the chain head exists: steady state
+        audit.append(s, actor="setup", action="seed", target="chain")
+    ids = hammer(append_events, WORKERS, database_url, EVENTS_PER_WORKER, setup=connect_engine)
+    _assert_chain_complete(engine, ids, before=1)
+
+
+def test_concurrent_first_appenders_on_a_fresh_sqlite_database(tmp_path: Path) -> None:
+    """Nobody has appended yet: the workers race to create the AuditHead row.
+
+    (PostgreSQL: see the deterministic interleaving test below.)
+    """
+    database_url = f"sqlite:///{tmp_path / 'geomesh.db'}"
+    engine = db.make_engine(database_url)
+    db.migrate(engine)
+    ids = hammer(append_events, WORKERS, database_url, EVENTS_PER_WORKER, setup=connect_engine)
+    _assert_chain_complete(engine, ids, before=0)
+
+
+def _wait_until_a_backend_waits_for_a_lock(engine: Engine, worker: threading.Thread) -> bool:
+    """Poll pg_stat_activity until some session of this database waits on a lock."""
+    deadline = time.monotonic() + 60  # a safety net, not a timing assertion
+    with engine.connect() as conn:
+        while worker.is_alive() and time.monotonic() < deadline:
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+            conn.rollback()  # a fresh snapshot for the next poll
+            if waiting:
+                return True
+            time.sleep(0.02)
+    return False
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "fresh",
+    [
+        pytest.param(False, id="head-exists"),
+        pytest.param(True, id="fresh-database"),
+    ],
+)
+def test_postgres_second_appender_waits_for_the_first(
+    postgres_env: dict[str, str], fresh: bool
+) -> None:
+    """Deterministic interleaving: B appends while A's append is uncommitted.
+
+    B must block on the chain head until A commits, then chain after A's event.
+    """
+    engine = db.make_engine(postgres_env["GEOMESH_DATABASE_URL"])
+    try:
+        db.migrate(engine)
+        before = 0
+        if not fresh:
+            with db.transaction(engine) as s:
+                audit.append(s, actor="setup", action="seed", target="chain")
+            before = 1
+        outcome: dict[str, Any] = {}
+
+        def second() -> None:
+            try:
+                with db.transaction(engine) as s:
+                    outcome["seq"] = audit.append(s, actor="b", action="x", target="b").seq
+            except Exception as exc:  # reported by the assertions below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=second, name="second-appender")
+        with db.transaction(engine) as s:
+            first = audit.append(s, actor="a", action="x", target="a")
+            worker.start()
+            blocked = _wait_until_a_backend_waits_for_a_lock(engine, worker)
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "second appender still blocked after the first committed"
+        assert "error" not in outcome, f"second appender failed: {outcome.get('error')!r}"
+        assert blocked, "second appender did not wait for the chain head"
+        assert first.seq == before + 1
+        assert outcome["seq"] == before + 2
+        with Session(engine) as s:
+            assert audit.verify(s) == []
+    finally:
+        engine.dispose()
+
+
+def test_hammer_reports_a_failing_worker() -> None:
+    with pytest.raises(WorkerFailed, match="worker 1"):
+        hammer(fail_in_worker_one, 2)
+
+
+def fail_in_worker_one(index: int) -> int:
+    if index == 1:
+        raise RuntimeError("worker one fails on purpose")
+    return index
