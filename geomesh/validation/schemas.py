@@ -62,6 +62,10 @@ DEFAULT_SCHEMA_URLS: Final[tuple[str, ...]] = (
     "https://stac-extensions.github.io/version/v1.2.0/schema.json",
     "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
     "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
+    # carried from provider items by `ingest --from-stac`
+    "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/sentinel-2/v1.0.0/schema.json",
 )
 
 #: at most this many schema findings per schema and item (the rest are counted)
