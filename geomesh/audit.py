@@ -149,14 +149,12 @@ def verify(session: Session) -> list[ChainProblem]:
 
 
 def iter_events(session: Session, *, batch: int = 2000) -> Iterator[AuditEvent]:
-    last = 0
+    last: int | None = None  # no lower bound: a forged row with seq <= 0 is seen too
     while True:
-        rows = session.exec(
-            select(AuditEvent)
-            .where(col(AuditEvent.seq) > last)
-            .order_by(col(AuditEvent.seq))
-            .limit(batch)
-        ).all()
+        stmt = select(AuditEvent).order_by(col(AuditEvent.seq)).limit(batch)
+        if last is not None:
+            stmt = stmt.where(col(AuditEvent.seq) > last)
+        rows = session.exec(stmt).all()
         if not rows:
             return
         yield from rows

@@ -1,0 +1,134 @@
+"""Shared helpers for the governance tests (sign-off, releases, rollback, audit, stateful).
+
+Items come in through the real pipeline: ``ingest_rasters`` (real COGs, real object
+store) followed by ``routing.post_stage`` (real validation, findings persisted, severity
+routing: a clean tile moves staging → validation).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import select
+
+from geomesh.catalog import Catalog
+from geomesh.config import ProductConfig
+from geomesh.models import FindingRecord, Item, Severity, ValidationRun
+from geomesh.services import governance, routing, users
+from geomesh.services.ingest import ingest_rasters
+
+SUBMITTER = "ingester"  # a steward who ingests (and so may not approve)
+STEWARDS = ("alice", "bob")
+ROLES = {
+    SUBMITTER: "steward",
+    "alice": "steward",
+    "bob": "steward",
+    "root": "admin",
+    "ana": "analyst",
+    "vic": "viewer",
+}
+
+
+def add_users(cat: Catalog) -> None:
+    for name, role in ROLES.items():
+        users.add_user(cat, actor="system", name=name, role=role)
+
+
+def stay_in_staging(
+    cat: Catalog, config: ProductConfig, item_id: str, actor: str
+) -> tuple[str | None, str | None, dict[str, int]]:
+    """Post-stage that does nothing: the item stays in 'staging', never validated."""
+    del cat, config, item_id, actor
+    return "staging", None, {}
+
+
+def ingest(
+    cat: Catalog,
+    config: ProductConfig,
+    paths: Iterable[Path],
+    *,
+    actor: str = SUBMITTER,
+    post_stage: Callable[..., Any] = routing.post_stage,
+) -> list[str]:
+    report = ingest_rasters(
+        cat, config, [str(p) for p in paths], actor=actor, post_stage=post_stage
+    )
+    assert report.ok, report.to_json()
+    return [r.item_id for r in report.results if r.item_id]
+
+
+def add_finding(cat: Catalog, item_id: str, severity: str = "P2", *, passed: bool = False) -> None:
+    """Record a later validation run with one open finding (rows as validation writes them),
+    e.g. a re-validation under a stricter rule set after the item reached 'validation'."""
+    with cat.transaction() as session:
+        item = session.get(Item, item_id)
+        assert item is not None
+        run = ValidationRun(
+            item_id=item.id,
+            content_digest=item.content_digest,
+            passed=passed,
+            worst_severity=Severity(severity),
+            actor="system",
+        )
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        session.add(
+            FindingRecord(
+                run_id=run.id,
+                item_id=item.id,
+                product_id=item.product_id,
+                rule_id="GM-TEST",
+                severity=Severity(severity),
+                path="assets.data",
+                message="test finding",
+                remediation="fix it",
+            )
+        )
+
+
+def approve(cat: Catalog, config: ProductConfig, item_ids: Iterable[str], n: int = 1) -> None:
+    for item_id in item_ids:
+        for steward in STEWARDS[:n]:
+            governance.sign_off(cat, config, item_id, actor=steward, approve=True)
+
+
+def states(cat: Catalog, product_id: str) -> dict[str, str]:
+    with cat.read() as session:
+        rows = session.exec(select(Item).where(Item.product_id == product_id)).all()
+        return {r.id: r.state.value for r in rows}
+
+
+def production_ids(cat: Catalog, product_id: str) -> set[str]:
+    return {i for i, s in states(cat, product_id).items() if s == "production"}
+
+
+def manifest_ids(cat: Catalog, product_id: str, ref: str = "current") -> set[str]:
+    shown = governance.show_release(cat, product_id, ref)
+    return {i["id"] for i in shown["manifest"]["items"]}
+
+
+def load_schema_cache(schema_dir: Path) -> dict[str, dict[str, Any]]:
+    """URL → schema JSON for every file of the offline store (<dir>/<host>/<path>)."""
+    return {
+        "https://" + f.relative_to(schema_dir).as_posix(): json.loads(f.read_text())
+        for f in schema_dir.rglob("*.json")
+    }
+
+
+def tile_factory(make_raster: Callable[..., Path]) -> Callable[..., Path]:
+    """Small Sentinel-2-like tiles inside the example domain; same name = same source tile."""
+
+    def make(name: str = "tile", seed: int = 0) -> Path:
+        return make_raster(
+            f"{name}.tif",
+            width=256,
+            height=256,
+            seed=seed,
+            tags={"TIFFTAG_DATETIME": "2024:06:12 19:03:21"},
+        )
+
+    return make

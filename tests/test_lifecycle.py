@@ -1,0 +1,127 @@
+"""The item lifecycle state machine: one table, illegal moves refused, one audited transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import product
+from pathlib import Path
+
+import governance_support as gs
+import pytest
+from sqlmodel import select
+
+from geomesh import lifecycle
+from geomesh.catalog import Catalog
+from geomesh.config import ProductConfig
+from geomesh.errors import InvalidTransition
+from geomesh.models import AuditEvent, Item, ItemState
+from geomesh.services import governance
+
+PID = "sentinel2-msi-l2a-v2.1"
+S = ItemState
+
+
+@pytest.fixture
+def cat(catalog: Catalog) -> Catalog:
+    gs.add_users(catalog)
+    return catalog
+
+
+@pytest.fixture
+def tile(make_raster: Callable[..., Path]) -> Callable[..., Path]:
+    return gs.tile_factory(make_raster)
+
+
+def item_events(cat: Catalog, item_id: str) -> list[tuple[str, str | None, str | None]]:
+    with cat.read() as s:
+        rows = s.exec(
+            select(AuditEvent).where(AuditEvent.target == item_id).order_by(AuditEvent.seq)  # type: ignore[arg-type]
+        ).all()
+        return [
+            (e.action, e.state_before, e.state_after)
+            for e in rows
+            if e.state_after and e.state_before != e.state_after
+        ]
+
+
+def test_table_covers_every_state() -> None:
+    assert set(lifecycle.TRANSITIONS) == set(ItemState)
+    for targets in lifecycle.TRANSITIONS.values():
+        assert targets <= set(ItemState)
+    # the issue's main line and its exits
+    assert lifecycle.can_transition(S.staging, S.validation)
+    assert lifecycle.can_transition(S.validation, S.production)
+    for end in (S.rolled_back, S.superseded, S.deprecated):
+        assert lifecycle.can_transition(S.production, end)
+    # rollback restores: rolled_back / superseded → production
+    assert lifecycle.can_transition(S.rolled_back, S.production)
+    assert lifecycle.can_transition(S.superseded, S.production)
+    # never straight from staging to production
+    assert not lifecycle.can_transition(S.staging, S.production)
+
+
+def test_every_illegal_transition_raises_and_changes_nothing(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    [iid] = gs.ingest(cat, config, [tile("a", 1)], post_stage=gs.stay_in_staging)
+    before = item_events(cat, iid)
+    illegal = [
+        (a, b) for a, b in product(ItemState, ItemState) if not lifecycle.can_transition(a, b)
+    ]
+    assert len(illegal) > 40
+    for a, b in illegal:
+        with pytest.raises(InvalidTransition) as info, cat.transaction() as s:
+            item = s.get(Item, iid)
+            assert item is not None
+            item.state = a
+            lifecycle.transition(s, item, b, actor="alice", action="test")
+        assert (info.value.current, info.value.target, info.value.item_id) == (
+            a.value,
+            b.value,
+            iid,
+        )
+        assert iid in str(info.value)
+    assert gs.states(cat, PID)[iid] == "staging"
+    assert item_events(cat, iid) == before
+
+
+def test_transition_and_its_event_commit_or_roll_back_together(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    [iid] = gs.ingest(cat, config, [tile("a", 1)], post_stage=gs.stay_in_staging)
+    with pytest.raises(RuntimeError), cat.transaction() as s:
+        item = s.get(Item, iid)
+        assert item is not None
+        lifecycle.transition(s, item, S.validation, actor="alice", action="route")
+        raise RuntimeError("crash after the transition, before commit")
+    assert gs.states(cat, PID)[iid] == "staging"
+    assert item_events(cat, iid) == [("ingest", None, "staging")]
+
+
+def test_governance_drives_items_through_the_lifecycle(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    [a1] = gs.ingest(cat, config, [tile("a", 1)])
+    gs.approve(cat, config, [a1])
+    governance.promote(cat, config, actor="alice")
+    [a2] = gs.ingest(cat, config, [tile("a", 2)])
+    gs.approve(cat, config, [a2])
+    governance.promote(cat, config, actor="alice")  # a2 replaces a1
+    governance.rollback_release(cat, config, actor="bob")  # a1 back, a2 rolled back
+    governance.rollback_item(cat, config, a1, actor="bob")  # a1 out: empty 1.0.2
+    assert item_events(cat, a1) == [
+        ("ingest", None, "staging"),
+        ("route.proceed", "staging", "validation"),
+        ("promote", "validation", "production"),
+        ("supersede", "production", "superseded"),
+        ("rollback.release", "superseded", "production"),
+        ("rollback.item", "production", "rolled_back"),
+    ]
+    assert item_events(cat, a2) == [
+        ("ingest", None, "staging"),
+        ("route.proceed", "staging", "validation"),
+        ("promote", "validation", "production"),
+        ("rollback.release", "production", "rolled_back"),
+    ]
+    assert [r.version for r in governance.list_releases(cat, PID)] == ["1.0.0", "1.0.1", "1.0.2"]
+    assert gs.production_ids(cat, PID) == set() == gs.manifest_ids(cat, PID)

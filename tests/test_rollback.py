@@ -1,0 +1,253 @@
+"""Item and release rollback: exact restore, idempotence, O(delta) cost, CLI token."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import governance_support as gs
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import event
+from sqlmodel import select
+
+from geomesh import audit
+from geomesh.catalog import Catalog
+from geomesh.config import ProductConfig
+from geomesh.errors import ConcurrentUpdate, NothingToRollBack, PermissionDenied
+from geomesh.models import AuditEvent, Product
+from geomesh.services import governance
+
+PID = "sentinel2-msi-l2a-v2.1"
+
+
+@pytest.fixture
+def cat(catalog: Catalog) -> Catalog:
+    gs.add_users(catalog)
+    return catalog
+
+
+@pytest.fixture
+def tile(make_raster: Callable[..., Path]) -> Callable[..., Path]:
+    return gs.tile_factory(make_raster)
+
+
+def release(cat: Catalog, config: ProductConfig, paths: list[Path]) -> governance.ReleaseInfo:
+    ids = gs.ingest(cat, config, paths)
+    gs.approve(cat, config, ids)
+    result = governance.promote(cat, config, actor="alice")
+    assert result.release is not None
+    return result.release
+
+
+def pointer(cat: Catalog) -> tuple[str | None, int]:
+    with cat.read() as s:
+        p = s.get(Product, PID)
+        assert p is not None
+        return p.current_release_id, p.version_counter
+
+
+def test_release_rollback_restores_exactly_the_previous_manifest(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    r1 = release(cat, config, [tile("a", 1), tile("b", 2)])
+    before = gs.states(cat, PID)
+    # 1.1.0 adds c and reprocesses a (a's old version superseded)
+    r2 = release(cat, config, [tile("a", 5), tile("c", 3)])
+    assert gs.production_ids(cat, PID) == gs.manifest_ids(cat, PID, r2.id)
+    assert "superseded" in gs.states(cat, PID).values()
+
+    result = governance.rollback_release(cat, config, actor="bob", release_id=r2.id)
+    assert not result.already
+    assert result.current_release_id == r1.id and result.current_version == "1.0.0"
+    assert pointer(cat)[0] == r1.id
+    assert gs.production_ids(cat, PID) == gs.manifest_ids(cat, PID, r1.id)
+    after = gs.states(cat, PID)
+    # every item of r1 is back in its r1 state; r2's new versions are rolled back
+    assert {i: after[i] for i in before} == before
+    assert {after[i] for i in set(after) - set(before)} == {"rolled_back"}
+    shown = governance.show_release(cat, PID, r2.id)
+    assert shown["deprecated"] and not shown["current"]
+
+
+def test_release_rollback_twice_equals_once(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    release(cat, config, [tile("a", 1)])
+    r2 = release(cat, config, [tile("b", 2)])
+    governance.rollback_release(cat, config, actor="bob", release_id=r2.id)
+    snapshot = (gs.states(cat, PID), pointer(cat), _events(cat))
+    again = governance.rollback_release(cat, config, actor="bob", release_id=r2.id)
+    assert again.already and "already rolled back" in again.message
+    assert (gs.states(cat, PID), pointer(cat), _events(cat)) == snapshot
+
+
+def _events(cat: Catalog) -> int:
+    with cat.read() as s:
+        return len(s.exec(select(AuditEvent.seq)).all())
+
+
+def test_rollback_of_a_non_current_release_that_never_was_rolled_back_is_refused(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    r1 = release(cat, config, [tile("a", 1)])
+    release(cat, config, [tile("b", 2)])
+    with pytest.raises(ConcurrentUpdate, match="not the current release"):
+        governance.rollback_release(cat, config, actor="bob", release_id=r1.id)
+
+
+def test_first_release_cannot_be_rolled_back(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    with pytest.raises(NothingToRollBack, match="no release"):
+        # the product exists only once something was ingested
+        gs.ingest(cat, config, [tile("z", 9)], post_stage=gs.stay_in_staging)
+        governance.rollback_release(cat, config, actor="bob")
+    release(cat, config, [tile("a", 1)])
+    with pytest.raises(NothingToRollBack, match="first release"):
+        governance.rollback_release(cat, config, actor="bob")
+
+
+def test_item_rollback_makes_a_patch_release_without_the_item(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    r1 = release(cat, config, [tile("a", 1), tile("b", 2)])
+    bad = sorted(gs.manifest_ids(cat, PID))[0]
+    result = governance.rollback_item(cat, config, bad, actor="bob")
+    assert not result.already and result.current_version == "1.0.1"
+    assert gs.manifest_ids(cat, PID) == gs.manifest_ids(cat, PID, r1.id) - {bad}
+    assert gs.states(cat, PID)[bad] == "rolled_back"
+    assert gs.production_ids(cat, PID) == gs.manifest_ids(cat, PID)
+    snapshot = (gs.states(cat, PID), pointer(cat), _events(cat))
+    again = governance.rollback_item(cat, config, bad, actor="bob")
+    assert again.already and "already rolled back" in again.message
+    assert (gs.states(cat, PID), pointer(cat), _events(cat)) == snapshot
+    # rolling back the PATCH release brings the item back
+    governance.rollback_release(cat, config, actor="bob", release_id=result.release_id)
+    assert gs.production_ids(cat, PID) == gs.manifest_ids(cat, PID, r1.id)
+    assert gs.states(cat, PID)[bad] == "production"
+
+
+def test_item_rollback_of_an_unreleased_item_is_refused(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    release(cat, config, [tile("a", 1)])
+    [waiting] = gs.ingest(cat, config, [tile("b", 2)])
+    with pytest.raises(NothingToRollBack, match="not in the current release"):
+        governance.rollback_item(cat, config, waiting, actor="bob")
+
+
+def test_rollback_needs_a_role(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    release(cat, config, [tile("a", 1)])
+    release(cat, config, [tile("b", 2)])
+    for actor in ("ana", "vic"):
+        with pytest.raises(PermissionDenied):
+            governance.rollback_release(cat, config, actor=actor)
+
+
+def test_rollback_events_are_audited_and_chain_verifies(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    release(cat, config, [tile("a", 1)])
+    r2 = release(cat, config, [tile("b", 2)])
+    governance.rollback_release(cat, config, actor="bob")
+    with cat.read() as s:
+        ev = s.exec(select(AuditEvent).where(AuditEvent.action == "rollback.release")).all()
+        item_events = [e for e in ev if e.target != r2.id]
+        [release_event] = [e for e in ev if e.target == r2.id]
+        assert release_event.actor == "bob" and release_event.details["restored_version"] == "1.0.0"
+        assert [(e.state_before, e.state_after) for e in item_events] == [
+            ("production", "rolled_back")
+        ]
+        assert audit.verify(s) == []
+
+
+# ------------------------------------------------------------------ O(delta) cost
+
+
+@contextmanager
+def statements(cat: Catalog) -> Iterator[list[tuple[str, Any]]]:
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
+        seen.append((sql, params))
+
+    event.listen(cat.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(cat.engine, "before_cursor_execute", record)
+
+
+def _rollback_cost(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path], n: int
+) -> list[tuple[str, Any]]:
+    """Roll back a one-item release whose parent holds ``n`` items; the SQL it ran."""
+    release(cat, config, [tile(f"base{i}", 100 + i) for i in range(n)])
+    top = release(cat, config, [tile("extra", 7)])
+    with statements(cat) as seen:
+        governance.rollback_release(cat, config, actor="bob", release_id=top.id)
+    return seen
+
+
+def test_release_rollback_cost_does_not_grow_with_the_release_size(
+    catalog: Catalog,
+    config: ProductConfig,
+    tile: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from geomesh.settings import Settings
+
+    gs.add_users(catalog)
+    small = _rollback_cost(catalog, config, tile, 1)
+    monkeypatch.setenv("GEOMESH_STORAGE_ROOT", str(tmp_path / "big"))
+    big_cat = Catalog.open(Settings())
+    gs.add_users(big_cat)
+    big = _rollback_cost(big_cat, config, tile, 12)
+
+    def shape(seen: list[tuple[str, Any]]) -> list[str]:
+        return [re.sub(r"\s+", " ", sql) for sql, _ in seen]
+
+    # the same statements, with the same number of parameters, at 1 and 12 items
+    assert shape(small) == shape(big)
+    assert [len(p or ()) for _, p in small] == [len(p or ()) for _, p in big]
+    # and no statement reads the product's items wholesale
+    for sql in shape(big):
+        assert not re.search(r"FROM item WHERE item\.product_id", sql), sql
+    # (the guard above does match how a whole-product read looks)
+    with statements(big_cat) as seen:
+        governance.plan_promotion(big_cat, config)
+    assert any(re.search(r"FROM item WHERE item\.product_id", sql) for sql in shape(seen))
+    big_cat.close()
+
+
+def test_cli_rollback_prints_the_completion_token(
+    cat: Catalog, config: ProductConfig, config_path: Path, tile: Callable[..., Path]
+) -> None:
+    from geomesh.cli import cli
+
+    r1 = release(cat, config, [tile("a", 1)])
+    r2 = release(cat, config, [tile("b", 2)])
+    runner = CliRunner()
+    args = ["rollback", str(config_path), "--release", r2.id, "--actor", "bob"]
+    first = runner.invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert first.stdout.splitlines()[-1] == f"PRODUCT_ROLLBACK_COMPLETE: {r1.id}"
+    second = runner.invoke(cli, args)
+    assert second.exit_code == 0, second.output
+    assert "already rolled back" in second.stdout
+    assert second.stdout.splitlines()[-1] == f"PRODUCT_ROLLBACK_COMPLETE: {r1.id}"
+    item = sorted(gs.manifest_ids(cat, PID))[0]
+    out = runner.invoke(cli, ["rollback", str(config_path), "--item", item, "--actor", "bob"])
+    assert out.exit_code == 0, out.output
+    assert re.fullmatch(r"PRODUCT_ROLLBACK_COMPLETE: [0-9a-f]{64}", out.stdout.splitlines()[-1])
+    both = runner.invoke(cli, ["rollback", str(config_path), "--item", item, "--release"])
+    assert both.exit_code == 2
+    denied = runner.invoke(cli, ["rollback", str(config_path), "--release", "--actor", "vic"])
+    assert denied.exit_code == 2 and "viewer" in denied.output
