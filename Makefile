@@ -35,8 +35,8 @@ browser:
 	else echo "chromium not installed and not root: browser tests will skip"; fi
 
 lint: install
-	$(VENV)/bin/ruff check geomesh tests pages app.py bench
-	$(VENV)/bin/ruff format --check geomesh tests pages app.py bench
+	$(VENV)/bin/ruff check geomesh tests pages ui app.py bench
+	$(VENV)/bin/ruff format --check geomesh tests pages ui app.py bench
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -12,7 +12,8 @@ from sqlmodel import Session
 
 from geomesh import db
 from geomesh.config import ProductConfig
-from geomesh.settings import Settings
+from geomesh.errors import ConfigError
+from geomesh.settings import Settings, load_settings
 from geomesh.storage import LocalStore, ObjectStore
 
 
@@ -35,9 +36,15 @@ class Catalog:
         config: ProductConfig | None = None,
         migrate: bool = True,
     ) -> Catalog:
-        settings = settings or Settings()
+        settings = settings or load_settings()
         root = settings.resolved_storage_root(config.storage.root if config else None)
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"the storage root {root} cannot be used as a folder ({exc.strerror})",
+                hint="set GEOMESH_STORAGE_ROOT (or storage.root in the config) to a folder",
+            ) from None
         url = settings.resolved_database_url(root, config.storage.database_url if config else None)
         engine = db.make_engine(url)
         store = make_store(settings, root)

@@ -13,6 +13,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import shapely
 import yaml
@@ -21,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    field_serializer,
     field_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
@@ -178,6 +180,20 @@ class Ingestion(_Section):
 class Storage(_Section):
     root: Path | None = Field(default=None, description="Storage root (default ./geomesh-data).")
     database_url: str | None = Field(default=None, description="SQLAlchemy database URL.")
+
+    @field_serializer("database_url", when_used="json")
+    def _without_password(self, value: str | None) -> str | None:
+        """The stored/exported config never carries the database password."""
+        return redact_password(value) if value else value
+
+
+def redact_password(url: str) -> str:
+    """``scheme://user:***@host/db``: the URL with its password (if any) masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class EscalationTarget(_Section):
@@ -341,6 +357,8 @@ def loads_config(text: str, *, source: str = "<config>") -> ProductConfig:
         raise ConfigError(f"{source}: {exc.message}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML is nested too deeply to be a product config") from None
     return parse_config(data, source=source)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlmodel import Session, create_engine
 
 from geomesh import faults
@@ -31,7 +31,13 @@ def make_engine(url: str) -> Engine:
         ) from exc
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot create the folder of the database {parsed.database}: {exc.strerror}",
+                    hint="check GEOMESH_DATABASE_URL / GEOMESH_STORAGE_ROOT",
+                ) from None
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -50,7 +56,14 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (ImportError, ArgumentError) as exc:  # no such dialect, or its driver is missing
+        raise ConfigError(
+            f"cannot use the database {parsed.render_as_string(hide_password=True)}: no "
+            f"installed driver for {parsed.drivername!r} ({type(exc).__name__})",
+            hint="use sqlite:///path.db or postgresql+psycopg://user@host/db",
+        ) from None
 
 
 def is_postgres(engine: Engine) -> bool:

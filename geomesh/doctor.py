@@ -3,27 +3,39 @@
 It reports problems (dangling references, half-written files, orphans, a broken audit
 chain) and can garbage-collect leftover temporary files from interrupted writes. It never
 changes the database.
+
+Levels: an ``error`` is something a reader can see that is wrong (a missing or corrupt
+object the database or a published catalog points at, a production pointer that does not
+match the item states). A ``warning`` is invisible to readers and repaired by re-running
+the interrupted command (temporary files, a release whose static catalog is not
+materialized yet, a release index that lags the database). ``info`` lists complete but
+unreferenced objects that a re-run reuses.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlmodel import select
 
-from geomesh import audit
+from geomesh import audit, auth, releases
 from geomesh.catalog import Catalog
-from geomesh.errors import StorageError
+from geomesh.errors import GeomeshError, UnsafePath
 from geomesh.hashing import sha256_file
 from geomesh.models import Item, ItemState, Product, Release
-from geomesh.storage import TMP_PREFIX
+from geomesh.releases import Manifest
+from geomesh.storage import TMP_PREFIX, Area, check_key
 
 Level = Literal["error", "warning", "info"]
+PRODUCTION: Area = "production"
+#: published catalog documents larger than this are reported instead of parsed
+MAX_CATALOG_FILE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,10 @@ class DoctorReport:
     def add(self, level: Level, kind: str, target: str, message: str) -> None:
         self.problems.append(Problem(level, kind, target, message))
 
+    def kinds(self, level: Level | None = None) -> set[str]:
+        """The kinds of problem found (of one level, or of all)."""
+        return {p.kind for p in self.problems if level is None or p.level == level}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "consistent": self.consistent,
@@ -57,88 +73,430 @@ class DoctorReport:
         }
 
 
-def _check_items(cat: Catalog, report: DoctorReport, *, deep: bool) -> set[str]:
-    referenced: set[str] = set()
+def _json_object(cat: Catalog, area: Area, key: str) -> dict[str, Any] | str:
+    """The JSON object stored at ``key``, or why it cannot be read."""
+    try:
+        size = cat.store.size(area, key)
+        if size > MAX_CATALOG_FILE_BYTES:
+            return f"{area}/{key} is {size} bytes (limit {MAX_CATALOG_FILE_BYTES})"
+        data = json.loads(cat.store.get_bytes(area, key))
+    except (GeomeshError, ValueError, RecursionError) as exc:
+        return f"{area}/{key} is not readable JSON: {str(exc)[:200]}"
+    if not isinstance(data, dict):
+        return f"{area}/{key} is a JSON {type(data).__name__}, not an object"
+    return data
+
+
+# ------------------------------------------------------------------ items
+
+
+def _check_items(cat: Catalog, report: DoctorReport, *, deep: bool) -> set[tuple[Area, str]]:
+    referenced: set[tuple[Area, str]] = set()
     store = cat.store
     with cat.read() as session:
         items = session.exec(select(Item)).all()
     for item in items:
-        referenced.add(item.object_key)
-        referenced.add(item.stac_key)
+        referenced.add(("staging", item.object_key))
+        referenced.add(("staging", item.stac_key))
+        if item.quarantine_key:
+            referenced.add(("quarantine", item.quarantine_key))
+            referenced.add(("quarantine", item.stac_key))
         if item.state == ItemState.discarded:
             continue
         area: Literal["staging", "quarantine"] = "staging"
         if item.state == ItemState.quarantined and item.quarantine_key:
             area = "quarantine"
             if not store.exists("quarantine", item.quarantine_key):
-                report.add("error", "missing-object", item.id,
-                           f"quarantined copy {item.quarantine_key} is missing")
-        key = item.quarantine_key if area == "quarantine" and item.quarantine_key else item.object_key
+                report.add(
+                    "error",
+                    "missing-object",
+                    item.id,
+                    f"quarantined copy {item.quarantine_key} is missing",
+                )
+        key = (
+            item.quarantine_key if area == "quarantine" and item.quarantine_key else item.object_key
+        )
         if not store.exists("staging", item.object_key) and not store.exists(area, key):
             report.add("error", "missing-object", item.id, f"object {item.object_key} is missing")
         else:
-            size = store.size(area, key) if store.exists(area, key) else store.size("staging", item.object_key)
+            if not store.exists(area, key):
+                area, key = "staging", item.object_key
+            size = store.size(area, key)
             if size != item.size:
-                report.add("error", "size-mismatch", item.id,
-                           f"object {key} has {size} bytes, the item says {item.size}")
+                report.add(
+                    "error",
+                    "size-mismatch",
+                    item.id,
+                    f"object {key} has {size} bytes, the item says {item.size}",
+                )
             elif deep:
                 with store.open_local(area, key) as p:
                     digest, _ = sha256_file(p)
                 if digest != item.content_digest:
-                    report.add("error", "checksum-mismatch", item.id,
-                               f"object {key} no longer hashes to the item's digest")
+                    report.add(
+                        "error",
+                        "checksum-mismatch",
+                        item.id,
+                        f"object {key} no longer hashes to the item's digest",
+                    )
         if not store.exists("staging", item.stac_key):
-            report.add("error", "missing-item-json", item.id, f"item JSON {item.stac_key} is missing")
+            report.add(
+                "error", "missing-item-json", item.id, f"item JSON {item.stac_key} is missing"
+            )
         else:
-            stored = json.loads(store.get_bytes("staging", item.stac_key))
-            if stored.get("id") != item.id:
-                report.add("error", "item-json-mismatch", item.id,
-                           f"item JSON {item.stac_key} describes {stored.get('id')!r}")
+            stored = _json_object(cat, "staging", item.stac_key)
+            if isinstance(stored, str):
+                report.add("error", "bad-item-json", item.id, stored)
+            elif stored.get("id") != item.id:
+                report.add(
+                    "error",
+                    "item-json-mismatch",
+                    item.id,
+                    f"item JSON {item.stac_key} describes {stored.get('id')!r}",
+                )
     report.checked["items"] = len(items)
     return referenced
 
 
-def _check_releases(cat: Catalog, report: DoctorReport) -> set[str]:
-    referenced: set[str] = set()
+# ------------------------------------------------------------------ releases
+
+
+def _load_manifest(cat: Catalog, report: DoctorReport, rel: Release) -> Manifest | None:
+    if not cat.store.exists(PRODUCTION, rel.manifest_key):
+        report.add(
+            "error",
+            "missing-manifest",
+            rel.id,
+            f"release {rel.version} manifest {rel.manifest_key} is missing",
+        )
+        return None
+    try:
+        manifest = releases.load_manifest(cat.store, rel.product_id, rel.id)
+    except (GeomeshError, ValueError, RecursionError) as exc:
+        report.add("error", "bad-manifest", rel.id, f"manifest unreadable: {str(exc)[:300]}")
+        return None
+    if manifest.version != rel.version or manifest.parent_id != rel.parent_id:
+        report.add(
+            "error",
+            "manifest-mismatch",
+            rel.id,
+            f"manifest says version {manifest.version} (parent {manifest.parent_id}), the "
+            f"release row says {rel.version} (parent {rel.parent_id})",
+        )
+    return manifest
+
+
+def _check_manifest_objects(
+    cat: Catalog, report: DoctorReport, rel: Release, manifest: Manifest, *, deep: bool
+) -> None:
+    for m in manifest.items:
+        if not cat.store.exists(PRODUCTION, m.object_key):
+            report.add(
+                "error",
+                "missing-production-object",
+                rel.id,
+                f"release {rel.version} lists {m.id} whose object {m.object_key} is not in the "
+                "production area",
+            )
+        elif deep:
+            with cat.store.open_local(PRODUCTION, m.object_key) as p:
+                digest, _ = sha256_file(p)
+            if digest != m.digest:
+                report.add(
+                    "error",
+                    "checksum-mismatch",
+                    rel.id,
+                    f"production object {m.object_key} of {m.id} no longer hashes to {m.digest}",
+                )
+        if not cat.store.exists(PRODUCTION, m.stac_key):
+            report.add(
+                "error",
+                "missing-production-item-json",
+                rel.id,
+                f"release {rel.version} lists {m.id} whose item JSON {m.stac_key} is not in "
+                "the production area",
+            )
+
+
+def _check_production_states(
+    report: DoctorReport,
+    product: Product,
+    manifest: Manifest | None,
+    items: Iterable[Item],
+) -> None:
+    """The items in state ``production`` are exactly those of the current release."""
+    in_db = {i.id for i in items if i.product_id == product.id and i.state == ItemState.production}
+    released = set(manifest.by_id) if manifest is not None else set()
+    for item_id in sorted(in_db - released):
+        report.add(
+            "error",
+            "production-mismatch",
+            item_id,
+            f"item is in state 'production' but not in the current release of {product.id}",
+        )
+    for item_id in sorted(released - in_db):
+        report.add(
+            "error",
+            "production-mismatch",
+            item_id,
+            f"item is in the current release of {product.id} but not in state 'production'",
+        )
+
+
+def _check_releases(
+    cat: Catalog, report: DoctorReport, *, deep: bool
+) -> tuple[set[tuple[Area, str]], dict[str, Manifest]]:
+    referenced: set[tuple[Area, str]] = set()
+    manifests: dict[str, Manifest] = {}
     with cat.read() as session:
-        releases = session.exec(select(Release)).all()
+        rels = session.exec(select(Release)).all()
         products = session.exec(select(Product)).all()
-        ids = {r.id for r in releases}
-        for rel in releases:
-            referenced.add(rel.manifest_key)
-            if not cat.store.exists("production", rel.manifest_key):
-                report.add("error", "missing-manifest", rel.id,
-                           f"release {rel.version} manifest {rel.manifest_key} is missing")
-                continue
-            try:
-                manifest = json.loads(cat.store.get_bytes("production", rel.manifest_key))
-            except (json.JSONDecodeError, StorageError) as exc:
-                report.add("error", "bad-manifest", rel.id, f"manifest unreadable: {exc}")
-                continue
-            for entry in manifest.get("items", []):
-                key = entry.get("object_key")
-                if key and not cat.store.exists("production", key):
-                    report.add("error", "missing-production-object", rel.id,
-                               f"release {rel.version} lists {entry.get('id')} whose object {key} "
-                               "is not in the production area")
-            if rel.parent_id and rel.parent_id not in ids:
-                report.add("error", "dangling-parent", rel.id,
-                           f"release {rel.version} has an unknown parent {rel.parent_id}")
-        for product in products:
-            if product.current_release_id and product.current_release_id not in ids:
-                report.add("error", "dangling-current", product.id,
-                           f"current release {product.current_release_id} does not exist")
-    report.checked["releases"] = len(releases)
+        items = session.exec(select(Item)).all()
+    ids = {r.id for r in rels}
+    for rel in rels:
+        referenced.add((PRODUCTION, rel.manifest_key))
+        if rel.parent_id and rel.parent_id not in ids:
+            report.add(
+                "error",
+                "dangling-parent",
+                rel.id,
+                f"release {rel.version} has an unknown parent {rel.parent_id}",
+            )
+        manifest = _load_manifest(cat, report, rel)
+        if manifest is None:
+            continue
+        manifests[rel.id] = manifest
+        for m in manifest.items:
+            referenced.add((PRODUCTION, m.object_key))
+            referenced.add((PRODUCTION, m.stac_key))
+        _check_manifest_objects(cat, report, rel, manifest, deep=deep)
+    for product in products:
+        current = product.current_release_id
+        if current and current not in ids:
+            report.add(
+                "error",
+                "dangling-current",
+                product.id,
+                f"current release {current} does not exist",
+            )
+            continue
+        if current is None or current in manifests:
+            _check_production_states(
+                report, product, manifests.get(current) if current else None, items
+            )
+    report.checked["releases"] = len(rels)
     report.checked["products"] = len(products)
-    return referenced
+    return referenced, manifests
+
+
+# ------------------------------------------------------------------ published catalogs
+
+
+def _resolve(base_key: str, href: Any) -> str | None:
+    """The production key a relative href of the document at ``base_key`` points at."""
+    if not isinstance(href, str) or not href or "://" in href or href.startswith("/"):
+        return None
+    key = posixpath.normpath(posixpath.join(posixpath.dirname(base_key), href))
+    try:
+        return check_key(key)
+    except UnsafePath:
+        return None
+
+
+def _links(doc: dict[str, Any], rel: str) -> list[Any]:
+    links = doc.get("links")
+    if not isinstance(links, list):
+        return []
+    return [ln.get("href") for ln in links if isinstance(ln, dict) and ln.get("rel") == rel]
+
+
+def _check_catalog(
+    cat: Catalog, report: DoctorReport, rel: Release, manifest: Manifest
+) -> set[tuple[Area, str]]:
+    """One release's materialized static catalog: complete, and describing its manifest."""
+    seen: set[tuple[Area, str]] = set()
+    root_key = releases.catalog_key(rel.product_id, rel.version)
+    if not cat.store.exists(PRODUCTION, root_key):
+        report.add(
+            "warning",
+            "unpublished-catalog",
+            rel.id,
+            f"the static catalog of release {rel.version} is not materialized yet (invisible "
+            "to readers); re-run the command, or `geomesh releases catalog CONFIG "
+            f"{rel.version}`",
+        )
+        return seen
+    target = f"{rel.product_id} {rel.version}"
+
+    def bad(kind: str, message: str) -> None:
+        report.add("error", kind, target, message)
+
+    root = _json_object(cat, PRODUCTION, root_key)
+    seen.add((PRODUCTION, root_key))
+    if isinstance(root, str):
+        bad("bad-catalog-file", root)
+        return seen
+    if root.get("version") != rel.version:
+        bad("catalog-mismatch", f"{root_key} says version {root.get('version')!r}")
+    listed: set[str] = set()
+    for child_href in _links(root, "child"):
+        child_key = _resolve(root_key, child_href)
+        if child_key is None or not cat.store.exists(PRODUCTION, child_key):
+            bad("broken-catalog-link", f"{root_key} links to a missing child {child_href!r}")
+            continue
+        seen.add((PRODUCTION, child_key))
+        child = _json_object(cat, PRODUCTION, child_key)
+        if isinstance(child, str):
+            bad("bad-catalog-file", child)
+            continue
+        if child.get("geomesh:release_id") != rel.id:
+            bad(
+                "catalog-mismatch",
+                f"{child_key} describes release {child.get('geomesh:release_id')!r}, not {rel.id}",
+            )
+        for item_href in _links(child, "item"):
+            item_key = _resolve(child_key, item_href)
+            if item_key is None or not cat.store.exists(PRODUCTION, item_key):
+                bad("broken-catalog-link", f"{child_key} links to a missing item {item_href!r}")
+                continue
+            seen.add((PRODUCTION, item_key))
+            doc = _json_object(cat, PRODUCTION, item_key)
+            if isinstance(doc, str):
+                bad("bad-catalog-file", doc)
+                continue
+            item_id = str(doc.get("id"))
+            listed.add(item_id)
+            entry = manifest.by_id.get(item_id)
+            assets = doc.get("assets")
+            data = assets.get("data") if isinstance(assets, dict) else None
+            href = data.get("href") if isinstance(data, dict) else None
+            object_key = _resolve(item_key, href)
+            if entry is None:
+                bad("catalog-mismatch", f"{item_key} describes {item_id}, not in the manifest")
+            elif object_key != entry.object_key:
+                bad(
+                    "broken-catalog-link",
+                    f"{item_key}: the data asset {href!r} does not point at the released "
+                    f"object {entry.object_key}",
+                )
+    missing = sorted(set(manifest.by_id) - listed)
+    if missing:
+        bad(
+            "catalog-mismatch",
+            f"the published catalog lacks {len(missing)} released item(s), e.g. {missing[0]}",
+        )
+    return seen
+
+
+def _check_index(
+    cat: Catalog, report: DoctorReport, product: Product, rels: list[Release]
+) -> set[tuple[Area, str]]:
+    key = releases.index_key(product.id)
+    if not rels:
+        return set()
+    if not cat.store.exists(PRODUCTION, key):
+        report.add(
+            "warning",
+            "stale-index",
+            product.id,
+            f"the release index {key} is missing; re-run the command to rewrite it",
+        )
+        return set()
+    index = _json_object(cat, PRODUCTION, key)
+    if isinstance(index, str):
+        report.add("error", "bad-catalog-file", product.id, index)
+        return {(PRODUCTION, key)}
+    current = index.get("geomesh:current")
+    current_id = current.get("release_id") if isinstance(current, dict) else None
+    listed = index.get("geomesh:releases")
+    listed_ids = (
+        {r.get("release_id") for r in listed if isinstance(r, dict)}
+        if isinstance(listed, list)
+        else set()
+    )
+    deprecated = {
+        r.get("release_id")
+        for r in (listed if isinstance(listed, list) else [])
+        if isinstance(r, dict) and r.get("deprecated")
+    }
+    if (
+        current_id != product.current_release_id
+        or listed_ids != {r.id for r in rels}
+        or deprecated != {r.id for r in rels if r.deprecated}
+    ):
+        report.add(
+            "warning",
+            "stale-index",
+            product.id,
+            f"the release index {key} lags the database (current {current_id}, database "
+            f"{product.current_release_id}); re-run the command to rewrite it",
+        )
+    return {(PRODUCTION, key)}
+
+
+def _check_partial_catalogs(
+    cat: Catalog, report: DoctorReport, product_id: str, versions: set[str]
+) -> None:
+    """Version folders without their catalog.json (written last) are half materialized."""
+    try:
+        prefix = releases.catalogs_root(product_id) + "/"
+    except UnsafePath:
+        return
+    folders = {k[len(prefix) :].split("/", 1)[0] for k in cat.store.list(PRODUCTION, prefix)}
+    for version in sorted(folders - {"latest.json"}):
+        if version in versions and cat.store.exists(
+            PRODUCTION, releases.catalog_key(product_id, version)
+        ):
+            continue
+        report.add(
+            "warning",
+            "partial-catalog",
+            f"{PRODUCTION}/{prefix}{version}",
+            "catalog files without their catalog.json (an interrupted materialization, "
+            "invisible to readers); re-running the command completes it",
+        )
+
+
+def _check_catalogs(
+    cat: Catalog, report: DoctorReport, manifests: dict[str, Manifest]
+) -> set[tuple[Area, str]]:
+    seen: set[tuple[Area, str]] = set()
+    with cat.read() as session:
+        rels = session.exec(select(Release)).all()
+        products = session.exec(select(Product)).all()
+    published = 0
+    for rel in rels:
+        manifest = manifests.get(rel.id)
+        if manifest is not None:
+            found = _check_catalog(cat, report, rel, manifest)
+            published += bool(found)
+            seen |= found
+    for product in products:
+        mine = [r for r in rels if r.product_id == product.id]
+        seen |= _check_index(cat, report, product, mine)
+        _check_partial_catalogs(cat, report, product.id, {r.version for r in mine})
+    report.checked["catalogs"] = published
+    return seen
+
+
+# ------------------------------------------------------------------ leftovers
 
 
 def _check_temp_files(cat: Catalog, report: DoctorReport, *, gc: bool, min_age_s: float) -> None:
-    temps: list[Path] = [p for p in cat.root.rglob(f"{TMP_PREFIX}*") if p.exists()]
+    found = sorted(cat.root.rglob(f"{TMP_PREFIX}*"))
+    # a temporary directory (an interrupted ingest's workdir) counts once, with its content
+    temps = [
+        p
+        for p in found
+        if not any(a.name.startswith(TMP_PREFIX) for a in p.relative_to(cat.root).parents)
+    ]
     now = time.time()
-    for p in sorted(temps):
+    for p in temps:
         rel = p.relative_to(cat.root).as_posix()
-        old_enough = now - p.stat().st_mtime >= min_age_s
+        try:
+            old_enough = now - p.lstat().st_mtime >= min_age_s
+        except FileNotFoundError:  # finished or collected by a concurrent writer meanwhile
+            continue
         if gc and old_enough:
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
@@ -146,29 +504,62 @@ def _check_temp_files(cat: Catalog, report: DoctorReport, *, gc: bool, min_age_s
                 p.unlink(missing_ok=True)
             report.collected.append(rel)
         else:
-            report.add("warning", "temporary-file", rel,
-                       "left by an interrupted write (invisible to readers); `geomesh doctor --gc` removes it")
+            report.add(
+                "warning",
+                "temporary-file",
+                rel,
+                "left by an interrupted write (invisible to readers); `geomesh doctor --gc` "
+                "removes it",
+            )
     report.checked["temporary_files"] = len(temps)
 
 
-def _check_orphans(cat: Catalog, report: DoctorReport, referenced: set[str]) -> None:
+def _check_orphans(
+    cat: Catalog,
+    report: DoctorReport,
+    referenced: set[tuple[Area, str]],
+    catalog_files: set[tuple[Area, str]],
+) -> None:
     orphans = 0
-    for key in cat.store.list("staging"):
-        if key not in referenced:
+    areas: tuple[Area, ...] = ("staging", "quarantine", PRODUCTION)
+    for area in areas:
+        for key in cat.store.list(area):
+            if (area, key) in referenced or (area, key) in catalog_files:
+                continue
+            if area == PRODUCTION and key.startswith("catalogs/"):
+                continue  # reported by the catalog checks
             orphans += 1
-            report.add("info", "orphan-object", f"staging/{key}",
-                       "complete but unreferenced (an interrupted ingest); a re-run reuses it")
+            report.add(
+                "info",
+                "orphan-object",
+                f"{area}/{key}",
+                "complete but unreferenced (an interrupted command); a re-run reuses it",
+            )
     report.checked["orphans"] = orphans
 
 
 def run_doctor(
-    cat: Catalog, *, gc: bool = False, deep: bool = False, min_age_s: float = 3600.0
+    cat: Catalog,
+    *,
+    gc: bool = False,
+    deep: bool = False,
+    min_age_s: float = 3600.0,
+    actor: str = auth.SYSTEM,
 ) -> DoctorReport:
-    """Check the whole catalog; with ``gc`` remove temporary files older than ``min_age_s``."""
+    """Check the whole catalog; with ``gc`` remove temporary files older than ``min_age_s``.
+
+    Checking is read-only and open to everyone; collecting (``gc``) deletes files and needs
+    the ``doctor.gc`` permission.
+    """
+    if gc:
+        with cat.read() as session:
+            auth.require(session, actor, "doctor.gc")
     report = DoctorReport()
     referenced = _check_items(cat, report, deep=deep)
-    referenced |= _check_releases(cat, report)
-    _check_orphans(cat, report, referenced)
+    from_releases, manifests = _check_releases(cat, report, deep=deep)
+    referenced |= from_releases
+    catalog_files = _check_catalogs(cat, report, manifests)
+    _check_orphans(cat, report, referenced, catalog_files)
     if cat.root.exists():
         _check_temp_files(cat, report, gc=gc, min_age_s=min_age_s)
     with cat.read() as session:

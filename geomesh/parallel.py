@@ -41,6 +41,10 @@ def _prepare_safe(
         return clean
 
 
+def _set_gdal_threads(threads: str) -> None:
+    os.environ["GEOMESH_GDAL_THREADS"] = threads
+
+
 def default_workers() -> int:
     return max(
         1,
@@ -65,7 +69,12 @@ def map_prepare(
         return
     n = workers if workers > 0 else default_workers()
     ctx = multiprocessing.get_context("spawn")  # GDAL state must not be forked
-    with ProcessPoolExecutor(max_workers=min(n, len(tasks)), mp_context=ctx) as pool:
+    n = min(n, len(tasks))
+    # each worker compresses with its share of the cores, not all of them (oversubscription)
+    threads = str(max(1, default_workers() // n))
+    with ProcessPoolExecutor(
+        max_workers=n, mp_context=ctx, initializer=_set_gdal_threads, initargs=(threads,)
+    ) as pool:
         futures: list[Future[PreparedTile | GeomeshError]] = [
             pool.submit(_prepare_safe, config, src, workdir, acquired, sdigest)
             for src, sdigest in tasks

@@ -8,6 +8,7 @@ that names the file.
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import numpy as np
 import rasterio
 import shapely
 from pyproj import CRS, Transformer
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
@@ -179,6 +181,13 @@ def _sanity(ds: Any, name: str) -> None:
             f"{name}: declares {ds.width}×{ds.height}×{ds.count} pixels, more than the "
             f"limit of {MAX_PIXELS}",
             hint="split the scene into tiles before ingesting",
+        )
+    complex_bands = [d for d in ds.dtypes if np.dtype(d).kind == "c"]
+    if complex_bands:
+        raise RasterError(
+            f"{name}: has complex-valued bands ({complex_bands[0]}); geomesh ingests real-valued "
+            "imagery only",
+            hint="convert to amplitude/real values before ingesting",
         )
     t = ds.transform
     if not all(math.isfinite(v) for v in (t.a, t.b, t.c, t.d, t.e, t.f)):
@@ -394,11 +403,12 @@ def write_cog(
                     in_memory=False,
                     use_cog_driver=False,
                     config={
-                        "GDAL_NUM_THREADS": "ALL_CPUS",
+                        # a worker of a parallel batch gets its share of the cores
+                        "GDAL_NUM_THREADS": os.environ.get("GEOMESH_GDAL_THREADS", "ALL_CPUS"),
                         "GDAL_TIFF_OVR_BLOCKSIZE": str(config.ingestion.tile_size),
                     },
                 )
-        except RasterioError as exc:
+        except (RasterioError, CPLE_BaseError) as exc:  # CPLE_*: GDAL errors, e.g. one GCP
             raise RasterError(f"{name}: could not be converted to a COG ({_short(exc)})") from exc
     is_valid, errors, warns = validate_cog(dst)
     return CogResult(path=dst, is_valid=is_valid, errors=errors, warnings=warns, clipped=do_clip)

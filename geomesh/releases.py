@@ -410,7 +410,13 @@ def _build_catalog(
     items = []
     for m in sorted(manifest.items, key=lambda m: m.id):
         d = dict(item_dicts[m.id])
-        d["links"] = [ln for ln in d.get("links", []) if ln.get("rel") not in _STRUCTURAL_RELS]
+        # structural links are re-created; predecessor links are re-pointed below (their
+        # staging hrefs may be s3:// URLs that pystac would try to resolve)
+        d["links"] = [
+            ln
+            for ln in d.get("links", [])
+            if ln.get("rel") not in _STRUCTURAL_RELS and ln.get("rel") != "predecessor-version"
+        ]
         d.pop("collection", None)
         items.append(pystac.Item.from_dict(d, preserve_dict=True))
     if items:

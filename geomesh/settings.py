@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from geomesh.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -70,3 +72,21 @@ class Settings(BaseSettings):
 
     def resolved_schema_dir(self, root: Path) -> Path:
         return (self.schema_dir or root / "stac-schemas").expanduser().resolve()
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; an invalid ``GEOMESH_*`` value is a ConfigError.
+
+    The message names each variable and what is wrong with it, never its value (it may be
+    a password).
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"GEOMESH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid setting(s): {problems}", hint="fix the environment or the .env file"
+        ) from None

@@ -702,6 +702,20 @@ class _Run:
     ) -> TileResult:
         name = sanitize_source(href)
         source_item_id = cand.source_item_id(key)
+        if not href.startswith(("http://", "https://", "s3://")):
+            # a remote catalog must not point geomesh at local files (or GDAL /vsi paths)
+            error = (
+                f"{cand.item_id}/{key}: the asset href is not an http(s) or s3 URL "
+                f"({name[:200]!r}); a STAC source may not point at local files"
+            )
+            self.log.write(
+                step="prepare",
+                outcome="error",
+                source=name,
+                source_item_id=source_item_id,
+                error=error,
+            )
+            return TileResult(source=name, status="failed", error=error)
         forget_cached(href)
         try:
             prepared = prepare_tile(

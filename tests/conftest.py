@@ -84,6 +84,18 @@ def pystac_offline(schema_dir: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(autouse=True)
+def _keep_main_module() -> Iterator[None]:
+    """AppTest runs page scripts as ``__main__``; put the real one back so that later
+    ``spawn`` workers (which re-import ``__main__`` by path) start cleanly."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None and sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main
+
+
+@pytest.fixture(autouse=True)
 def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
     """Python-level network guard: only loopback and unix sockets may be connected."""
     import ipaddress

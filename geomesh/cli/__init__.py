@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # command modules register themselves on `cli`
 from geomesh.cli import audit as _audit  # noqa: F401
+from geomesh.cli import demo as _demo  # noqa: F401
 from geomesh.cli import doctor as _doctor  # noqa: F401
 from geomesh.cli import governance as _governance  # noqa: F401
 from geomesh.cli import ingest as _ingest  # noqa: F401

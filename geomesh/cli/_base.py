@@ -16,7 +16,7 @@ from geomesh.auth import SYSTEM
 from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import GeomeshError
-from geomesh.settings import Settings
+from geomesh.settings import load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,7 +60,7 @@ def resolve_actor(actor: str | None) -> str:
 
 
 def open_catalog(config: ProductConfig | None = None) -> Catalog:
-    return Catalog.open(Settings(), config=config)
+    return Catalog.open(load_settings(), config=config)
 
 
 def load(config_path: str | Path) -> ProductConfig:

@@ -6,20 +6,36 @@ import sys
 
 import click
 
-from geomesh.cli._base import cli, echo_json, errors_at_edge, json_option, open_catalog
+from geomesh.cli._base import (
+    actor_option,
+    cli,
+    echo_json,
+    errors_at_edge,
+    json_option,
+    open_catalog,
+    resolve_actor,
+)
 from geomesh.doctor import run_doctor
 
 
 @cli.command("doctor")
 @click.option("--gc", is_flag=True, help="Remove leftover temporary files of interrupted writes.")
 @click.option("--deep", is_flag=True, help="Also re-hash every stored object.")
-@click.option("--min-age", type=float, default=3600.0, show_default=True,
-              help="Only collect temporary files older than this many seconds.")
+@click.option(
+    "--min-age",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Only collect temporary files older than this many seconds.",
+)
+@actor_option("Who collects with --gc (an admin; default: $GEOMESH_USER).")
 @json_option
-def doctor_cmd(gc: bool, deep: bool, min_age: float, as_json: bool) -> None:
+def doctor_cmd(gc: bool, deep: bool, min_age: float, actor: str | None, as_json: bool) -> None:
     """Check database ↔ objects ↔ manifests ↔ published catalogs; exit 1 if inconsistent."""
     with errors_at_edge():
-        report = run_doctor(open_catalog(), gc=gc, deep=deep, min_age_s=min_age)
+        report = run_doctor(
+            open_catalog(), gc=gc, deep=deep, min_age_s=min_age, actor=resolve_actor(actor)
+        )
         if as_json:
             echo_json(report.to_json())
         else:

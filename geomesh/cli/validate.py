@@ -22,7 +22,7 @@ from geomesh.config import ProductConfig
 from geomesh.errors import DeliveryError, ValidationError
 from geomesh.services.routing import deliver_outbox, list_outbox, retry_outbox, validate_and_route
 from geomesh.services.validation import remediate_item
-from geomesh.settings import Settings
+from geomesh.settings import load_settings
 from geomesh.validation import (
     DEFAULT_SCHEMA_URLS,
     RULES,
@@ -45,7 +45,7 @@ _COLOURS = {"P1": "red", "P2": "yellow", "P3": "cyan"}
 def _schema_store(config: ProductConfig | None, override: str | None) -> Path:
     if override:
         return Path(override).expanduser().resolve()
-    settings = Settings()
+    settings = load_settings()
     root = settings.resolved_storage_root(config.storage.root if config else None)
     return settings.resolved_schema_dir(root)
 
@@ -93,7 +93,12 @@ def validate_cmd(
                 f"no .json files found in {', '.join(map(str, paths))}",
                 hint="give STAC item files or folders that contain them",
             )
-        results = [validate_file(p, config=cfg, schema_dir=store, policy=policy) for p in files]
+        # asset hrefs are read only inside the item's folder or the storage root
+        root = load_settings().resolved_storage_root(cfg.storage.root if cfg else None)
+        results = [
+            validate_file(p, config=cfg, schema_dir=store, policy=policy, allowed_roots=[root])
+            for p in files
+        ]
     every = [f for r in results for f in r.findings]
     code = exit_code(every)
     if as_json:

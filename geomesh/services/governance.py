@@ -358,7 +358,7 @@ def sign_off(
     text = (comment or "").strip() or None
     if decision is Decision.reject and text is None:
         raise SignoffError(
-            f"rejecting item {item_id} needs a comment",
+            f"rejecting item {item_id!r} needs a comment",
             hint="say what must change: --reject --comment TEXT",
         )
     with cat.transaction() as session:
@@ -556,7 +556,7 @@ def plan_promotion(
             missing = [i for i in item_ids if i not in found or found[i].product_id != pid]
             if missing:
                 raise NotFound(
-                    f"item(s) {', '.join(missing)} do not exist in product {pid!r}",
+                    f"item(s) {', '.join(map(repr, missing))} do not exist in product {pid!r}",
                     hint="list items with `geomesh items list CONFIG`",
                 )
             candidates = [found[i] for i in dict.fromkeys(item_ids)]

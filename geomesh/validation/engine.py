@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,13 @@ SCHEMA_RULES: Final = ("GM-SCHEMA-001", "GM-SCHEMA-002", "GM-SCHEMA-003")
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e400: valid syntax, but no double holds it
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
@@ -71,7 +79,7 @@ def load_document(path: Path, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> LoadedD
     except UnicodeDecodeError as exc:
         return bad(f"not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8")
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         return bad(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
     except ValueError as exc:
@@ -164,6 +172,12 @@ class FileResult:
         }
 
 
+def _outside(raster: Path, roots: Iterable[Path]) -> bool:
+    """True unless ``raster`` (symlinks resolved) lies inside one of ``roots``."""
+    real = raster.resolve()
+    return not any(real.is_relative_to(r.resolve()) for r in roots)
+
+
 def validate_file(
     path: Path,
     *,
@@ -171,13 +185,32 @@ def validate_file(
     schema_dir: Path | None = None,
     strict: bool = False,
     policy: Policy | None = None,
+    allowed_roots: Iterable[Path] = (),
 ) -> FileResult:
-    """Validate one STAC JSON file; a local data asset is checked as the raster."""
+    """Validate one STAC JSON file; a local data asset is checked as the raster.
+
+    The data asset is read only when it lies inside the item's folder or one of
+    ``allowed_roots`` (the storage root): an href like ``../../etc/passwd`` or an absolute
+    path elsewhere is a finding, never a read.
+    """
     pol = policy or Policy.from_config(config, strict=strict)
     loaded = load_document(path)
     if loaded.doc is None:
         return FileResult(path, loaded.item_id, sort_findings(pol.apply(loaded.findings)))
     raster = local_asset_path(loaded.doc, path.parent)
+    refused: list[Finding] = []
+    if raster is not None and _outside(raster, [path.parent, *allowed_roots]):
+        refused.append(
+            make_finding(
+                "GM-COG-004",
+                item_id=loaded.item_id,
+                path=f"assets.{data_asset_key(loaded.doc)}.href",
+                message=f"{path}: the data asset href points outside the item's folder "
+                f"({path.parent}) and the storage root; it was not read",
+                remediation="use an href relative to the item file, inside its folder",
+            )
+        )
+        raster = None
     findings = validate_document(
         loaded.doc,
         item_id=loaded.item_id,
@@ -187,6 +220,8 @@ def validate_file(
         raster_label=str(raster) if raster is not None else None,
         policy=pol,
     )
+    if refused:
+        findings = sort_findings([*findings, *pol.apply(refused)])
     return FileResult(path, loaded.item_id, findings)
 
 

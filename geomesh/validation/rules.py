@@ -417,7 +417,15 @@ def footprint(s: Subject) -> tuple[BaseGeometry, CRS, str] | None:
         try:
             geom = shape(value)
             crs = get_crs()
-        except (ShapelyError, ValueError, TypeError, KeyError, AttributeError, CRSError):
+        except (
+            ShapelyError,
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            CRSError,
+            OverflowError,  # an integer coordinate no double can hold
+        ):
             continue
         if geom.is_empty:
             continue

@@ -1,0 +1,242 @@
+"""1. Ingest overhead: geomesh ingest of one tile vs a bare ``rio_cogeo.cog_translate``.
+
+geomesh side: ``ingest_rasters`` into a fresh temporary catalog (SQLite + local store),
+actor ``system``, no clip, the default post-stage (validation + routing). That is: inspect,
+COG, cog_validate, SHA-256, statistics, STAC item, content-addressed store, one transaction
+with its audit event, then validation.
+
+Baseline: ``cog_translate`` with geomesh's options (DEFLATE, 256 blocks, predictor 2 for
+integers, bilinear overviews, the same GDAL config), on the same input.
+
+Each run of each side is one fresh ``spawn`` worker: it imports the same modules for both
+sides, warms up on a tiny tile (GDAL drivers, PROJ database, SQLAlchemy, Alembic), then
+measures one call, so ``ru_maxrss`` is that call's peak. The sides alternate (b g, g b, …).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import (
+    Measured,
+    Row,
+    cpu_seconds,
+    fmt_mib,
+    fmt_s,
+    in_fresh_worker,
+    make_tile,
+    median,
+    open_catalog,
+    peak_rss_mib,
+    product_config,
+    rss_mib,
+    workdir,
+)
+
+NAME = "ingest overhead"
+TIME_TARGET = 1.10
+MEMORY_TARGET = 1.50
+#: wall-clock budget for the 10980² case; fewer runs (never < 3) when 5 would not fit
+BIG_BUDGET_S = 150.0
+
+GDAL_CONFIG = {"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_TIFF_OVR_BLOCKSIZE": "256"}
+
+
+def baseline_profile() -> dict[str, Any]:
+    """rio-cogeo's deflate profile with geomesh's block size, predictor and BigTIFF rule."""
+    from rio_cogeo.profiles import cog_profiles
+
+    profile: dict[str, Any] = dict(cog_profiles.get("deflate"))
+    profile.update(blockxsize=256, blockysize=256, BIGTIFF="IF_SAFER", predictor=2)
+    return profile
+
+
+def baseline_cog(src: str, dst: str) -> None:
+    from rio_cogeo.cogeo import cog_translate
+
+    cog_translate(
+        src,
+        dst,
+        baseline_profile(),
+        overview_resampling="bilinear",
+        web_optimized=False,
+        quiet=True,
+        in_memory=False,
+        use_cog_driver=False,
+        config=dict(GDAL_CONFIG),
+    )
+
+
+def _probe(module: Any, name: str, spent: dict[str, float]) -> None:
+    """Wrap ``module.name`` to add its wall time to ``spent[name]`` (a timing probe only)."""
+    original = getattr(module, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+
+    setattr(module, name, wrapper)
+
+
+def measure_side(side: str, src: str, out_dir: str, warm_src: str) -> Measured:
+    """Runs in a fresh spawn worker: warm up, then measure one ingest or one cog_translate."""
+    import geomesh.raster as raster
+    import geomesh.services.ingest as ingest
+    import geomesh.services.pipeline as pipeline
+
+    out = Path(out_dir)
+    config = product_config(out)
+    # the same warm-up on both sides, so both workers hold the same modules and caches
+    warm = ingest.ingest_rasters(open_catalog(out / "warm"), config, [warm_src], actor="system")
+    if not warm.ok:
+        raise RuntimeError(f"warm-up ingest failed: {warm.to_json()}")
+    baseline_cog(warm_src, str(out / "warm.tif"))
+    if side == "baseline":
+        before, c0 = rss_mib(), cpu_seconds()
+        t0 = time.perf_counter()
+        baseline_cog(src, str(out / "out.tif"))
+        seconds = time.perf_counter() - t0
+        cpu = cpu_seconds() - c0
+        size = (out / "out.tif").stat().st_size
+        return Measured(seconds, peak_rss_mib(), before, {"size": size, "cpu": cpu})
+
+    cat = open_catalog(out / "catalog")
+    spent: dict[str, float] = {}
+    _probe(raster, "cog_translate", spent)
+    _probe(raster, "validate_cog", spent)
+    for name in ("inspect", "sha256_file", "band_statistics", "stage_tile"):
+        _probe(ingest, name, spent)
+    _probe(pipeline, "default_post_stage", spent)
+    before, c0 = rss_mib(), cpu_seconds()
+    t0 = time.perf_counter()
+    report = ingest.ingest_rasters(cat, config, [src], actor="system")
+    seconds = time.perf_counter() - t0
+    cpu = cpu_seconds() - c0
+    peak = peak_rss_mib()
+    if not report.ok or report.results[0].status != "staged":
+        raise RuntimeError(f"geomesh ingest failed: {report.to_json()}")
+    res = report.results[0]
+    cat.close()
+    return Measured(
+        seconds,
+        peak,
+        before,
+        {"size": res.size, "cpu": cpu, "spent": spent, "state": res.state, "route": res.route},
+    )
+
+
+def _pair(i: int, src: Path, warm: Path, base: Path) -> tuple[Measured, Measured]:
+    order = ("baseline", "geomesh") if i % 2 == 0 else ("geomesh", "baseline")
+    got: dict[str, Measured] = {}
+    for side in order:
+        out = base / f"run{i}-{side}"
+        out.mkdir()
+        got[side] = in_fresh_worker(measure_side, side, str(src), str(out), str(warm))
+    return got["geomesh"], got["baseline"]
+
+
+def _case(
+    label: str, src: Path, warm: Path, base: Path, runs: int, budget: float | None
+) -> list[Row]:
+    t_start = time.perf_counter()
+    pairs = [_pair(0, src, warm, base)]
+    note_runs = ""
+    if budget is not None:
+        per_pair = time.perf_counter() - t_start
+        if per_pair * runs > budget:
+            runs = max(3, min(runs, int(budget // per_pair)))
+            note_runs = f"{runs} runs per side (5 would exceed the {budget:.0f} s budget); "
+    for i in range(1, runs):
+        pairs.append(_pair(i, src, warm, base))
+    g = [p[0] for p in pairs]
+    b = [p[1] for p in pairs]
+    tg, tb = median([m.seconds for m in g]), median([m.seconds for m in b])
+    mg, mb = median([m.peak_mib for m in g]), median([m.peak_mib for m in b])
+    dg, db = median([m.delta_mib for m in g]), median([m.delta_mib for m in b])
+    spent: dict[str, list[float]] = {}
+    for m in g:
+        for k, v in m.extra.get("spent", {}).items():
+            spent.setdefault(k, []).append(v)
+    parts = {k: median(v) for k, v in spent.items()}
+    translate = parts.get("cog_translate", 0.0)
+    breakdown = ", ".join(
+        f"{k} {fmt_s(v)}"
+        for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
+        if k != "cog_translate"
+    )
+    size_note = f"COG {g[0].extra['size'] / 2**20:.1f} MiB vs {b[0].extra['size'] / 2**20:.1f} MiB"
+    cg, cb = median([m.extra["cpu"] for m in g]), median([m.extra["cpu"] for m in b])
+    time_ratio = tg / tb
+    mem_ratio = mg / mb
+
+    def runs(ms: list[Measured]) -> str:
+        return ", ".join(f"{m.seconds:.2f}" for m in ms)
+
+    return [
+        Row(
+            NAME,
+            f"{label} ({len(pairs)} runs/side)",
+            "wall time, median",
+            fmt_s(tg),
+            fmt_s(tb),
+            time_ratio,
+            f"≤ {TIME_TARGET:.2f}×",
+            time_ratio <= TIME_TARGET,
+            f"{note_runs}geomesh = cog_translate {fmt_s(translate)} + overhead "
+            f"{fmt_s(max(0.0, tg - translate))} ({breakdown}); "
+            f"runs (s): geomesh {runs(g)}; baseline {runs(b)} (median of the per-pair "
+            f"ratios {median([x.seconds / y.seconds for x, y in pairs]):.2f}×); {size_note}",
+        ),
+        Row(
+            NAME,
+            f"{label} ({len(pairs)} runs/side)",
+            "CPU time (user+sys, all threads), median",
+            fmt_s(cg),
+            fmt_s(cb),
+            cg / cb,
+            "— (info)",
+            None,
+            "less sensitive than wall time to other load on the machine",
+        ),
+        Row(
+            NAME,
+            f"{label} ({len(pairs)} runs/side)",
+            "peak RSS (ru_maxrss), median",
+            fmt_mib(mg),
+            fmt_mib(mb),
+            mem_ratio,
+            f"≤ {MEMORY_TARGET:.2f}×",
+            mem_ratio <= MEMORY_TARGET,
+            f"each run in a fresh spawn worker with the same imports; added by the call "
+            f"itself (peak − RSS before): {fmt_mib(dg)} vs {fmt_mib(db)}",
+        ),
+    ]
+
+
+def run(smoke: bool) -> list[Row]:
+    with workdir("ingest") as tmp:
+        base = Path(tmp)
+        warm = make_tile(base / "warm.tif", width=256, height=256, count=1, seed=99)
+        if smoke:
+            cases = [
+                ("256×256×4 uint16", 256, 4, 1, None),
+                ("512×512×1 uint16", 512, 1, 1, None),
+            ]
+        else:
+            cases = [
+                ("2048×2048×4 uint16", 2048, 4, 5, None),
+                ("10980×10980×1 uint16", 10980, 1, 5, BIG_BUDGET_S),
+            ]
+        rows: list[Row] = []
+        for label, size, count, runs, budget in cases:
+            case_dir = base / f"case{size}"
+            case_dir.mkdir()
+            src = make_tile(case_dir / "src.tif", width=size, height=size, count=count)
+            rows += _case(label, src, warm, case_dir, runs, budget)
+            src.unlink()
+        return rows

@@ -1,0 +1,123 @@
+"""Releases: history, a diff between two releases, rollback behind a confirmation dialog."""
+
+import pandas as pd
+import streamlit as st
+
+from geomesh.services import governance, queries
+from ui import errors, layout
+from ui.fmt import short_id
+from ui.state import K, flash
+
+ctx = layout.context("Releases", "Immutable, content-addressed release manifests.")
+pid = layout.require_product(ctx)
+config = queries.product_config(ctx.cat, pid)
+ctx.role_note("rollback", "roll back")
+
+rels = governance.list_releases(ctx.cat, pid)
+if not rels:
+    st.info("No release yet: promote items from the review queue.")
+    st.stop()
+
+history = [
+    {"version": r.version, "current": r.current, "rolled back": r.deprecated, "kind": r.kind,
+     "items": r.item_count, "added": len(r.delta.get("added", [])),
+     "removed": len(r.delta.get("removed", [])), "changed": len(r.delta.get("changed", [])),
+     "by": r.actor, "at": r.created_at[:19], "release id": r.id}
+    for r in reversed(rels)
+]  # fmt: skip
+st.dataframe(pd.DataFrame(history), hide_index=True, width="stretch")
+
+st.subheader("Compare two releases")
+versions = [r.version for r in rels]
+c1, c2 = st.columns(2)
+a = c1.selectbox("From", versions, index=max(len(versions) - 2, 0), key=K.REL_A)
+b = c2.selectbox("To", versions, index=len(versions) - 1, key=K.REL_B)
+diff = governance.diff_releases(ctx.cat, pid, a, b)
+st.markdown(
+    f"**{diff.from_version} → {diff.to_version}**: {len(diff.added)} added, "
+    f"{len(diff.removed)} removed, {len(diff.changed)} changed"
+    + (" · **spatial contract changed**" if diff.spatial_contract_changed else "")
+)
+changes = [{"change": "added", "item": i, "fields": ""} for i in diff.added]
+changes += [{"change": "removed", "item": i, "fields": ""} for i in diff.removed]
+changes += [
+    {
+        "change": "changed",
+        "item": f"{short_id(c.from_id)} → {short_id(c.to_id)}",
+        "fields": ", ".join(c.fields),
+    }
+    for c in diff.changed
+]
+if changes:
+    st.dataframe(pd.DataFrame(changes), hide_index=True, width="stretch")
+
+st.subheader("Roll back")
+current = next((r for r in rels if r.current), None)
+if current is None:
+    st.caption("The product has no current release.")
+    st.stop()
+items = governance.show_release(ctx.cat, pid, current.id)["manifest"]["items"]
+c1, c2 = st.columns(2)
+with c1:
+    st.markdown(f"Current release **{current.version}**; its parent comes back.")
+    if st.button(f"Roll back release {current.version}…", key=K.REL_ROLLBACK_RELEASE):
+        st.session_state[K.PENDING_ROLLBACK] = {"kind": "release"}
+with c2:
+    item = st.selectbox(
+        "Item of the current release", [i["id"] for i in items], index=None, key=K.REL_ITEM
+    )
+    if st.button("Roll back this item…", key=K.REL_ROLLBACK_ITEM, disabled=item is None):
+        st.session_state[K.PENDING_ROLLBACK] = {"kind": "item", "item_id": item}
+
+
+def _cancel() -> None:
+    st.session_state.pop(K.PENDING_ROLLBACK, None)
+
+
+@st.dialog("Confirm rollback", on_dismiss=_cancel)
+def confirm(pending: dict[str, str]) -> None:
+    impact = errors.attempt(
+        queries.rollback_impact, ctx.cat, pid, kind=pending["kind"], item_id=pending.get("item_id")
+    )
+    if impact is None:
+        return
+    if impact["kind"] == "release":
+        st.markdown(
+            f"Release **{impact['version']}** stops being current; **{impact['restores'] or 'nothing'}** "
+            f"is current again. {len(impact['rolled_back'])} item(s) become rolled_back, "
+            f"{len(impact['restored'])} return to production."
+        )
+        st.dataframe(pd.DataFrame({"rolled back": impact["rolled_back"]}), hide_index=True)
+        if not impact["possible"]:
+            st.warning(f"{impact['version']} is the first release: there is nothing to go back to.")
+    else:
+        st.markdown(
+            f"A new PATCH release **{impact['new_version']}** replaces {impact['version']} without "
+            f"`{impact['item_id']}` ({impact['items_after']} items remain)."
+        )
+    ok, cancel = st.columns(2)
+    if ok.button("Roll back", key=K.REL_CONFIRM, type="primary", disabled=not impact["possible"]):
+        if impact["kind"] == "release":
+            result = errors.attempt(
+                governance.rollback_release,
+                ctx.cat,
+                config,
+                actor=ctx.user.name,
+                release_id=impact["release_id"],
+            )
+        else:
+            result = errors.attempt(
+                governance.rollback_item, ctx.cat, config, impact["item_id"], actor=ctx.user.name
+            )
+        if result is not None:
+            _cancel()
+            flash(result.message)
+            st.rerun()
+    if cancel.button("Cancel", key=K.REL_CANCEL):
+        _cancel()
+        st.rerun()
+
+
+pending = st.session_state.get(K.PENDING_ROLLBACK)
+if pending:
+    confirm(pending)

@@ -1,0 +1,149 @@
+"""Review queue (stewards): sign off items in validation, then promote a new release."""
+
+import pandas as pd
+import streamlit as st
+
+from geomesh.services import governance, queries
+from ui import errors, layout, widgets
+from ui.fmt import md_escape, short_id
+from ui.state import K, flash
+
+ctx = layout.context("Review queue", "Items in state validation, awaiting steward sign-off.")
+pid = layout.require_product(ctx)
+config = queries.product_config(ctx.cat, pid)
+ctx.role_note("signoff", "sign off items")
+
+queue = queries.review_queue(ctx.cat, pid)
+if not queue:
+    st.info("Nothing awaits sign-off.")
+else:
+    st.dataframe(pd.DataFrame(queue), hide_index=True, width="stretch")
+    ids = [q["id"] for q in queue]
+    if st.session_state.get(K.R_ITEM) not in ids:
+        st.session_state[K.R_ITEM] = ids[0]
+    by_id = {q["id"]: q for q in queue}
+    item_id = st.selectbox(
+        "Item to review",
+        ids,
+        key=K.R_ITEM,
+        format_func=lambda i: f"{by_id[i]['source']} · {short_id(i)}",
+    )
+    detail = queries.review_item(ctx.cat, item_id)
+    prod = detail["production"]
+    widgets.item_header(detail)
+    check = detail["checksum_now"]
+    (st.success if check["ok"] else st.error)(f"Checksum now: {check['detail']}")
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**This version**")
+        widgets.preview(ctx.cat, item_id, caption="candidate")
+    with right:
+        if prod is None:
+            st.markdown("**Production**")
+            st.caption("No version of this tile is in production: it is a new tile.")
+        else:
+            st.markdown(f"**Production** `{md_escape(short_id(prod['production_id']))}`")
+            widgets.preview(ctx.cat, prod["production_id"], caption="in production")
+    widgets.facts_table(detail["raster"], prod["production_raster"] if prod else None)
+    if prod is not None:
+        changes = [
+            {"field": k, "production": str(v["from"])[:200], "this version": str(v["to"])[:200]}
+            for k, v in prod["changes"].items()
+        ]
+        with st.expander(f"Item JSON differences against production ({len(changes)})"):
+            st.dataframe(pd.DataFrame(changes), hide_index=True, width="stretch")
+    widgets.findings(detail["open_findings"])
+    if detail["approvals"]:
+        st.caption("Decisions so far")
+        st.dataframe(pd.DataFrame(detail["approvals"]), hide_index=True)
+
+    comment = st.text_area("Comment (required to reject)", key=K.R_COMMENT)
+    a, r, _ = st.columns([1, 1, 4])
+    if a.button("Approve", key=K.R_APPROVE, type="primary"):
+        status = errors.attempt(
+            governance.sign_off,
+            ctx.cat,
+            config,
+            item_id,
+            actor=ctx.user.name,
+            approve=True,
+            comment=comment,
+        )
+        if status is not None:
+            flash(f"Approved {item_id} ({len(status.approved_by)}/{status.required} approvals).")
+            st.rerun()
+    if r.button("Reject", key=K.R_REJECT):
+        status = errors.attempt(
+            governance.sign_off,
+            ctx.cat,
+            config,
+            item_id,
+            actor=ctx.user.name,
+            approve=False,
+            comment=comment,
+        )
+        if status is not None:
+            flash(f"Rejected {item_id}: {comment.strip()}")
+            st.rerun()
+
+    with st.expander("Bulk approve"):
+        chosen = st.multiselect(
+            "Items", ids, key=K.R_BULK, format_func=lambda i: by_id[i]["source"]
+        )
+        if st.button("Approve selected", key=K.R_BULK_APPROVE, disabled=not chosen):
+            done = [
+                i
+                for i in chosen
+                if errors.attempt(
+                    governance.sign_off,
+                    ctx.cat,
+                    config,
+                    i,
+                    actor=ctx.user.name,
+                    approve=True,
+                    comment=comment,
+                )
+                is not None
+            ]
+            if done:
+                flash(f"Approved {len(done)} of {len(chosen)} item(s).")
+                st.rerun()
+
+st.subheader("Promote")
+plan = governance.plan_promotion(ctx.cat, config, verify_checksums=len(queue) <= 50)
+if plan.eligible:
+    st.markdown(
+        f"Next release: **{plan.next_version}** ({plan.bump.value if plan.bump else '-'}; current "
+        f"{plan.current_version or 'none'}) with {len(plan.eligible)} new item version(s): "
+        f"{len(plan.delta.added)} added, {len(plan.delta.changed)} replacing a released version."
+    )
+    st.dataframe(pd.DataFrame({"eligible": [p.item_id for p in plan.eligible]}), hide_index=True)
+else:
+    st.caption("No item meets all promotion gates yet (validation, checksum, sign-off).")
+if plan.blocked:
+    st.dataframe(
+        pd.DataFrame([{"blocked": p.item_id, "why": "; ".join(p.reasons)} for p in plan.blocked]),
+        hide_index=True,
+        width="stretch",
+    )
+if plan.eligible and plan.next_version:
+    sure = st.checkbox(
+        f"Release {len(plan.eligible)} item(s) as {pid} {plan.next_version}",
+        key=K.R_PROMOTE_CONFIRM,
+    )
+    if st.button("Promote", key=K.R_PROMOTE, type="primary", disabled=not sure):
+        result = errors.attempt(
+            governance.promote,
+            ctx.cat,
+            config,
+            [p.item_id for p in plan.eligible],
+            actor=ctx.user.name,
+        )
+        if result is not None:
+            flash(
+                result.message
+                if result.release is None
+                else f"Released {pid} {result.release.version}."
+            )
+            st.rerun()

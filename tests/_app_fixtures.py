@@ -1,0 +1,69 @@
+"""Pytest plugin for the app tests (``pytest_plugins = ("_app_fixtures",)``).
+
+The autouse fixture clears Streamlit's process-global caches around every test and makes
+unexpected app errors propagate to ``at.exception`` (GEOMESH_UI_RAISE=1); ``demo_catalog``
+is the seeded demo product on the test's own storage root and backend.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import streamlit as st
+
+from geomesh import demo
+from geomesh.catalog import Catalog
+from geomesh.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _app_isolation(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("GEOMESH_UI_RAISE", "1")
+    monkeypatch.delenv("GEOMESH_BASEMAP", raising=False)
+    # the app's config hides error details from users; tests want to read them
+    shown = st.get_option("client.showErrorDetails")
+    st.set_option("client.showErrorDetails", "full")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+    st.set_option("client.showErrorDetails", shown)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture(scope="session")
+def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """A seeded SQLite + local demo catalog, copied per test (seeding once is faster)."""
+    from conftest import BACKEND, SHARED
+
+    if BACKEND != "sqlite-local":
+        return None
+    root = tmp_path_factory.mktemp("demo-template") / "geomesh-data"
+    schema = SHARED / "stac-schemas"
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setenv("GEOMESH_STORAGE_ROOT", str(root))
+        if schema.is_dir():
+            mp.setenv("GEOMESH_SCHEMA_DIR", str(schema))
+        cat = Catalog.open(Settings())
+        demo.seed(cat)
+        cat.close()
+    finally:
+        mp.undo()
+    return root
+
+
+@pytest.fixture
+def demo_catalog(settings: Settings, demo_template: Path | None) -> Iterator[Catalog]:
+    """The demo product, seeded, on this test's storage root and backend."""
+    if demo_template is not None:
+        shutil.copytree(demo_template, settings.resolved_storage_root(), dirs_exist_ok=True)
+        cat = Catalog.open(settings)
+    else:
+        cat = Catalog.open(settings)
+        demo.seed(cat)
+    yield cat
+    cat.close()

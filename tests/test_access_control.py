@@ -1,0 +1,417 @@
+"""Access control: every state-changing service call × every role, against auth.PERMISSIONS.
+
+Each case runs the REAL service function on its own copy of one prepared catalog (users of
+every role, a quarantined item, items awaiting sign-off and promotion, two releases, a
+failed webhook, a stale temporary file). The expectation comes from the permission table
+itself: the call is refused with PermissionDenied exactly when the actor's role is not
+allowed, and a refused call changes nothing (no row, no audit event, no file). The
+``system`` principal may do everything except sign off; an unknown user may do nothing.
+
+The app side: no page or UI helper reaches past the service layer (checked on the source).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from rasterio.transform import from_origin
+from sqlmodel import SQLModel, col, select
+
+from geomesh import auth
+from geomesh.auth import PERMISSIONS, SYSTEM, SYSTEM_ACTIONS
+from geomesh.catalog import Catalog
+from geomesh.config import ProductConfig, load_config
+from geomesh.doctor import run_doctor
+from geomesh.errors import PermissionDenied
+from geomesh.models import AuditEvent, Item, ItemState, Role
+from geomesh.services import governance, quarantine, routing, users, validation
+from geomesh.services.ingest import ingest_rasters
+from geomesh.settings import Settings
+
+from conftest import BACKEND, EXAMPLE_CONFIG, ROOT, SHARED
+
+pytestmark = pytest.mark.skipif(
+    BACKEND != "sqlite-local",
+    reason="each case copies one prepared catalog directory (local backend); the role "
+    "checks do not depend on the backend",
+)
+SCHEMAS = SHARED / "stac-schemas"
+#: role -> the actor that has it ("unknown" is a name no user has; "system" is built in)
+ACTORS: dict[str, str] = {
+    "admin": "root",
+    "steward": "stew",
+    "analyst": "ana",
+    "viewer": "vic",
+    "unknown": "mallory",
+    "system": SYSTEM,
+}
+
+
+def allowed(role: str, action: str) -> bool:
+    """What the permission table says (the single source of truth)."""
+    if role == "system":
+        return action in SYSTEM_ACTIONS
+    if role == "unknown":
+        return False
+    return Role(role) in PERMISSIONS[action]
+
+
+# ------------------------------------------------------------------ the prepared catalog
+
+
+def _tile(work: Path, name: str, seed: int, *, crs: str | None = "EPSG:32610") -> Path:
+    path = work / name
+    data = np.random.default_rng(seed).integers(1, 10000, (1, 128, 128)).astype("uint16")
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": 128,
+        "height": 128,
+        "count": 1,
+        "dtype": "uint16",
+        "nodata": 0,
+        "transform": from_origin(545000.0, 4185000.0, 10, 10),
+    }
+    if crs is not None:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+        ds.update_tags(TIFFTAG_DATETIME="2024:06:12 19:03:21")
+    return path
+
+
+def _write_config(work: Path, name: str, *, relaxed: bool = False) -> Path:
+    data = yaml.safe_load(EXAMPLE_CONFIG)
+    data["ingestion"]["tile_size"] = 128
+    data["governance"] = {
+        "webhook_max_attempts": 1,
+        # nothing listens on the discard port: deliveries fail at once
+        "escalation": [{"name": "ops", "url": "http://127.0.0.1:9/hook", "events": ["finding"]}],
+    }
+    if relaxed:  # the steward's fix for the CRS-less tile
+        data["validation"] = {"severity_overrides": {"GM-CRS-001": "P3", "GM-CONTRACT-001": "P3"}}
+    path = work / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@dataclass
+class Prepared:
+    work: Path
+    config: Path
+    relaxed: Path
+    quarantined: str  #: re-validated under the relaxed config: releasable
+    awaiting: str  #: in validation, no sign-off yet
+    approved: str  #: in validation, approved by a steward: promotable
+    released: str  #: in the current release (1.1.0)
+    extra_tile: Path  #: not ingested yet
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    work = tmp_path_factory.mktemp("access")
+    root = work / "template"
+    cat = Catalog.open(Settings(storage_root=root, schema_dir=SCHEMAS))
+    for role, name in ACTORS.items():
+        if role not in ("unknown", "system"):
+            users.add_user(cat, actor=SYSTEM, name=name, role=role)
+    users.add_user(cat, actor=SYSTEM, name="alice", role="steward")
+    cfg_path = _write_config(work, "product.yaml")
+    relaxed_path = _write_config(work, "relaxed.yaml", relaxed=True)
+    cfg = load_config(cfg_path)
+
+    def ingest(*tiles: Path) -> list[str]:
+        report = ingest_rasters(cat, cfg, [str(t) for t in tiles], actor=SYSTEM)
+        assert report.ok, report.to_json()
+        return [r.item_id for r in report.results if r.item_id]
+
+    def release(tile: Path) -> str:
+        (item_id,) = ingest(tile)
+        governance.sign_off(cat, cfg, item_id, actor="alice", approve=True)
+        assert governance.promote(cat, cfg, actor="alice").release is not None
+        return item_id
+
+    release(_tile(work, "a.tif", 1))
+    released = release(_tile(work, "b.tif", 2))  # 1.1.0
+    (quarantined,) = ingest(_tile(work, "nocrs.tif", 3, crs=None))
+    assert quarantine.revalidate(cat, load_config(relaxed_path), quarantined, actor="alice")
+    awaiting, approved = ingest(_tile(work, "c.tif", 4), _tile(work, "d.tif", 5))
+    governance.sign_off(cat, cfg, approved, actor="alice", approve=True)
+    report = routing.deliver_outbox(cat, configs=[cfg], actor=SYSTEM, timeout=2.0)
+    assert report.failed, "the quarantine webhook should have failed"
+    ingest(_tile(work, "nocrs2.tif", 7, crs=None))  # its webhook stays pending
+    stale = root / "staging" / ".tmp-left-by-a-crash"
+    stale.write_bytes(b"half")
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    with cat.read() as s:
+        states = {i.id: i.state for i in s.exec(select(Item))}
+    assert states[quarantined] is ItemState.quarantined
+    assert states[awaiting] is states[approved] is ItemState.validation
+    assert states[released] is ItemState.production
+    cat.close()
+    return Prepared(
+        work=work,
+        config=cfg_path,
+        relaxed=relaxed_path,
+        quarantined=quarantined,
+        awaiting=awaiting,
+        approved=approved,
+        released=released,
+        extra_tile=_tile(work, "e.tif", 6),
+    )
+
+
+@dataclass
+class Case:
+    cat: Catalog
+    p: Prepared
+    config: ProductConfig
+    relaxed: ProductConfig
+
+
+@pytest.fixture
+def case(prepared: Prepared, tmp_path: Path) -> Iterator[Case]:
+    root = tmp_path / "root"
+    shutil.copytree(prepared.work / "template", root)
+    cat = Catalog.open(Settings(storage_root=root, schema_dir=SCHEMAS), migrate=False)
+    yield Case(cat, prepared, load_config(prepared.config), load_config(prepared.relaxed))
+    cat.close()
+
+
+# ------------------------------------------------------------------ the calls
+
+
+def _ingest(c: Case, actor: str) -> Any:
+    report = ingest_rasters(c.cat, c.config, [str(c.p.extra_tile)], actor=actor)
+    assert report.ok, report.to_json()
+
+
+def _validate(c: Case, actor: str) -> Any:
+    return validation.validate_item(c.cat, c.config, c.p.awaiting, actor=actor, strict=True)
+
+
+CALLS: dict[str, tuple[str, Callable[[Case, str], Any]]] = {
+    "ingest_rasters": ("ingest", _ingest),
+    "validate_item": ("validate", _validate),
+    "quarantine.revalidate": (
+        "quarantine",
+        lambda c, a: quarantine.revalidate(c.cat, c.config, c.p.quarantined, actor=a),
+    ),
+    "quarantine.release": (
+        "quarantine.release",
+        lambda c, a: quarantine.release(c.cat, c.relaxed, c.p.quarantined, actor=a),
+    ),
+    "quarantine.discard": (
+        "quarantine.discard",
+        lambda c, a: quarantine.discard(c.cat, c.p.quarantined, actor=a, reason="broken"),
+    ),
+    "request_signoff": (
+        "signoff.request",
+        lambda c, a: governance.request_signoff(c.cat, c.config, c.p.awaiting, actor=a),
+    ),
+    "sign_off": (
+        "signoff",
+        lambda c, a: governance.sign_off(c.cat, c.config, c.p.awaiting, actor=a, approve=True),
+    ),
+    "promote": ("promote", lambda c, a: governance.promote(c.cat, c.config, actor=a)),
+    "rollback_item": (
+        "rollback",
+        lambda c, a: governance.rollback_item(c.cat, c.config, c.p.released, actor=a),
+    ),
+    "rollback_release": (
+        "rollback",
+        lambda c, a: governance.rollback_release(c.cat, c.config, actor=a, release_id="1.1.0"),
+    ),
+    "remediate_item": (
+        "remediate",
+        lambda c, a: validation.remediate_item(c.cat, c.config, c.p.quarantined, actor=a),
+    ),
+    "users.add_user": (
+        "users.manage",
+        lambda c, a: users.add_user(c.cat, actor=a, name="newbie", role="viewer"),
+    ),
+    "retry_outbox": ("outbox.retry", lambda c, a: routing.retry_outbox(c.cat, actor=a)),
+    "deliver_outbox": (
+        "outbox.retry",
+        lambda c, a: routing.deliver_outbox(c.cat, configs=[c.config], actor=a, timeout=2.0),
+    ),
+    "doctor --gc": ("doctor.gc", lambda c, a: run_doctor(c.cat, gc=True, min_age_s=0, actor=a)),
+}
+#: calls that, allowed, may legitimately change nothing (none today; kept explicit)
+MAY_BE_NO_OP: frozenset[str] = frozenset()
+
+
+def state_of(cat: Catalog) -> dict[str, Any]:
+    """Every row of every table, and every file under the root (but the database's own)."""
+    rows: dict[str, Any] = {}
+    with cat.read() as s:
+        for table in SQLModel.metadata.sorted_tables:
+            rows[table.name] = sorted(repr(tuple(r)) for r in s.execute(table.select()))
+    files = sorted(
+        (p.relative_to(cat.root).as_posix(), p.stat().st_size)
+        for p in cat.root.rglob("*")
+        if p.is_file() and not p.name.startswith("geomesh.db")
+    )
+    return {"rows": rows, "files": files}
+
+
+def test_every_permission_is_exercised_by_a_service_call() -> None:
+    assert {action for action, _ in CALLS.values()} == set(PERMISSIONS)
+
+
+@pytest.mark.parametrize("role", list(ACTORS))
+@pytest.mark.parametrize("call", list(CALLS))
+def test_role_matrix(call: str, role: str, case: Case) -> None:
+    action, fn = CALLS[call]
+    actor = ACTORS[role]
+    before = state_of(case.cat)
+    if allowed(role, action):
+        fn(case, actor)
+        if call not in MAY_BE_NO_OP:
+            assert state_of(case.cat) != before, f"{call} by {role} changed nothing"
+        return
+    with pytest.raises(PermissionDenied) as info:
+        fn(case, actor)
+    assert actor in str(info.value) or role == "system", str(info.value)
+    assert state_of(case.cat) == before, f"the refused {call} by {role} changed something"
+
+
+def test_the_submitter_cannot_approve_even_as_a_steward(case: Case) -> None:
+    with case.cat.read() as s:
+        item = s.get(Item, case.p.awaiting)
+        assert item is not None and item.submitted_by == SYSTEM
+    ingest_rasters(case.cat, case.config, [str(case.p.extra_tile)], actor="stew")
+    with case.cat.read() as s:
+        mine = s.exec(select(Item).where(Item.submitted_by == "stew")).one()
+    before = state_of(case.cat)
+    with pytest.raises(PermissionDenied, match="cannot approve"):
+        governance.sign_off(case.cat, case.config, mine.id, actor="stew", approve=True)
+    assert state_of(case.cat) == before
+
+
+def test_a_role_change_takes_effect_on_the_next_call(case: Case) -> None:
+    """Roles are read from the database on every call, never cached."""
+    with pytest.raises(PermissionDenied):
+        governance.promote(case.cat, case.config, actor="vic")
+    with case.cat.transaction() as s:
+        user = auth.get_user(s, "vic")
+        assert user is not None
+        user.role = Role.steward
+        s.add(user)
+    assert governance.promote(case.cat, case.config, actor="vic").release is not None
+
+
+def test_refusals_leave_no_trace_in_the_audit_trail(case: Case) -> None:
+    """A refused call is not an event: the chain does not grow (the refusal is the error)."""
+
+    def last_seq() -> int | None:
+        with case.cat.read() as s:
+            return s.exec(select(AuditEvent.seq).order_by(col(AuditEvent.seq).desc())).first()
+
+    last = last_seq()
+    for name, (_, fn) in CALLS.items():
+        with pytest.raises(PermissionDenied):
+            fn(case, "mallory")
+        assert last_seq() == last, name
+
+
+# ------------------------------------------------------------------ the app stays thin
+
+APP_FILES = sorted(
+    [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), *(ROOT / "ui").glob("*.py")],
+    key=str,
+)
+#: modules the app may import from geomesh: the services, their error types, settings
+ALLOWED_GEOMESH = (
+    "geomesh.services",
+    "geomesh.errors",
+    "geomesh.catalog",
+    "geomesh.settings",
+    "geomesh.config",
+    "geomesh.preview",
+)
+FORBIDDEN_MODULES = ("sqlmodel", "sqlalchemy", "rasterio", "rio_cogeo", "psycopg", "obstore")
+#: method names that write the database or the object store directly
+FORBIDDEN_CALLS = frozenset(
+    {
+        "add",
+        "add_all",
+        "commit",
+        "flush",
+        "transaction",
+        "put_bytes",
+        "put_file",
+        "transition",
+        "append",
+        "delete",
+    }
+)
+
+
+def _imports(tree: ast.AST) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{a.name}" for a in node.names)
+
+
+def _writes(tree: ast.AST) -> Iterator[str]:
+    """Calls like ``session.add(...)``, ``cat.store.put_bytes(...)``, ``x.commit()``."""
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr not in FORBIDDEN_CALLS:
+            continue
+        owner = ast.unparse(node.func.value)
+        # streamlit containers/session state are not storage
+        if owner.startswith(("st.", "st_")) or owner in ("st", "messages", "rows", "parts"):
+            continue
+        if node.func.attr in ("add", "append", "delete") and not any(
+            word in owner for word in ("session", "store", "cat", "db")
+        ):
+            continue
+        yield f"{owner}.{node.func.attr}() at line {node.lineno}"
+
+
+def test_app_code_exists() -> None:
+    assert (ROOT / "app.py").is_file() and len(APP_FILES) > 5
+
+
+@pytest.mark.parametrize("path", APP_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_page_action_bypasses_the_service_layer(path: Path) -> None:
+    source = path.read_text()
+    tree = ast.parse(source)
+    bad = [
+        m
+        for m in _imports(tree)
+        if m.split(".")[0] in FORBIDDEN_MODULES
+        or (m.startswith("geomesh") and not m.startswith(ALLOWED_GEOMESH) and m != "geomesh")
+    ]
+    assert not bad, f"{path.name} imports {bad}: call geomesh.services instead"
+    writes = list(_writes(tree))
+    assert not writes, f"{path.name} writes past the services: {writes}"
+
+
+def test_the_thin_app_check_can_fail(tmp_path: Path) -> None:
+    """The source checks catch the bypasses they are meant to catch."""
+    tree = ast.parse(
+        "from sqlmodel import Session\n"
+        "from geomesh.models import Item\n"
+        "with cat.transaction() as session:\n"
+        "    session.add(Item())\n"
+        "cat.store.put_bytes('meta', 'k', b'')\n"
+    )
+    imports = list(_imports(tree))
+    assert "sqlmodel" in imports and "geomesh.models" in imports
+    assert len(list(_writes(tree))) == 3

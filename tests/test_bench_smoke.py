@@ -1,0 +1,102 @@
+"""`python -m bench --smoke`: every benchmark runs at tiny sizes and fills the table.
+
+Structure only — rows present, ratios finite, targets stated. Never timings: those belong
+to `make bench` on a quiet machine, not to the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BACKEND, ROOT
+
+EXPECTED = {
+    "ingest overhead": 6,  # 2 sizes × (wall, CPU, memory)
+    "batch scaling": 1,
+    "validation throughput": 2,
+    "rollback / promotion": 3 + 9 + 2,  # flatness ×3, 3 calls × 3 sizes, materialization, build
+    "app responsiveness": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, object]], str]:
+    if BACKEND != "sqlite-local":
+        pytest.skip("the benchmarks do not depend on the backend: smoke-tested once")
+    out = tmp_path_factory.mktemp("bench")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOMESH_")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--out",
+            str(out / "results.md"),
+            "--json",
+            str(out / "rows.json"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "rows.json").read_text())
+    return rows, (out / "results.md").read_text()
+
+
+def test_every_benchmark_fills_its_rows(smoke: tuple[list[dict[str, object]], str]) -> None:
+    rows, _ = smoke
+    failed = [r for r in rows if str(r["notes"]).startswith("failed:")]
+    assert not failed, failed
+    by_bench: dict[str, int] = {}
+    for r in rows:
+        by_bench[str(r["bench"])] = by_bench.get(str(r["bench"]), 0) + 1
+    expected = dict(EXPECTED)
+    if not (ROOT.parent / "shared" / "stac-schemas").is_dir():
+        expected["validation throughput"] = 1  # a "skipped" row that says why
+    assert by_bench == expected
+
+
+def test_ratios_are_finite_and_targets_are_stated(
+    smoke: tuple[list[dict[str, object]], str],
+) -> None:
+    rows, _ = smoke
+    for r in rows:
+        ratio = r["ratio"]
+        assert isinstance(ratio, int | float) and not isinstance(ratio, bool), r
+        assert math.isfinite(ratio) and ratio > 0, r
+        assert r["met"] in (True, False, None), r
+        assert r["target"], r
+        # a row with a target says whether it is met; informational rows say "—"
+        assert (r["met"] is None) == str(r["target"]).startswith("—"), r
+        for key in ("case", "metric", "geomesh", "baseline"):
+            assert str(r[key]).strip(), (key, r)
+
+
+def test_results_markdown_names_the_machine(smoke: tuple[list[dict[str, object]], str]) -> None:
+    rows, text = smoke
+    for label in ("cpu:", "cores:", "ram:", "python:", "gdal:", "date:"):
+        assert f"- {label}" in text, label
+    header = "| benchmark | case | metric | geomesh | baseline | ratio | target | met? | notes |"
+    assert header in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(table) == 1 + len(rows)
+
+
+def test_committed_results_come_from_a_full_run() -> None:
+    committed = ROOT / "bench" / "results.md"
+    if not committed.exists():
+        pytest.skip("bench/results.md is written by `make bench`")
+    written_by = next(
+        (line for line in committed.read_text().splitlines() if line.startswith("Written by")), ""
+    )
+    assert written_by and "--smoke" not in written_by, written_by

@@ -1,0 +1,926 @@
+"""Hostile input corpus: each case ends in a clear error or a finding, never a crash.
+
+The corpus is generated here (nothing binary is checked in): broken and lying rasters,
+product configs with bad geometry, YAML bombs and bad bytes, STAC JSON that is huge,
+deeply nested, mistyped or points outside its folder, item ids that look like paths or
+carry control characters, settings that cannot work, a STAC source pointing at local
+files, and HTML/JS in the text the review app shows.
+
+For every case: no exception other than a GeomeshError escapes (the CLI exits 1, 2 or 3
+with one clear ``error:`` line, never a traceback), a rejected input leaves the catalog
+exactly as it was, and nothing is written outside the storage root.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import struct
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from click.testing import CliRunner, Result
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
+from rasterio.transform import Affine, from_origin
+from sqlmodel import SQLModel
+
+from geomesh.catalog import Catalog
+from geomesh.cli import cli
+from geomesh.config import load_config
+from geomesh.models import Item
+from geomesh.services import governance, quarantine, users
+from geomesh.services.ingest import ingest_rasters
+from geomesh.settings import Settings
+from geomesh.sources import Candidate, ingest_from_stac
+
+from conftest import BACKEND, EXAMPLE_CONFIG, SHARED
+
+pytest_plugins = ("_app_fixtures",)
+pytestmark = pytest.mark.skipif(
+    BACKEND != "sqlite-local",
+    reason="compares the local storage root and SQLite file before and after each case",
+)
+SCHEMAS = SHARED / "stac-schemas"
+#: every case id, collected at import (the README's "hostile cases" number)
+CASES: list[str] = []
+
+
+def _register(kind: str, names: list[str]) -> list[str]:
+    CASES.extend(f"{kind}:{n}" for n in names)
+    return names
+
+
+# ------------------------------------------------------------------ the workspace
+
+
+@dataclass
+class Workspace:
+    base: Path  #: the parent folder: inputs live here, the storage root is base/root
+    root: Path
+    config: Path
+    good: Path
+    item_id: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {"GEOMESH_STORAGE_ROOT": str(self.root), "GEOMESH_SCHEMA_DIR": str(SCHEMAS)}
+        env.update(extra)
+        return env
+
+
+def _geotiff(path: Path, **overrides: Any) -> Path:
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": 64,
+        "height": 64,
+        "count": 1,
+        "dtype": "uint16",
+        "nodata": 0,
+        "crs": CRS.from_epsg(32610),
+        "transform": from_origin(545000.0, 4185000.0, 10, 10),
+    }
+    profile.update(overrides)
+    profile = {k: v for k, v in profile.items() if v is not None}
+    data = np.random.default_rng(len(path.name)).integers(1, 9999, (profile["count"], 64, 64))
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data.astype(profile["dtype"]))
+        ds.update_tags(TIFFTAG_DATETIME="2024:06:12 19:03:21")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    base = tmp_path_factory.mktemp("hostile")
+    root = base / "root"
+    data = yaml.safe_load(EXAMPLE_CONFIG)
+    data["ingestion"]["tile_size"] = 128
+    config = base / "product.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    good = _geotiff(base / "good.tif")
+    cat = Catalog.open(Settings(storage_root=root, schema_dir=SCHEMAS))
+    users.add_user(cat, actor="system", name="alice", role="steward")
+    (res,) = ingest_rasters(cat, load_config(config), [str(good)], actor="system").results
+    assert res.item_id and res.state == "validation"
+    cat.close()
+    yield Workspace(base, root, config, good, res.item_id)
+
+
+def catalog_state(root: Path) -> dict[str, Any]:
+    """Every database row and every file of the catalog (logs aside: runs are logged)."""
+    cat = Catalog.open(Settings(storage_root=root, schema_dir=SCHEMAS), migrate=False)
+    try:
+        rows: dict[str, Any] = {}
+        with cat.read() as s:
+            for table in SQLModel.metadata.sorted_tables:
+                rows[table.name] = sorted(repr(tuple(r)) for r in s.execute(table.select()))
+    finally:
+        cat.close()
+    files = sorted(
+        (p.relative_to(root).as_posix(), p.stat().st_size)
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith("geomesh.db") and "logs" not in p.parts
+    )
+    return {"rows": rows, "files": files}
+
+
+def outside_state(ws: Workspace) -> list[tuple[str, int]]:
+    """Every file next to the storage root (the inputs): must never change."""
+    return sorted(
+        (p.relative_to(ws.base).as_posix(), p.lstat().st_size)
+        for p in ws.base.rglob("*")
+        if ws.root not in p.parents and p != ws.root
+    )
+
+
+def invoke(ws: Workspace, argv: list[str], **env: str) -> Result:
+    return CliRunner().invoke(cli, argv, env=ws.env(**env), catch_exceptions=True)
+
+
+def assert_clean(res: Result, codes: tuple[int, ...]) -> None:
+    """No exception but SystemExit escaped, the exit code is expected, no traceback."""
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise AssertionError(
+            f"{type(res.exception).__name__} escaped: {res.exception}"
+        ) from res.exception
+    assert res.exit_code in codes, (res.exit_code, res.stdout[-1500:], res.stderr[-1500:])
+    assert "Traceback" not in res.stdout + res.stderr
+
+
+def assert_one_error_line(res: Result, *, mentions: str | None = None) -> str:
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    line = lines[0]
+    assert line.startswith("error: ") and len(line) > 20, line
+    assert "\x1b" not in line and "\r" not in line, repr(line)
+    if mentions is not None:
+        assert mentions in line, line
+    return line
+
+
+class Guard:
+    """Snapshots the catalog and everything around it; :meth:`check` compares."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.start()
+
+    def start(self) -> None:
+        """(Re)take the snapshot, e.g. after the test wrote its inputs."""
+        self.catalog = catalog_state(self.ws.root)
+        self.outside = outside_state(self.ws)
+
+    def check(self) -> None:
+        now = outside_state(self.ws)
+        assert now == self.outside, (
+            f"written outside the storage root: {sorted(set(now) ^ set(self.outside))}"
+        )
+        assert catalog_state(self.ws.root) == self.catalog, "a rejected input changed the catalog"
+
+
+@pytest.fixture
+def unchanged(ws: Workspace) -> Guard:
+    return Guard(ws)
+
+
+# ------------------------------------------------------------------ rasters
+
+
+def _tiff_header_only() -> bytes:
+    return b"II*\x00" + struct.pack("<I", 1_000_000)  # first IFD far past the end
+
+
+def _tiff_declaring(width: int, height: int) -> bytes:
+    """A tiny hand-written TIFF whose only IFD declares ``width`` x ``height`` pixels."""
+    entries = [
+        (256, 4, 1, width),  # ImageWidth
+        (257, 4, 1, height),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 1),  # Compression: none
+        (262, 3, 1, 1),  # Photometric: min-is-black
+        (273, 4, 1, 8),  # StripOffsets
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (278, 4, 1, height),  # RowsPerStrip
+        (279, 4, 1, 0xFFFFFFFF),  # StripByteCounts
+    ]
+    ifd = struct.pack("<H", len(entries))
+    ifd += b"".join(struct.pack("<HHII", *e) for e in entries) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd
+
+
+def _png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    pixels = zlib.compress(b"".join(b"\x00" + bytes(range(16)) for _ in range(16)))
+    ihdr = struct.pack(">IIBBBBB", 16, 16, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def _zip(good: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("inner.tif", good.read_bytes())
+    return buf.getvalue()
+
+
+def _gcps_only(path: Path, n: int) -> Path:
+    _geotiff(path, crs=None, transform=None)
+    points = [
+        GroundControlPoint(0, 0, 545000, 4185000),
+        GroundControlPoint(64, 64, 545640, 4184360),
+        GroundControlPoint(0, 64, 545000, 4184360),
+    ][:n]
+    with rasterio.open(path, "r+") as ds:
+        ds.gcps = (points, CRS.from_epsg(32610))
+    return path
+
+
+#: name -> (builder(folder, good tile) -> path or URL, expected: "rejected" | "finding" |
+#: "georeferenced")
+RASTERS: dict[str, tuple[Callable[[Path, Path], str], str]] = {
+    "zero-bytes": (lambda d, g: _write(d / "zero.tif", b""), "rejected"),
+    "truncated-100-bytes": (lambda d, g: _write(d / "t100.tif", g.read_bytes()[:100]), "rejected"),
+    "truncated-half": (
+        lambda d, g: _write(d / "half.tif", g.read_bytes()[: g.stat().st_size // 2]),
+        "rejected",
+    ),
+    "header-only": (lambda d, g: _write(d / "hdr.tif", _tiff_header_only()), "rejected"),
+    "declares-1e6x1e6-pixels": (
+        lambda d, g: _write(d / "huge.tif", _tiff_declaring(10**6, 10**6)),
+        "rejected",
+    ),
+    "declares-0x0-pixels": (
+        lambda d, g: _write(d / "empty.tif", _tiff_declaring(0, 0)),
+        "rejected",
+    ),
+    "text-named-tif": (lambda d, g: _write(d / "text.tif", b"just some text\n"), "rejected"),
+    "html-named-tif": (
+        lambda d, g: _write(d / "page.tif", b"<html><script>alert(1)</script></html>"),
+        "rejected",
+    ),
+    "json-named-tif": (lambda d, g: _write(d / "doc.tif", b'{"type": "Feature"}'), "rejected"),
+    "zip-named-tif": (lambda d, g: _write(d / "archive.tif", _zip(g)), "rejected"),
+    "nan-transform": (
+        lambda d, g: str(_geotiff(d / "nan.tif", transform=Affine(float("nan"), 0, 0, 0, -10, 0))),
+        "rejected",
+    ),
+    "inf-transform": (
+        lambda d, g: str(_geotiff(d / "inf.tif", transform=Affine(10, 0, float("inf"), 0, -10, 0))),
+        "rejected",
+    ),
+    "zero-pixel-size": (
+        lambda d, g: str(_geotiff(d / "zeropx.tif", transform=Affine(0, 0, 545000, 0, -10, 0))),
+        "rejected",
+    ),
+    "single-gcp": (lambda d, g: str(_gcps_only(d / "gcp1.tif", 1)), "rejected"),
+    "complex-valued": (
+        lambda d, g: str(_geotiff(d / "complex.tif", dtype="complex64", nodata=None)),
+        "rejected",
+    ),
+    "a-directory": (lambda d, g: _mkdir(d / "folder.tif"), "rejected"),
+    "missing-file": (lambda d, g: str(d / "missing.tif"), "rejected"),
+    "char-device": (lambda d, g: "/dev/null", "rejected"),
+    "symlink-to-text": (lambda d, g: _symlink(d / "link.tif", d / "text.tif"), "rejected"),
+    "unreachable-url-with-credentials": (
+        lambda d, g: "https://user:hunter2@127.0.0.1:1/tile.tif?X-Amz-Signature=abc123",
+        "rejected",
+    ),
+    "png-named-tif": (lambda d, g: _write(d / "image.tif", _png()), "finding"),
+    "no-crs": (lambda d, g: str(_geotiff(d / "nocrs.tif", crs=None)), "finding"),
+    # GDAL warps ground control points into a regular grid: a georeferenced COG
+    "gcps-only": (lambda d, g: str(_gcps_only(d / "gcp3.tif", 3)), "georeferenced"),
+}
+_register("raster", list(RASTERS))
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def _mkdir(path: Path) -> str:
+    path.mkdir(exist_ok=True)
+    return str(path)
+
+
+def _symlink(path: Path, target: Path) -> str:
+    if not target.exists():
+        target.write_bytes(b"just some text\n")
+    if not path.is_symlink():
+        path.symlink_to(target)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def raster_inputs(ws: Workspace) -> dict[str, str]:
+    folder = ws.base / "inputs"
+    folder.mkdir()
+    return {name: build(folder, ws.good) for name, (build, _) in RASTERS.items()}
+
+
+@pytest.mark.parametrize("name", list(RASTERS))
+def test_hostile_raster(
+    name: str, ws: Workspace, raster_inputs: dict[str, str], unchanged: Guard
+) -> None:
+    source = raster_inputs[name]
+    expected = RASTERS[name][1]
+    before = {r for r in catalog_state(ws.root)["rows"]["item"]}
+    res = invoke(ws, ["ingest", str(ws.config), source, "--json"])
+    if expected == "rejected":
+        assert_clean(res, (1,))
+        (result,) = json.loads(res.stdout)["results"]
+        assert result["status"] == "failed" and result["error"], result
+        shown = source.split("?")[0].replace("user:hunter2@", "")
+        assert Path(shown).name in result["error"] or shown in result["error"], result
+        assert "hunter2" not in res.stdout + res.stderr and "abc123" not in res.stdout
+        unchanged.check()
+        if not source.startswith("http"):  # reading it: fine, or one clear line
+            res = invoke(ws, ["inspect", source])
+            assert_clean(res, (0, 2))
+            if res.exit_code == 2:
+                assert_one_error_line(res, mentions=Path(source).name)
+        return
+    assert_clean(res, (0,))
+    (result,) = json.loads(res.stdout)["results"]
+    assert result["status"] == "staged", result
+    if expected == "georeferenced":
+        shown = invoke(ws, ["items", "show", result["item_id"]])
+        assert json.loads(shown.stdout)["properties"]["proj:code"] == "EPSG:32610"
+    else:  # a raster GDAL can read but the contract cannot accept: quarantined
+        assert result["state"] == "quarantined" and result["findings"]["P2"] > 0, result
+    after = {r for r in catalog_state(ws.root)["rows"]["item"]}
+    assert len(after - before) == 1
+
+
+_register("stac-source", ["local-path", "file-url", "gdal-vsi-path"])
+
+
+def test_a_stac_source_cannot_point_at_local_files(ws: Workspace, tmp_path: Path) -> None:
+    """A (hostile) STAC API whose asset hrefs are local paths, file:// or GDAL /vsi paths."""
+    data = yaml.safe_load(ws.config.read_text())
+    data["source"] = {"url": "http://127.0.0.1:1/stac", "collection": "s2", "assets": ["B04"]}
+    cfg_path = tmp_path / "sourced.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    cfg = load_config(cfg_path)
+    hrefs = [str(ws.good), f"file://{ws.good}", f"/vsizip/{ws.good}.zip/inner.tif"]
+    cands = [
+        Candidate(
+            item_id=f"evil-{n}",
+            collection="s2",
+            datetime=None,
+            cloud_cover=None,
+            geometry={},
+            bbox=None,
+            assets={"B04": href},
+            status="new",
+            self_href=None,
+        )
+        for n, href in enumerate(hrefs)
+    ]
+    before = catalog_state(ws.root)
+    cat = Catalog.open(Settings(storage_root=ws.root, schema_dir=SCHEMAS), migrate=False)
+    try:
+        report = ingest_from_stac(cat, cfg, actor="system", candidates=cands)
+    finally:
+        cat.close()
+    assert [r.status for r in report.results] == ["failed"] * 3
+    assert all("local files" in (r.error or "") for r in report.results)
+    assert catalog_state(ws.root) == before
+
+
+# ------------------------------------------------------------------ product configs
+
+
+def _config_text(**changes: Any) -> str:
+    data = yaml.safe_load(EXAMPLE_CONFIG)
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        data[section][key] = value
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _wkt(value: str) -> str:
+    return _config_text(spatial_domain__boundary_wkt=value)
+
+
+_BOMB = (
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+    )
+    + EXAMPLE_CONFIG
+)
+CONFIGS: dict[str, str | bytes] = {
+    "wkt-garbage": _wkt("POLYGON((this is not wkt"),
+    "wkt-self-intersecting": _wkt("POLYGON((0 0, 1 1, 1 0, 0 1, 0 0))"),
+    "wkt-empty-string": _wkt(""),
+    "wkt-polygon-empty": _wkt("POLYGON EMPTY"),
+    "wkt-a-point": _wkt("POINT(0 0)"),
+    "wkt-zero-area": _wkt("POLYGON((0 0, 1 1, 2 2, 0 0))"),
+    "wkt-nan-coordinates": _wkt("POLYGON((nan 0, 1 0, 1 1, 0 1, nan 0))"),
+    "wkt-inf-coordinates": _wkt("POLYGON((0 0, inf 0, 1 1, 0 1, 0 0))"),
+    "wkt-unclosed-ring": _wkt("POLYGON((0 0, 1 0, 1 1, 0 1))"),
+    "wkt-too-many-vertices": _wkt("POLYGON((0 0," + "1 1," * 200_001 + "0 0))"),
+    "wkt-enormous-file": _wkt("POLYGON((0 0," + "1.000000001 1.000000001," * 60_000 + "0 0))"),
+    "unknown-top-level-key": EXAMPLE_CONFIG + "surprise: true\n",
+    "unknown-nested-key": _config_text(ingestion__colour="blue"),
+    "alias-bomb": _BOMB,
+    "one-alias": EXAMPLE_CONFIG.replace('crs: "EPSG:4326"', "crs: &c EPSG:4326\n  other: *c"),
+    "non-utf8-bytes": EXAMPLE_CONFIG.encode().replace(b"semantic", b"s\xe9mantic\xff"),
+    "utf16": EXAMPLE_CONFIG.encode("utf-16"),
+    "a-list": "- 1\n- 2\n",
+    "a-scalar": "just a string\n",
+    "empty-file": "",
+    "yaml-syntax-error": "spatial_domain: [unclosed\n",
+    "duplicate-keys": EXAMPLE_CONFIG + "spatial_domain:\n  crs: EPSG:3857\n",
+    "python-object-tag": '!!python/object/apply:os.system ["touch /tmp/geomesh-pwned"]\n',
+    "nested-100000-deep": "a: " + "[" * 100_000 + "]" * 100_000 + "\n",
+    "unknown-crs": _config_text(spatial_domain__crs="EPSG:999999"),
+    "product-id-traversal": _config_text(product_metadata__product_id="../../etc"),
+    "product-id-slash": _config_text(product_metadata__product_id="a/b"),
+    "product-id-control-chars": _config_text(product_metadata__product_id="p\x1b[31m"),
+    "tile-size-not-power-of-two": _config_text(ingestion__tile_size=100),
+    "tile-size-a-list": _config_text(ingestion__tile_size=[256]),
+    "tile-size-enormous": _config_text(ingestion__tile_size=10**100),
+    "datetime-garbage": _config_text(ingestion__datetime="yesterday-ish"),
+    "binary-garbage": bytes(range(256)) * 4,
+    "escalation-file-url": EXAMPLE_CONFIG
+    + "governance:\n  escalation: [{name: x, url: 'file:///etc/passwd'}]\n",
+    "escalation-javascript-url": EXAMPLE_CONFIG
+    + "governance:\n  escalation: [{name: x, url: 'javascript:alert(1)'}]\n",
+}
+_register("config", [*CONFIGS, "config-is-a-directory", "config-missing"])
+
+
+@pytest.mark.parametrize("name", [*CONFIGS, "config-is-a-directory", "config-missing"])
+def test_hostile_config(name: str, ws: Workspace, tmp_path: Path, unchanged: Guard) -> None:
+    path = ws.base / "configs" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    if name == "config-is-a-directory":
+        path.mkdir(exist_ok=True)
+    elif name != "config-missing":
+        content = CONFIGS[name]
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    unchanged.start()
+    for argv in (
+        ["ingest", str(path), str(ws.good)],
+        ["rules", "--config", str(path)],
+        ["validate", "--config", str(path), str(ws.base / "nothing.json")],
+    ):
+        res = invoke(ws, argv)
+        assert_clean(res, (2,))
+        # ours: one "error: …" line; click's own (a directory given): its usage message
+        line = next(ln for ln in res.stderr.splitlines() if ln.startswith(("error: ", "Error: ")))
+        assert path.name in line, res.stderr
+        assert "\x1b" not in res.stderr
+    assert not Path("/tmp/geomesh-pwned").exists()
+    unchanged.check()
+
+
+# ------------------------------------------------------------------ settings
+
+
+SETTINGS: dict[str, dict[str, str]] = {
+    "storage-root-is-a-file": {"GEOMESH_STORAGE_ROOT": "{base}/good.tif"},
+    "object-store-unknown": {"GEOMESH_OBJECT_STORE": "ftp"},
+    "workers-not-a-number": {"GEOMESH_WORKERS": "many"},
+    "s3-without-bucket": {"GEOMESH_OBJECT_STORE": "s3"},
+    "database-url-garbage": {"GEOMESH_DATABASE_URL": "::not a url::"},
+    "database-url-unknown-dialect": {"GEOMESH_DATABASE_URL": "nosuchdb://u:pw@127.0.0.1/x"},
+    "database-folder-is-a-file": {"GEOMESH_DATABASE_URL": "sqlite:///{base}/good.tif/x.db"},
+}
+_register("settings", list(SETTINGS))
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_hostile_settings(name: str, ws: Workspace, unchanged: Guard) -> None:
+    env = {k: v.format(base=ws.base) for k, v in SETTINGS[name].items()}
+    for argv in (["items", "list"], ["ingest", str(ws.config), str(ws.good)], ["doctor"]):
+        res = invoke(ws, argv, **env)
+        assert_clean(res, (2,))
+        line = assert_one_error_line(res)
+        assert "pw@" not in line
+    unchanged.check()
+
+
+# ------------------------------------------------------------------ STAC JSON (geomesh validate)
+
+
+def _item(href: str = "tile.tif", **changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "stac_extensions": ["https://stac-extensions.github.io/file/v2.1.0/schema.json"],
+        "id": "hostile-item",
+        "geometry": {"type": "Point", "coordinates": [-122.4, 37.8]},
+        "bbox": [-122.4, 37.8, -122.4, 37.8],
+        "properties": {"datetime": "2024-06-12T19:03:21Z"},
+        "links": [],
+        "assets": {
+            "data": {
+                "href": href,
+                "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                "roles": ["data"],
+                "file:checksum": "1220" + "0" * 64,
+                "file:size": 1,
+            }
+        },
+    }
+    doc.update(changes)
+    return doc
+
+
+def _nest(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def _json(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+#: name -> (file bytes | builder(folder) -> None, rule ids of which at least one is expected)
+STAC_FILES: dict[str, tuple[bytes | Callable[[Path], None], set[str]]] = {
+    "huge-50MB": (lambda p: _sparse(p, 50 << 20), {"GM-JSON-001"}),
+    "nested-arrays-100000": (b"[" * 100_000 + b"]" * 100_000, {"GM-JSON-001"}),
+    "nested-objects-100000": (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, {"GM-JSON-001"}),
+    "nested-100-in-properties": (
+        _json(_item(properties={"datetime": "2024-06-12T19:03:21Z", "x": _nest(100)})),
+        {"GM-JSON-001"},
+    ),
+    "top-level-array": (b"[1, 2, 3]", {"GM-JSON-001"}),
+    "top-level-string": (b'"an item"', {"GM-JSON-001"}),
+    "not-json": (b"{'single': 'quotes'}", {"GM-JSON-001"}),
+    "nan-constant": (b'{"id": NaN}', {"GM-JSON-001"}),
+    "infinity-constant": (b'{"id": Infinity}', {"GM-JSON-001"}),
+    "non-utf8": (b'{"id": "\xff\xfe"}', {"GM-JSON-001"}),
+    "empty-file": (b"", {"GM-JSON-001"}),
+    "wrong-types": (
+        _json(
+            _item(
+                id=12345,
+                geometry="here",
+                bbox="everywhere",
+                properties=["not", "an", "object"],
+                links={"rel": "self"},
+                stac_extensions="file",
+            )
+        ),
+        {"GM-SCHEMA-001"},
+    ),
+    "assets-wrong-shape": (_json(_item(assets={"data": "tile.tif"})), {"GM-SCHEMA-001"}),
+    "href-a-number": (
+        _json(_item(assets={"data": {"href": 42, "roles": ["data"]}})),
+        {"GM-SCHEMA-001"},
+    ),
+    "numbers-overflowing-to-infinity": (
+        _json(_item()).replace(b"-122.4, 37.8, -122.4, 37.8", b"1e400, -1e400, 1e999, 2"),
+        {"GM-JSON-001"},
+    ),
+    "integers-too-big-for-a-double": (
+        _json(_item()).replace(b"[-122.4, 37.8]", b"[" + b"9" * 400 + b", 37.8]"),
+        {"GM-CONTRACT-001"},
+    ),
+    "proj-fields-wrong-types": (
+        _json(
+            _item(
+                properties={
+                    "datetime": "2024-06-12T19:03:21Z",
+                    "proj:code": ["EPSG", 4326],
+                    "proj:shape": "64x64",
+                    "proj:transform": [None, "a"],
+                    "proj:bbox": {"a": 1},
+                },
+                stac_extensions=["https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
+            )
+        ),
+        {"GM-SCHEMA-002", "GM-CRS-001", "GM-SCHEMA-003"},
+    ),
+    "hostile-extension-urls": (
+        _json(
+            _item(
+                stac_extensions=[
+                    "file:///etc/passwd",
+                    "https://example.com/../../../etc/passwd",
+                    "http://127.0.0.1:1/schema.json",
+                    "\u0000",
+                ]
+            )
+        ),
+        {"GM-SCHEMA-001", "GM-SCHEMA-003"},
+    ),
+    # legal STAC (only the contract's proj fields are missing): nothing breaks or is touched
+    "href-nul-byte": (_json(_item("tile\u0000.tif")), {"GM-CONTRACT-001"}),
+    "id-with-slashes-and-escapes": (
+        _json(_item(id="../../etc/\u001b[31mpasswd\n")),
+        {"GM-CONTRACT-001"},
+    ),
+}
+#: hrefs that point outside the item's folder: validation must not read them
+ESCAPING_HREFS: dict[str, Callable[[Path, Path], str]] = {
+    "href-dotdot": lambda folder, outside: os.path.relpath(outside, folder),
+    "href-absolute": lambda folder, outside: str(outside),
+    "href-file-url": lambda folder, outside: outside.as_uri(),
+    "href-symlink-out": lambda folder, outside: _link_out(folder, outside),
+}
+_register("stac", [*STAC_FILES, *ESCAPING_HREFS])
+
+
+def _sparse(path: Path, size: int) -> None:
+    with open(path, "wb") as fh:
+        fh.write(b'{"type": "Feature", "id": "')
+        fh.truncate(size)  # a hole: 50 MB the size check sees, no disk used
+
+
+def _link_out(folder: Path, outside: Path) -> str:
+    link = folder / "inside.tif"
+    if not link.is_symlink():
+        link.symlink_to(outside)
+    return "inside.tif"
+
+
+def _validate(ws: Workspace, path: Path) -> tuple[Result, list[dict[str, Any]]]:
+    res = invoke(ws, ["validate", "--json", "--config", str(ws.config), str(path)])
+    assert_clean(res, (1, 2, 3))
+    (file_result,) = json.loads(res.stdout)["files"]
+    return res, file_result["findings"]
+
+
+@pytest.mark.parametrize("name", list(STAC_FILES))
+def test_hostile_stac_json(name: str, ws: Workspace, unchanged: Guard) -> None:
+    folder = ws.base / "stac" / name
+    folder.mkdir(parents=True)
+    path = folder / "item.json"
+    content, expected = STAC_FILES[name]
+    if callable(content):
+        content(path)
+    else:
+        path.write_bytes(content)
+    unchanged.start()
+    _, findings = _validate(ws, path)
+    rules = {f["rule_id"] for f in findings}
+    assert rules & expected, (rules, findings[:3])
+    if name == "huge-50MB":  # refused by its size, before any parsing
+        assert any("the limit is" in f["message"] for f in findings), findings
+    if "GM-JSON-001" in expected:
+        assert all(
+            f["message"].startswith(str(path)) for f in findings if f["rule_id"] == "GM-JSON-001"
+        )
+    unchanged.check()
+
+
+@pytest.mark.parametrize("name", list(ESCAPING_HREFS))
+def test_validate_never_reads_outside_the_item_folder(
+    name: str, ws: Workspace, unchanged: Guard
+) -> None:
+    outside = ws.base / "outside" / "secret.tif"
+    if not outside.exists():
+        outside.parent.mkdir(exist_ok=True)
+        _geotiff(outside)
+    folder = ws.base / "stac" / name / "items"
+    folder.mkdir(parents=True)
+    path = folder / "item.json"
+    path.write_bytes(_json(_item(ESCAPING_HREFS[name](folder, outside))))
+    before = outside.read_bytes()
+    unchanged.start()
+    _, findings = _validate(ws, path)
+    rules = {f["rule_id"] for f in findings}
+    refusals = [f for f in findings if "outside the item's folder" in f["message"]]
+    assert refusals, findings
+    # had the raster been read, its bytes would not match the planted checksum
+    assert not rules & {"GM-CHECKSUM-003", "GM-CHECKSUM-004", "GM-COG-001", "GM-COG-002"}, rules
+    assert outside.read_bytes() == before
+    unchanged.check()
+
+
+def test_validate_still_reads_an_asset_inside_the_folder(ws: Workspace) -> None:
+    """The guard is not a blanket refusal: the same raster inside the folder is read."""
+    folder = ws.base / "stac" / "inside"
+    folder.mkdir(parents=True)
+    shutil.copy(ws.good, folder / "tile.tif")
+    path = folder / "item.json"
+    path.write_bytes(_json(_item("tile.tif")))
+    _, findings = _validate(ws, path)
+    assert "GM-CHECKSUM-003" in {f["rule_id"] for f in findings}  # it was read and hashed
+
+
+# ------------------------------------------------------------------ item ids on the command line
+
+HOSTILE_IDS = {
+    "dotdot-path": "../../../etc/passwd",
+    "slash": "a/b",
+    "dotdot": "..",
+    "newline": "item\nerror: forged second line",
+    "terminal-escape": "\x1b[31mred\x1b[0m",
+    "terminal-title-escape": "\x1b]0;owned\x07item",
+    "very-long": "x" * 5000,
+    "empty": "",
+}
+ID_COMMANDS: dict[str, Callable[[str, str], list[str]]] = {
+    "quarantine-show": lambda cfg, i: ["quarantine", "show", i],
+    "items-show": lambda cfg, i: ["items", "show", i],
+    "signoff-approve": lambda cfg, i: ["signoff", cfg, i, "--approve", "--actor", "alice"],
+    "signoff-request": lambda cfg, i: ["signoff", cfg, i, "--request", "--actor", "alice"],
+    "signoff-reject-without-comment": lambda cfg, i: [
+        "signoff",
+        cfg,
+        i,
+        "--reject",
+        "--actor",
+        "alice",
+    ],
+    "quarantine-release": lambda cfg, i: ["quarantine", "release", cfg, i, "--actor", "alice"],
+    "quarantine-discard": lambda cfg, i: [
+        "quarantine",
+        "discard",
+        i,
+        "--reason",
+        "x",
+        "--actor",
+        "alice",
+    ],
+    "quarantine-revalidate": lambda cfg, i: [
+        "quarantine",
+        "revalidate",
+        cfg,
+        i,
+        "--actor",
+        "alice",
+    ],
+    "rollback-item": lambda cfg, i: ["rollback", cfg, "--item", i, "--actor", "alice"],
+    "remediate": lambda cfg, i: ["remediate", cfg, i, "--actor", "alice"],
+    "promote-ids": lambda cfg, i: ["promote", cfg, i, "--actor", "alice"],
+}
+_register("item-id", [f"{c}/{i}" for c in ID_COMMANDS for i in HOSTILE_IDS])
+
+
+@pytest.mark.parametrize("ident", list(HOSTILE_IDS))
+@pytest.mark.parametrize("command", list(ID_COMMANDS))
+def test_hostile_item_id(command: str, ident: str, ws: Workspace, unchanged: Guard) -> None:
+    res = invoke(ws, ID_COMMANDS[command](str(ws.config), HOSTILE_IDS[ident]))
+    assert_clean(res, (2,))
+    line = assert_one_error_line(res)
+    assert "forged" not in line or "\\n" in line  # the newline is shown escaped
+    assert len(line) < 8000
+    unchanged.check()
+
+
+# ------------------------------------------------------------------ HTML/JS in the app
+
+
+SCRIPT = "<script>alert('xss')</script>"
+IMG = "<img src=x onerror=alert('xss')>"
+_register(
+    "app-text",
+    [
+        "product-title",
+        "product-description",
+        "source-file-name",
+        "item-title",
+        "discard-reason",
+        "rejection-comment",
+    ],
+)
+
+
+@pytest.fixture
+def xss_catalog(settings: Settings, tmp_path: Path) -> Iterator[Catalog]:
+    """A product and items whose every user-supplied text is HTML/JS."""
+    data = yaml.safe_load(EXAMPLE_CONFIG)
+    data["ingestion"]["tile_size"] = 128
+    data["product_metadata"]["title"] = f"Tiles {SCRIPT}"
+    data["product_metadata"]["description"] = f"About {IMG} and {SCRIPT}"
+    cfg_path = tmp_path / "xss.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    cfg = load_config(cfg_path)
+    cat = Catalog.open(settings)
+    for name, role in (("root", "admin"), ("alice", "steward"), ("bob", "steward")):
+        users.add_user(cat, actor="system", name=name, role=role)
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    evil = _geotiff(folder / f"{IMG}.tif")
+    nocrs = _geotiff(folder / f"{IMG}-nocrs.tif", crs=None)
+    second = _geotiff(folder / f"second{IMG}.tif", transform=from_origin(545500, 4185000, 10, 10))
+    gone = _geotiff(folder / f"gone{IMG}.tif", crs=None, count=2)
+    tiles = [evil, nocrs, second, gone]
+    report = ingest_rasters(cat, cfg, [str(t) for t in tiles], actor="system")
+    ids = [r.item_id for r in report.results]
+    assert all(ids) and [r.state for r in report.results] == [
+        "validation",
+        "quarantined",
+        "validation",
+        "quarantined",
+    ], report.to_json()
+    with cat.transaction() as s:  # a title carried from a STAC source
+        row = s.get(Item, ids[0])
+        assert row is not None
+        row.stac = {**row.stac, "properties": {**row.stac["properties"], "title": SCRIPT}}
+        s.add(row)
+    governance.sign_off(cat, cfg, ids[0], actor="alice", approve=True, comment=IMG)
+    governance.sign_off(cat, cfg, ids[2], actor="bob", approve=False, comment=SCRIPT)
+    governance.promote(cat, cfg, [ids[0]], actor="alice")
+    quarantine.discard(cat, str(ids[3]), actor="alice", reason=f"bad {SCRIPT}")
+    yield cat
+    cat.close()
+
+
+def _elements(node: Any) -> Iterator[Any]:
+    children = getattr(node, "children", None)
+    if isinstance(children, dict):
+        for child in children.values():
+            yield from _elements(child)
+    else:
+        yield node
+
+
+_RAW_TAG = re.compile(r"(?<!\\)<\s*(script|img)", re.IGNORECASE)
+
+
+_PAYLOAD = re.compile(r"<img src=x onerror=alert|<script>alert", re.IGNORECASE)
+_TOOLTIP = re.compile(r'"tip_\w+": "((?:[^"\\]|\\.)*)"')
+
+
+def _unescape(text: str) -> str:
+    """Undo the JSON/proto string escaping around HTML handed to a component."""
+    pairs = (("\\\\", "\\"), ('\\"', '"'), ("\\'", "'"))
+    for _ in range(6):
+        new = text
+        for a, b in pairs:
+            new = new.replace(a, b)
+        if new == text:
+            break
+        text = new
+    return text
+
+
+def _raw(text: str) -> bool:
+    """An HTML tag of the payload that is not Markdown-escaped (``\\<script``)."""
+    return bool(_RAW_TAG.search(text))
+
+
+def test_html_in_user_text_renders_as_text(xss_catalog: Catalog) -> None:
+    pytest.importorskip("streamlit")
+    from _app_helpers import PAGES, app_as, no_exception
+
+    at = app_as("root")
+    no_exception(at)
+    seen = components = 0
+    for page in PAGES:
+        at.switch_page(page).run()
+        no_exception(at)
+        for el in _elements(at._tree):
+            proto = getattr(el, "proto", None)
+            if proto is None:
+                continue
+            kind = getattr(el, "type", "")
+            body = str(getattr(proto, "body", "") or "")
+            if kind == "html":
+                assert not _raw(body), (page, body[:300])
+            if getattr(proto, "allow_html", False):
+                assert not _raw(body), (page, "unsafe_allow_html with user text", body[:300])
+            if kind in (
+                "markdown",
+                "caption",
+                "title",
+                "header",
+                "subheader",
+                "error",
+                "info",
+                "success",
+                "warning",
+            ):
+                assert not _raw(body), (page, kind, body[:300])
+                seen += "script" in body or "onerror" in body
+            if kind == "component_instance":
+                # components (the map) get their HTML as arguments: only escaped text inside
+                args = _unescape(str(getattr(proto, "json_args", "")))
+                assert not _PAYLOAD.search(args), (page, kind, args[:300])
+                # data inside its <script> is \u003c-escaped; tooltip values end up in
+                # innerHTML, so they must be HTML-escaped text underneath
+                data = args.replace("\\u003c", "<").replace("\\u003e", ">")
+                tips = _TOOLTIP.findall(data)
+                assert tips and not any(_PAYLOAD.search(t) for t in tips), (page, tips[:5])
+                components += 1
+    assert seen, "the hostile text was never rendered as markdown (escaped): nothing was checked"
+    assert components, "the map was not rendered: its HTML was not checked"
+
+
+def test_the_corpus_has_at_least_60_cases() -> None:
+    assert len(CASES) >= 60, len(CASES)
+    assert len(set(CASES)) == len(CASES)

@@ -1,0 +1,289 @@
+"""Secrets stay secret: passwords only as argon2id hashes; webhook secrets, database and S3
+credentials never in logs, audit events, outbox rows, exports or error messages.
+
+Each test plants recognisable secret strings, runs real operations (the CLI in a child
+process, with JSON logs also on stderr) and then greps every byte under the storage root
+(the SQLite file and its WAL, logs, exports) and every line the commands printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from _forkserver import ForkServer, Result
+from rasterio.transform import from_origin
+from sqlmodel import select
+
+from geomesh.catalog import Catalog
+from geomesh.config import load_config
+from geomesh.errors import PermissionDenied
+from geomesh.models import User
+from geomesh.services import auth_session, users
+from geomesh.settings import Settings
+
+from conftest import BACKEND, EXAMPLE_CONFIG, SHARED
+
+pytestmark = pytest.mark.skipif(
+    BACKEND != "sqlite-local",
+    reason="greps the SQLite file and the local storage root for the planted secrets",
+)
+INLINE_SECRET = "whsec-INLINE-5b1e0c7d9a"
+ENV_SECRET = "whsec-ENV-8c2f41aa37"
+CONFIG_DB_PASSWORD = "CfgDbPassw0rd-73ac"
+ENV_DB_PASSWORD = "SuperSecret"
+S3_SECRET = "S3SecretKey-9d8f7e6a5b"
+PASSWORD = "Correct-Horse-Battery-42"
+WRONG_PASSWORD = "Wrong-Guess-Password-17"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    scratch = tmp_path_factory.mktemp("forkserver")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOMESH_")}
+    srv = ForkServer(env, scratch, scratch)
+    yield srv
+    srv.close()
+
+
+def run(server: ForkServer, root: Path, argv: list[str], **env: str) -> Result:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("GEOMESH_")}
+    full.update(GEOMESH_STORAGE_ROOT=str(root), GEOMESH_LOG_STDERR="1")
+    if (SHARED / "stac-schemas").is_dir():
+        full["GEOMESH_SCHEMA_DIR"] = str(SHARED / "stac-schemas")
+    full.update(env)
+    stdin = full.pop("STDIN", None)
+    return server.run(argv, env=full, cwd=root.parent, stdin=stdin)
+
+
+def everything_under(path: Path) -> bytes:
+    return b"\n".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())
+
+
+def assert_absent(secrets: list[str], *haystacks: bytes | str) -> None:
+    for hay in haystacks:
+        data = hay.encode() if isinstance(hay, str) else hay
+        for secret in secrets:
+            assert secret.encode() not in data, f"{secret!r} leaked"
+
+
+def _nocrs_tile(path: Path) -> Path:
+    data = np.random.default_rng(7).integers(1, 10000, (1, 128, 128)).astype("uint16")
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=128,
+        height=128,
+        count=1,
+        dtype="uint16",
+        nodata=0,
+        transform=from_origin(545000.0, 4185000.0, 10, 10),
+    ) as ds:
+        ds.write(data)
+        ds.update_tags(TIFFTAG_DATETIME="2024:06:12 19:03:21")
+    return path
+
+
+class Receiver:
+    """A loopback webhook receiver that answers 503 (so messages are retried and the error
+    is recorded) and keeps what it was sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                outer.requests.append((dict(self.headers.items()), body))
+                self.send_response(503)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+# ------------------------------------------------------------------ passwords
+
+
+def test_passwords_are_stored_only_as_argon2id_hashes(tmp_path: Path, server: ForkServer) -> None:
+    root = tmp_path / "root"
+    cat = Catalog.open(Settings(storage_root=root))
+    users.add_user(cat, actor="system", name="root", role="admin", password=PASSWORD)
+    assert auth_session.sign_in(cat, "root", PASSWORD).role == "admin"
+    with pytest.raises(PermissionDenied) as wrong:
+        auth_session.sign_in(cat, "root", WRONG_PASSWORD)
+    assert WRONG_PASSWORD not in str(wrong.value)
+    with pytest.raises(PermissionDenied):
+        auth_session.sign_in(cat, "nobody", WRONG_PASSWORD)
+    cat.close()
+    # and through the CLI, the password on stdin
+    res = run(
+        server,
+        root,
+        ["users", "add", "carol", "--role", "steward", "--password-stdin", "--actor", "root"],
+        STDIN=PASSWORD + "2\n",
+    )
+    assert res.returncode == 0, res.stderr
+    listed = run(server, root, ["users", "list", "--json"])
+    assert listed.returncode == 0, listed.stderr
+
+    cat = Catalog.open(Settings(storage_root=root))
+    with cat.read() as s:
+        rows = s.exec(select(User)).all()
+    cat.close()
+    hashes = {u.name: u.password_hash for u in rows}
+    assert hashes["root"] is not None and hashes["root"].startswith("$argon2id$")
+    assert hashes["carol"] is not None and hashes["carol"].startswith("$argon2id$")
+    assert "password_hash" not in listed.stdout and "$argon2" not in listed.stdout
+    assert_absent(
+        [PASSWORD, WRONG_PASSWORD],
+        everything_under(root),
+        res.stdout + res.stderr + listed.stdout + listed.stderr,
+    )
+
+
+# ------------------------------------------------------------------ webhook and database secrets
+
+
+def test_secrets_never_reach_logs_audit_outbox_exports_or_output(
+    tmp_path: Path, server: ForkServer, receiver: Receiver
+) -> None:
+    root = tmp_path / "root"
+    data = yaml.safe_load(EXAMPLE_CONFIG)
+    data["storage"] = {
+        # the environment's sqlite URL wins, but the config (with its password) is stored
+        "database_url": f"postgresql+psycopg://geomesh:{CONFIG_DB_PASSWORD}@db.internal/geomesh"
+    }
+    data["governance"] = {
+        "escalation": [
+            {"name": "inline", "url": receiver.url, "secret": INLINE_SECRET},
+            {"name": "fromenv", "url": receiver.url, "secret_env": "GEOMESH_TEST_HOOK_SECRET"},
+        ]
+    }
+    cfg = tmp_path / "product.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {
+        "GEOMESH_DATABASE_URL": f"sqlite:///{root / 'geomesh.db'}",
+        "GEOMESH_TEST_HOOK_SECRET": ENV_SECRET,
+    }
+    tile = _nocrs_tile(tmp_path / "nocrs.tif")
+    outputs: list[Result] = []
+
+    def cli(*argv: str) -> Result:
+        res = run(server, root, list(argv), **env)
+        assert "Traceback" not in res.stderr, res.stderr
+        outputs.append(res)
+        return res
+
+    assert cli("ingest", str(cfg), str(tile)).returncode == 0  # P2: quarantined + 2 webhooks
+    delivered = cli("outbox", "deliver", "--config", str(cfg))
+    assert delivered.returncode == 0, delivered.stderr
+    cli("outbox", "deliver")  # without the config: the inline secret is not in the database
+    cli("outbox", "list", "--json")
+    export = tmp_path / "audit.jsonl"
+    assert cli("audit", "export", str(cfg), "-o", str(export)).returncode == 0
+    cli("items", "list", "--json")
+    cli("quarantine", "list", "--json")
+    cli("doctor", "--json")
+
+    # the secrets were used: both deliveries were signed with them
+    signatures = {h.get("X-Geomesh-Signature") for h, _ in receiver.requests}
+    bodies = {body for _, body in receiver.requests}
+    expected = {
+        "sha256=" + hmac.new(s.encode(), b, hashlib.sha256).hexdigest()
+        for s in (INLINE_SECRET, ENV_SECRET)
+        for b in bodies
+    }
+    assert len(receiver.requests) >= 2 and signatures <= expected and len(signatures) >= 2
+    rows = json.loads(outputs[3].stdout)
+    assert rows and all(r["last_error"] for r in rows)
+
+    assert_absent(
+        [INLINE_SECRET, ENV_SECRET, CONFIG_DB_PASSWORD],
+        everything_under(tmp_path / "root"),
+        export.read_bytes(),
+        *(r.stdout + r.stderr for r in outputs),
+        *(b for _, b in receiver.requests),
+    )
+
+
+def test_a_config_never_stores_its_database_password(tmp_path: Path) -> None:
+    data = yaml.safe_load(EXAMPLE_CONFIG)
+    data["storage"] = {"database_url": f"postgresql+psycopg://u:{CONFIG_DB_PASSWORD}@db/x"}
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    config = load_config(cfg)
+    assert config.storage.database_url is not None
+    assert CONFIG_DB_PASSWORD in config.storage.database_url  # usable in the process
+    stored = json.dumps(config.to_json_dict())
+    assert CONFIG_DB_PASSWORD not in stored and "db/x" in stored
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://u:{ENV_DB_PASSWORD}@127.0.0.1:1/db",  # nothing listens
+        f"postgresql+psycopg://u:{ENV_DB_PASSWORD}@127.0.0.1:notaport/db",  # malformed
+        f"mysql://u:{ENV_DB_PASSWORD}@127.0.0.1:1/db",  # no driver installed
+    ],
+)
+def test_a_database_password_is_not_in_the_error(
+    url: str, tmp_path: Path, server: ForkServer
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    for argv in (["items", "list"], ["doctor"], ["users", "list"]):
+        res = run(server, root, argv, GEOMESH_DATABASE_URL=url)
+        assert res.returncode == 2, (argv, res.returncode, res.stderr)
+        lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("{")]
+        assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+        assert_absent([ENV_DB_PASSWORD], res.stdout, res.stderr, everything_under(root))
+
+
+def test_s3_credentials_are_not_in_errors_or_logs(tmp_path: Path, server: ForkServer) -> None:
+    root = tmp_path / "root"
+    cfg = tmp_path / "product.yaml"
+    cfg.write_text(EXAMPLE_CONFIG)
+    tile = _nocrs_tile(tmp_path / "t.tif")
+    env = {
+        "GEOMESH_OBJECT_STORE": "s3",
+        "GEOMESH_S3_ENDPOINT": "http://127.0.0.1:1",  # nothing listens
+        "GEOMESH_S3_BUCKET": "geomesh",
+        "GEOMESH_S3_ACCESS_KEY_ID": "geomesh-test-key",
+        "GEOMESH_S3_SECRET_ACCESS_KEY": S3_SECRET,
+    }
+    res = run(server, root, ["ingest", str(cfg), str(tile), "--json"], **env)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    (result,) = json.loads(res.stdout)["results"]
+    assert result["status"] == "failed" and "reachable" in result["error"]
+    assert_absent([S3_SECRET], res.stdout, res.stderr, everything_under(root))

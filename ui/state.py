@@ -1,0 +1,145 @@
+"""Every session-state key and widget key of the app, and the app's caches.
+
+Keys live here so pages never scatter bare strings, and tests set them by name
+(``at.session_state[K.USER] = "steward1"``). Domain state lives in the database; the
+session holds only who is signed in and what the user is looking at.
+
+Caches: the Catalog (``st.cache_resource``, one per environment) and the map's read model
+(``st.cache_data``, keyed on the catalog's state version, so it is never stale). Nothing
+that writes is cached.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final
+
+import streamlit as st
+
+from geomesh.catalog import Catalog
+from geomesh.services import queries
+from geomesh.settings import Settings
+
+
+class K:
+    """Session-state keys (``S_*`` are plain state, the rest are widget keys)."""
+
+    # ---- plain state
+    USER: Final = "gm.user"  #: signed-in user name (the role is read from the DB each run)
+    AUTH_METHOD: Final = "gm.auth_method"  #: "password" | "sso"
+    SSO_REFUSED: Final = "gm.sso_refused"  #: an SSO e-mail without an account (no retry)
+    FLASH: Final = "gm.flash"  #: a success message shown once after a rerun
+    MAP_LAST_CLICK: Final = "gm.map.last_click"  #: the last feature clicked on the map
+    MAP_PENDING: Final = "gm.map.pending"  #: a click to apply to the tile picker next run
+    PENDING_ROLLBACK: Final = "gm.releases.pending"  #: {"kind": "item"|"release", ...}
+    INGEST_SOURCES: Final = "gm.ingest.sources"  #: sources of the last dry run
+    INGEST_DRY_RUN: Final = "gm.ingest.dry_run"  #: the last dry-run report (JSON)
+    INGEST_DIR: Final = "gm.ingest.dir"  #: temp dir of this session's uploads
+
+    # ---- widgets: sign-in and sidebar
+    SIGNIN_NAME: Final = "w.signin.name"
+    SIGNIN_PASSWORD: Final = "w.signin.password"
+    PRODUCT: Final = "w.product"
+    SIGNOUT: Final = "w.signout"
+
+    # ---- widgets: map
+    MAP_STATES: Final = "w.map.states"
+    MAP_COLOUR: Final = "w.map.colour"
+    MAP_ITEM: Final = "w.map.item"
+    MAP_PREVIEW: Final = "w.map.preview"
+
+    # ---- widgets: findings
+    F_SEVERITY: Final = "w.findings.severity"
+    F_RULE: Final = "w.findings.rule"
+    F_STATE: Final = "w.findings.state"
+    F_PRODUCT: Final = "w.findings.product"
+    F_ALL: Final = "w.findings.include_closed"
+
+    # ---- widgets: review queue
+    R_ITEM: Final = "w.review.item"
+    R_COMMENT: Final = "w.review.comment"
+    R_APPROVE: Final = "w.review.approve"
+    R_REJECT: Final = "w.review.reject"
+    R_BULK: Final = "w.review.bulk"
+    R_BULK_APPROVE: Final = "w.review.bulk_approve"
+    R_PROMOTE_CONFIRM: Final = "w.review.promote_confirm"
+    R_PROMOTE: Final = "w.review.promote"
+
+    # ---- widgets: quarantine
+    Q_ITEM: Final = "w.quarantine.item"
+    Q_REASON: Final = "w.quarantine.reason"
+    Q_REVALIDATE: Final = "w.quarantine.revalidate"
+    Q_RELEASE: Final = "w.quarantine.release"
+    Q_DISCARD: Final = "w.quarantine.discard"
+    Q_ROUTE: Final = "w.quarantine.route"
+
+    # ---- widgets: releases
+    REL_A: Final = "w.releases.a"
+    REL_B: Final = "w.releases.b"
+    REL_ITEM: Final = "w.releases.item"
+    REL_ROLLBACK_ITEM: Final = "w.releases.rollback_item"
+    REL_ROLLBACK_RELEASE: Final = "w.releases.rollback_release"
+    REL_CONFIRM: Final = "w.releases.confirm"
+    REL_CANCEL: Final = "w.releases.cancel"
+
+    # ---- widgets: audit
+    A_TEXT: Final = "w.audit.text"
+    A_ACTOR: Final = "w.audit.actor"
+    A_ACTION: Final = "w.audit.action"
+
+    # ---- widgets: ingest
+    I_UPLOAD: Final = "w.ingest.upload"
+    I_PATHS: Final = "w.ingest.paths"
+    I_DRY_RUN: Final = "w.ingest.dry_run"
+    I_INGEST: Final = "w.ingest.ingest"
+
+
+#: GEOMESH_* variables that select a different catalog (one cached Catalog per combination)
+_CATALOG_ENV: Final = (
+    "GEOMESH_STORAGE_ROOT",
+    "GEOMESH_DATABASE_URL",
+    "GEOMESH_OBJECT_STORE",
+    "GEOMESH_SCHEMA_DIR",
+    "GEOMESH_S3_ENDPOINT",
+    "GEOMESH_S3_BUCKET",
+    "GEOMESH_S3_QUARANTINE_BUCKET",
+)
+
+
+def _env_key() -> tuple[str, ...]:
+    return tuple(os.environ.get(name, "") for name in _CATALOG_ENV)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _open_catalog(env_key: tuple[str, ...]) -> Catalog:
+    del env_key  # only the cache key: Settings() reads the same environment
+    return Catalog.open(Settings())
+
+
+def catalog() -> Catalog:
+    """The process-wide Catalog for the current environment (opened once, migrated)."""
+    return _open_catalog(_env_key())
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _map_view(
+    env_key: tuple[str, ...], product_id: str, states: tuple[str, ...], version: int
+) -> dict[str, Any]:
+    del env_key, version  # cache keys only: the catalog and its state version
+    return queries.map_view(catalog(), product_id, states=list(states))
+
+
+def map_view(product_id: str, states: list[str]) -> dict[str, Any]:
+    """The map's read model, cached until the catalog changes (any audited change)."""
+    version = queries.catalog_version(catalog())
+    return _map_view(_env_key(), product_id, tuple(states), version)
+
+
+def flash(message: str) -> None:
+    """Show ``message`` as st.success on the next run (after st.rerun)."""
+    st.session_state[K.FLASH] = message
+
+
+def pop_flash() -> str | None:
+    value = st.session_state.pop(K.FLASH, None)
+    return str(value) if value else None
