@@ -19,6 +19,7 @@ from geomesh.config import ProductConfig
 from geomesh.models import FindingRecord, Item, Severity, ValidationRun
 from geomesh.services import governance, routing, users
 from geomesh.services.ingest import ingest_rasters
+from geomesh.storage import Area
 
 SUBMITTER = "ingester"  # a steward who ingests (and so may not approve)
 STEWARDS = ("alice", "bob")
@@ -132,3 +133,31 @@ def tile_factory(make_raster: Callable[..., Path]) -> Callable[..., Path]:
         )
 
     return make
+
+
+# ---- the object store, whatever the backend ------------------------------------------------
+# The same assertions run on a local directory and on S3: they go through the store's own
+# API (list/get/put/delete), never through local paths.
+
+
+def stored_files(cat: Catalog, area: Area, prefix: str) -> dict[str, bytes]:
+    """Every object under ``prefix`` in ``area`` with its bytes."""
+    return {key: cat.store.get_bytes(area, key) for key in cat.store.list(area, prefix)}
+
+
+def tamper(cat: Catalog, area: Area, key: str, change: Callable[[bytes], bytes]) -> None:
+    """Overwrite a stored object behind geomesh's back (bit rot, an operator's edit)."""
+    data = cat.store.get_bytes(area, key)
+    changed = change(data)
+    assert changed != data, f"tampering left {area}/{key} unchanged"
+    cat.store.put_bytes(area, key, changed, overwrite=True)
+
+
+def mirror(cat: Catalog, area: Area, dest: Path) -> Path:
+    """Download every object of ``area`` into ``dest`` (same relative layout), so that
+    pystac and pystac-client can open a published catalog from disk on any backend."""
+    for key in cat.store.list(area):
+        target = dest / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(cat.store.get_bytes(area, key))
+    return dest

@@ -79,6 +79,16 @@ def test_no_product_yet_is_explained_not_an_error(catalog: Catalog) -> None:
             assert any("No data product" in t for t in texts(at.info)), page
 
 
+def test_an_invalid_setting_is_named_on_the_page_not_a_crash(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GEOMESH_OBJECT_STORE", "ftp")  # only "local" or "s3"
+    at = app_as("admin")  # a signed-in session opens the catalog on every run
+    no_exception(at)
+    [error] = texts(at.error)
+    assert "GEOMESH_OBJECT_STORE" in error and "ftp" not in error  # named, value not echoed
+
+
 def test_overview_kpis_pass_rates_and_signoff_times(demo_catalog: Catalog) -> None:
     from geomesh.services import queries
 

@@ -249,9 +249,7 @@ def test_manifest_tampering_is_detected(
 ) -> None:
     release(cat, config, [tile("a", 1)])
     [info] = governance.list_releases(cat, PID)
-    assert isinstance(cat.store, LocalStore)
-    path = cat.store.path("production", info.manifest_key)
-    path.write_bytes(path.read_bytes().replace(b'"alice"', b'"mallory"'))
+    gs.tamper(cat, "production", info.manifest_key, lambda b: b.replace(b'"alice"', b'"mallory"'))
     with pytest.raises(ChecksumMismatch, match=info.id):
         governance.show_release(cat, PID, info.id)
 
@@ -277,13 +275,19 @@ def _offline_validator(schema_dir: Path) -> JsonSchemaSTACValidator:
 
 
 def test_catalog_round_trips_through_pystac_and_validates_offline(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path], schema_dir: Path
+    cat: Catalog,
+    config: ProductConfig,
+    tile: Callable[..., Path],
+    schema_dir: Path,
+    tmp_path: Path,
 ) -> None:
     release(cat, config, [tile("a", 1), tile("b", 2)])
     release(cat, config, [tile("c", 3)])
     at = governance.catalog_at(cat, PID, "1.1.0")
-    assert at.path is not None and at.path.is_file()
-    root = pystac.Catalog.from_file(str(at.path))
+    # a local path only where the store is a local directory
+    assert (at.path is not None) == isinstance(cat.store, LocalStore)
+    published = gs.mirror(cat, "production", tmp_path / "published")
+    root = pystac.Catalog.from_file(str(published / at.key))
     validator = _offline_validator(schema_dir)
     previous = pystac.validation.RegisteredValidator.get_validator()
     pystac.validation.RegisteredValidator.set_validator(validator)
@@ -321,13 +325,14 @@ def test_catalog_round_trips_through_pystac_and_validates_offline(
 @pytest.mark.filterwarnings("ignore::pystac_client.warnings.NoConformsTo")
 @pytest.mark.filterwarnings("ignore::pystac_client.warnings.FallbackToPystac")
 def test_catalog_opens_with_pystac_client(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path], tmp_path: Path
 ) -> None:
     from pystac_client import Client
 
     release(cat, config, [tile("a", 1), tile("b", 2)])
     at = governance.catalog_at(cat, PID)
-    client = Client.open(str(at.path))
+    published = gs.mirror(cat, "production", tmp_path / "published")
+    client = Client.open(str(published / at.key))
     items = list(client.get_items(recursive=True))
     assert {i.id for i in items} == gs.manifest_ids(cat, PID)
 
@@ -366,19 +371,19 @@ def test_published_catalogs_are_immutable(
 ) -> None:
     release(cat, config, [tile("a", 1)])
     first = governance.catalog_at(cat, PID, "1.0.0")
-    assert first.path is not None
-    before = {p: p.read_bytes() for p in first.path.parent.rglob("*.json")}
+    prefix = first.key.rsplit("/", 1)[0] + "/"
+    before = gs.stored_files(cat, "production", prefix)
+    assert first.key in before and len(before) >= 3  # catalog, collection, item
     release(cat, config, [tile("b", 2)])
     governance.rollback_release(cat, config, actor="alice")
-    after = {p: p.read_bytes() for p in first.path.parent.rglob("*.json")}
-    assert after == before
+    assert gs.stored_files(cat, "production", prefix) == before
 
 
 # ------------------------------------------------------------------ history
 
 
 def test_list_show_diff_and_catalog_at(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path], tmp_path: Path
 ) -> None:
     release(cat, config, [tile("a", 1), tile("b", 2)])
     v1 = gs.manifest_ids(cat, PID)
@@ -394,8 +399,9 @@ def test_list_show_diff_and_catalog_at(
     assert "assets.data.file:checksum" in changed.fields
     old = governance.catalog_at(cat, PID, "1.0.0")
     assert old.version == "1.0.0"
-    assert pystac.Catalog.from_file(str(old.path)).get_items(recursive=True)
-    assert {i.id for i in pystac.Catalog.from_file(str(old.path)).get_items(recursive=True)} == v1
+    published = gs.mirror(cat, "production", tmp_path / "published")
+    old_root = pystac.Catalog.from_file(str(published / old.key))
+    assert {i.id for i in old_root.get_items(recursive=True)} == v1
     with pytest.raises(NotFound, match="9.9.9"):
         governance.catalog_at(cat, PID, "9.9.9")
 
@@ -430,16 +436,15 @@ def test_cli_promote_releases_and_diff(
 def test_a_lost_catalog_is_rematerialized_identically_from_its_manifest(
     cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    import shutil
-
     release(cat, config, [tile("a", 1)])
     release(cat, config, [tile("b", 2)])
     at = governance.catalog_at(cat, PID, "1.1.0")
-    assert at.path is not None
-    root = at.path.parent
-    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    shutil.rmtree(root)  # e.g. a crash after the release transaction, before publication
+    prefix = at.key.rsplit("/", 1)[0] + "/"
+    before = gs.stored_files(cat, "production", prefix)
+    assert at.key in before
+    for key in before:  # e.g. a crash after the release transaction, before publication
+        cat.store.delete("production", key)
+    assert gs.stored_files(cat, "production", prefix) == {}
     again = governance.catalog_at(cat, PID, "1.1.0")
-    assert again.path == at.path
-    after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    assert after == before
+    assert again.key == at.key
+    assert gs.stored_files(cat, "production", prefix) == before

@@ -199,17 +199,19 @@ def test_release_rollback_cost_does_not_grow_with_the_release_size(
     catalog: Catalog,
     config: ProductConfig,
     tile: Callable[..., Path],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from geomesh.settings import Settings
-
     gs.add_users(catalog)
     small = _rollback_cost(catalog, config, tile, 1)
-    monkeypatch.setenv("GEOMESH_STORAGE_ROOT", str(tmp_path / "big"))
-    big_cat = Catalog.open(Settings())
-    gs.add_users(big_cat)
-    big = _rollback_cost(big_cat, config, tile, 12)
+    # a second product in the same catalog (and so on the same backend) with 12 items
+    big_config = config.model_copy(
+        update={
+            "product_metadata": config.product_metadata.model_copy(
+                update={"product_id": "sentinel2-big"}
+            )
+        }
+    )
+    big_cat = catalog
+    big = _rollback_cost(big_cat, big_config, tile, 12)
 
     def shape(seen: list[tuple[str, Any]]) -> list[str]:
         return [re.sub(r"\s+", " ", sql) for sql, _ in seen]
@@ -222,9 +224,8 @@ def test_release_rollback_cost_does_not_grow_with_the_release_size(
         assert not re.search(r"FROM item WHERE item\.product_id", sql), sql
     # (the guard above does match how a whole-product read looks)
     with statements(big_cat) as seen:
-        governance.plan_promotion(big_cat, config)
+        governance.plan_promotion(big_cat, big_config)
     assert any(re.search(r"FROM item WHERE item\.product_id", sql) for sql in shape(seen))
-    big_cat.close()
 
 
 def test_cli_rollback_prints_the_completion_token(

@@ -16,7 +16,6 @@ from geomesh.config import ProductConfig, load_config
 from geomesh.errors import PermissionDenied, PromotionBlocked, SignoffError
 from geomesh.models import Approval, AuditEvent, Decision, Item
 from geomesh.services import governance
-from geomesh.storage import LocalStore
 
 PID = "sentinel2-msi-l2a-v2.1"
 
@@ -202,11 +201,7 @@ def test_corrupt_object_fails_the_checksum_gate(
     with cat.read() as s:
         item = s.get(Item, item_id)
         assert item is not None
-    assert isinstance(cat.store, LocalStore)
-    path = cat.store.path("staging", item.object_key)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    gs.tamper(cat, "staging", item.object_key, lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]))
     g = gate(cat, config, item_id, "checksum")
     assert not g.ok and "hashes to" in g.detail
     with pytest.raises(PromotionBlocked, match="checksum"):

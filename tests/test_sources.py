@@ -427,7 +427,10 @@ def test_checksum_identity_and_reprocessed_scene(stac: StacSetup, catalog: Catal
     second = rows[report2.results[0].item_id or ""]
     assert second.supersedes == first.id
     assert rows[first.id].state == ItemState.superseded
-    with rasterio.open(catalog.store.gdal_path("staging", second.object_key)) as ds:
+    with (
+        rasterio.Env(**catalog.store.gdal_env()),
+        rasterio.open(catalog.store.gdal_path("staging", second.object_key)) as ds,
+    ):
         data = ds.read(1, masked=True)
     assert data.count() > 0 and int(data.min()) >= 5000  # the new file's values only
     assert discover(catalog, cfg2)[0].status == "ingested"

@@ -18,7 +18,7 @@ import streamlit as st
 
 from geomesh.catalog import Catalog
 from geomesh.services import queries
-from geomesh.settings import Settings
+from geomesh.settings import load_settings
 
 
 class K:
@@ -112,8 +112,9 @@ def _env_key() -> tuple[str, ...]:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _open_catalog(env_key: tuple[str, ...]) -> Catalog:
-    del env_key  # only the cache key: Settings() reads the same environment
-    return Catalog.open(Settings())
+    del env_key  # only the cache key: load_settings() reads the same environment
+    # an invalid GEOMESH_* value is a ConfigError naming the variable (shown by ui.errors)
+    return Catalog.open(load_settings())
 
 
 def catalog() -> Catalog:
