@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,18 @@ def test_dry_run_human_output(settings: object, config_path: Path, s2_tile: Path
     res = CliRunner().invoke(cli, ["ingest", str(config_path), str(s2_tile), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "would-stage" in res.output and "would write object sha256/" in res.output
+
+
+def test_many_tiles_show_a_progress_bar_on_stderr_only(
+    settings: object, config_path: Path, make_raster: Callable[..., Path]
+) -> None:
+    tiles = [str(make_raster(f"t{i}.tif", width=64, height=64, seed=i)) for i in range(3)]
+    res = CliRunner().invoke(cli, ["ingest", str(config_path), *tiles, "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "ingesting" in res.stderr  # (click draws the bar itself only on a terminal)
+    assert "ingesting" not in res.stdout and "summary: 3 would-stage" in res.stdout
+    as_json = CliRunner().invoke(cli, ["ingest", str(config_path), *tiles, "--dry-run", "--json"])
+    assert as_json.exit_code == 0 and "ingesting" not in as_json.stderr
 
 
 def test_failed_tile_exits_nonzero(settings: object, config_path: Path, tmp_path: Path) -> None:

@@ -85,6 +85,46 @@ def test_release_rollback_twice_equals_once(
     assert (gs.states(cat, PID), pointer(cat), _events(cat)) == snapshot
 
 
+def test_bare_release_rollback_twice_equals_once_and_going_further_names_the_release(
+    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+) -> None:
+    r1 = release(cat, config, [tile("a", 1)])
+    r2 = release(cat, config, [tile("b", 2)])
+    r3 = release(cat, config, [tile("c", 3)])
+    first = governance.rollback_release(cat, config, actor="bob")  # undo the latest: 1.2.0
+    assert not first.already and first.current_release_id == r2.id
+    snapshot = (gs.states(cat, PID), pointer(cat), _events(cat))
+    second = governance.rollback_release(cat, config, actor="bob")
+    assert second.already and second.current_release_id == r2.id
+    assert "already rolled back" in second.message and "--release 1.1.0" in second.message
+    assert (gs.states(cat, PID), pointer(cat), _events(cat)) == snapshot
+    # going further back is explicit: name the release that is current now
+    further = governance.rollback_release(cat, config, actor="bob", release_id="1.1.0")
+    assert not further.already and further.current_release_id == r1.id
+    assert gs.production_ids(cat, PID) == gs.manifest_ids(cat, PID, r1.id)
+    # a new release after the rollback is the latest again: a bare rollback undoes it
+    r4 = release(cat, config, [tile("d", 4)])
+    assert r4.id not in {r1.id, r2.id, r3.id}
+    undo = governance.rollback_release(cat, config, actor="bob")
+    assert not undo.already and undo.current_release_id == r1.id
+
+
+def test_cli_bare_release_rollback_is_idempotent(
+    cat: Catalog, config: ProductConfig, config_path: Path, tile: Callable[..., Path]
+) -> None:
+    from geomesh.cli import cli
+
+    r1 = release(cat, config, [tile("a", 1)])
+    release(cat, config, [tile("b", 2)])
+    runner = CliRunner()
+    args = ["rollback", str(config_path), "--release", "--actor", "bob"]
+    outs = [runner.invoke(cli, args) for _ in range(2)]
+    assert [o.exit_code for o in outs] == [0, 0], [o.output for o in outs]
+    assert "already rolled back" in outs[1].stdout
+    for out in outs:
+        assert out.stdout.splitlines()[-1] == f"PRODUCT_ROLLBACK_COMPLETE: {r1.id}"
+
+
 def _events(cat: Catalog) -> int:
     with cat.read() as s:
         return len(s.exec(select(AuditEvent.seq)).all())

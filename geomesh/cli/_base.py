@@ -69,3 +69,16 @@ def load(config_path: str | Path) -> ProductConfig:
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+@contextmanager
+def tile_progress(total: int, *, enabled: bool) -> Iterator[Callable[[object], None]]:
+    """A progress bar on stderr over ``total`` tiles; yields the per-tile callback.
+
+    Disabled (JSON output, a single tile), the callback does nothing.
+    """
+    if not enabled:
+        yield lambda _result: None
+        return
+    with click.progressbar(length=total, label="ingesting", file=sys.stderr, show_pos=True) as bar:
+        yield lambda _result: bar.update(1)

@@ -120,7 +120,8 @@ def promote_cmd(
     is_flag=False,
     flag_value=_CURRENT,
     default=None,
-    help="Roll back the current release; pass its id or version to make retries idempotent.",
+    help="Roll back the latest release (a repeat is a no-op); or name the current release "
+    "(id or version) to roll it back.",
 )
 @actor_option("Who rolls back (admin or steward; default: $GEOMESH_USER).")
 @json_option

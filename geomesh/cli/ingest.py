@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import Any
 
 import click
 
@@ -17,12 +16,13 @@ from geomesh.cli._base import (
     load,
     open_catalog,
     resolve_actor,
+    tile_progress,
 )
 from geomesh.errors import ConfigError
 from geomesh.raster import inspect as inspect_raster
 from geomesh.raster import parse_datetime
 from geomesh.services import queries
-from geomesh.services.ingest import IngestReport, TileResult, ingest_rasters
+from geomesh.services.ingest import IngestReport, ingest_rasters
 
 
 def _parse_dt(value: str | None) -> datetime | None:
@@ -115,18 +115,7 @@ def ingest_cmd(
     with errors_at_edge():
         cfg = load(config)
         cat = open_catalog(cfg)
-        show_bar = not as_json and len(rasters) > 1
-        with (
-            click.progressbar(
-                length=len(rasters), label="ingesting", file=sys.stderr, show_pos=True
-            )
-            if show_bar
-            else _NullBar() as bar
-        ):
-
-            def tick(_: TileResult) -> None:
-                bar.update(1)
-
+        with tile_progress(len(rasters), enabled=not as_json and len(rasters) > 1) as tick:
             report = ingest_rasters(
                 cat,
                 cfg,
@@ -143,17 +132,6 @@ def ingest_cmd(
         else:
             _print_report(report)
         sys.exit(0 if report.ok else 1)
-
-
-class _NullBar:
-    def __enter__(self) -> _NullBar:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        return None
 
 
 @cli.command("inspect")

@@ -16,10 +16,11 @@ from geomesh.cli._base import (
     load,
     open_catalog,
     resolve_actor,
+    tile_progress,
 )
 from geomesh.errors import ConfigError
 from geomesh.raster import parse_datetime
-from geomesh.services.ingest import IngestReport, TileResult
+from geomesh.services.ingest import IngestReport
 from geomesh.sources import Candidate, discover, ingest_from_stac, require_source
 
 
@@ -120,16 +121,7 @@ def run_ingest_from_stac(
                 _print_candidates(candidates)
             return
         todo = sum(1 for c in candidates for _ in (c.assets or {"": ""}))
-        show_bar = not as_json and todo > 1
-        with (
-            click.progressbar(length=todo, label="ingesting", file=sys.stderr, show_pos=True)
-            if show_bar
-            else _NullBar()
-        ) as bar:
-
-            def tick(_: TileResult) -> None:
-                bar.update(1)
-
+        with tile_progress(todo, enabled=not as_json and todo > 1) as tick:
             report: IngestReport = ingest_from_stac(
                 cat,
                 cfg,
@@ -143,14 +135,3 @@ def run_ingest_from_stac(
         else:
             print_report(report)
         sys.exit(0 if report.ok else 1)
-
-
-class _NullBar:
-    def __enter__(self) -> _NullBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        return None

@@ -1094,6 +1094,28 @@ def _rollback_release(
         auth.require(session, actor, "rollback")
         product = _product(session, pid, lock=True)
         current = product.current_release_id
+        if release_id is None and current is not None:
+            # "roll back the current release" means "undo the latest release": once that
+            # is rolled back, a repeat is a no-op; going further back names the release
+            latest = session.exec(
+                select(Release)
+                .where(Release.product_id == pid)
+                .order_by(col(Release.created_at).desc())
+                .limit(1)
+            ).first()
+            if latest is not None and latest.deprecated and latest.id != current:
+                cur = session.get(Release, current)
+                version = cur.version if cur else "?"
+                return RollbackResult(
+                    product_id=pid,
+                    already=True,
+                    current_release_id=current,
+                    current_version=cur.version if cur else None,
+                    release_id=latest.id,
+                    message=f"already rolled back: the latest release {latest.version} "
+                    f"({latest.id[:12]}…) was rolled back and {version} is current; to roll "
+                    f"back {version} as well, name it (--release {version})",
+                )
         target_id = release_id or current
         if target_id is None:
             raise NothingToRollBack(f"product {pid!r} has no release to roll back")
