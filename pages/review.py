@@ -60,31 +60,25 @@ else:
 
     comment = st.text_area("Comment (required to reject)", key=K.R_COMMENT)
     a, r, _ = st.columns([1, 1, 4])
-    if a.button("Approve", key=K.R_APPROVE, type="primary"):
+    approve = a.button("Approve", key=K.R_APPROVE, type="primary")
+    reject = r.button("Reject", key=K.R_REJECT)
+    if approve or reject:
         status = errors.attempt(
             governance.sign_off,
             ctx.cat,
             config,
             item_id,
             actor=ctx.user.name,
-            approve=True,
+            approve=approve,
             comment=comment,
         )
         if status is not None:
-            flash(f"Approved {item_id} ({len(status.approved_by)}/{status.required} approvals).")
-            st.rerun()
-    if r.button("Reject", key=K.R_REJECT):
-        status = errors.attempt(
-            governance.sign_off,
-            ctx.cat,
-            config,
-            item_id,
-            actor=ctx.user.name,
-            approve=False,
-            comment=comment,
-        )
-        if status is not None:
-            flash(f"Rejected {item_id}: {comment.strip()}")
+            if approve:
+                flash(
+                    f"Approved {item_id} ({len(status.approved_by)}/{status.required} approvals)."
+                )
+            else:
+                flash(f"Rejected {item_id}: {comment.strip()}")
             st.rerun()
 
     with st.expander("Bulk approve"):
