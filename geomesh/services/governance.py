@@ -1097,23 +1097,24 @@ def _rollback_release(
         if release_id is None and current is not None:
             # "roll back the current release" means "undo the latest release": once that
             # is rolled back, a repeat is a no-op; going further back names the release
+            # three small columns, not the row: a release's delta lists every item it added
             latest = session.exec(
-                select(Release)
+                select(Release.id, Release.version, Release.deprecated)
                 .where(Release.product_id == pid)
                 .order_by(col(Release.created_at).desc())
                 .limit(1)
             ).first()
-            if latest is not None and latest.deprecated and latest.id != current:
-                cur = session.get(Release, current)
-                version = cur.version if cur else "?"
+            if latest is not None and latest[2] and latest[0] != current:
+                latest_id, latest_version = latest[0], latest[1]
+                version = session.exec(select(Release.version).where(Release.id == current)).one()
                 return RollbackResult(
                     product_id=pid,
                     already=True,
                     current_release_id=current,
-                    current_version=cur.version if cur else None,
-                    release_id=latest.id,
-                    message=f"already rolled back: the latest release {latest.version} "
-                    f"({latest.id[:12]}…) was rolled back and {version} is current; to roll "
+                    current_version=version,
+                    release_id=latest_id,
+                    message=f"already rolled back: the latest release {latest_version} "
+                    f"({latest_id[:12]}…) was rolled back and {version} is current; to roll "
                     f"back {version} as well, name it (--release {version})",
                 )
         target_id = release_id or current
