@@ -282,10 +282,10 @@ def product_config(workdir: Path, yaml_text: str = PRODUCT_YAML) -> Any:
     return load_config(p)
 
 
-def open_catalog(root: Path) -> Any:
+def open_workspace(root: Path) -> Any:
     """A fresh catalog (SQLite + local store) under ``root``, with the shared schema store."""
-    from geomesh.catalog import Catalog
     from geomesh.settings import Settings
+    from geomesh.workspace import Workspace
 
     kwargs: dict[str, Any] = {
         "storage_root": root,
@@ -295,7 +295,7 @@ def open_catalog(root: Path) -> Any:
     }
     if SCHEMA_DIR.is_dir():
         kwargs["schema_dir"] = SCHEMA_DIR
-    return Catalog.open(Settings(**kwargs))
+    return Workspace.open(Settings(**kwargs))
 
 
 def workdir(prefix: str) -> tempfile.TemporaryDirectory[str]:

@@ -37,7 +37,7 @@ from bench import (
     fmt_s,
     make_tile,
     median,
-    open_catalog,
+    open_workspace,
     product_config,
     timed,
     workdir,
@@ -102,13 +102,13 @@ def build_catalog(base: Path, n_items: int, findings_per_item: int) -> Path:
 
     root = base / "root"
     config = product_config(base)
-    cat = open_catalog(root)
+    ws = open_workspace(root)
     try:
-        users.add_user(cat, actor="system", name=USER, role="admin")
+        users.add_user(ws, actor="system", name=USER, role="admin")
         tile = make_tile(
             base / "tile.tif", width=128, height=128, count=1, origin=(545000.0, 4185000.0)
         )
-        report = ingest_rasters(cat, config, [str(tile)], actor="system")
+        report = ingest_rasters(ws, config, [str(tile)], actor="system")
         if not report.ok:
             raise RuntimeError(f"fixture ingest failed: {report.to_json()}")
         pid = config.product_id
@@ -160,7 +160,7 @@ def build_catalog(base: Path, n_items: int, findings_per_item: int) -> Path:
                     "updated_at": now - timedelta(minutes=n_items - i),
                 }
             )
-        with cat.transaction() as session:
+        with ws.transaction() as session:
             for c in range(0, len(items), 2000):
                 session.execute(insert(Item), items[c : c + 2000])
             runs = [
@@ -205,7 +205,7 @@ def build_catalog(base: Path, n_items: int, findings_per_item: int) -> Path:
             for c in range(0, len(findings), 5000):
                 session.execute(insert(FindingRecord), findings[c : c + 5000])
     finally:
-        cat.close()
+        ws.close()
     return root
 
 

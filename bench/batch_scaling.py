@@ -18,7 +18,7 @@ from bench import (
     fmt_s,
     make_tile,
     median,
-    open_catalog,
+    open_workspace,
     product_config,
     timed,
     workdir,
@@ -32,13 +32,13 @@ WORKERS = 2
 def _ingest(sources: list[str], root: Path, config: object, workers: int) -> float:
     from geomesh.services.ingest import ingest_rasters
 
-    cat = open_catalog(root)
+    ws = open_workspace(root)
     try:
         seconds, report = timed(
-            lambda: ingest_rasters(cat, config, sources, actor="system", workers=workers)  # type: ignore[arg-type]
+            lambda: ingest_rasters(ws, config, sources, actor="system", workers=workers)  # type: ignore[arg-type]
         )
     finally:
-        cat.close()
+        ws.close()
     staged = report.counts().get("staged", 0)
     if staged != len(sources):
         raise RuntimeError(

@@ -28,7 +28,7 @@ from bench import (
     in_fresh_worker,
     make_tile,
     median,
-    open_catalog,
+    open_workspace,
     peak_rss_mib,
     product_config,
     rss_mib,
@@ -92,7 +92,7 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str) -> Measured:
     out = Path(out_dir)
     config = product_config(out)
     # the same warm-up on both sides, so both workers hold the same modules and caches
-    warm = ingest.ingest_rasters(open_catalog(out / "warm"), config, [warm_src], actor="system")
+    warm = ingest.ingest_rasters(open_workspace(out / "warm"), config, [warm_src], actor="system")
     if not warm.ok:
         raise RuntimeError(f"warm-up ingest failed: {warm.to_json()}")
     baseline_cog(warm_src, str(out / "warm.tif"))
@@ -105,7 +105,7 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str) -> Measured:
         size = (out / "out.tif").stat().st_size
         return Measured(seconds, peak_rss_mib(), before, {"size": size, "cpu": cpu})
 
-    cat = open_catalog(out / "catalog")
+    ws = open_workspace(out / "catalog")
     spent: dict[str, float] = {}
     _probe(raster, "cog_translate", spent)
     _probe(raster, "validate_cog", spent)
@@ -114,14 +114,14 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str) -> Measured:
     _probe(pipeline, "default_post_stage", spent)
     before, c0 = rss_mib(), cpu_seconds()
     t0 = time.perf_counter()
-    report = ingest.ingest_rasters(cat, config, [src], actor="system")
+    report = ingest.ingest_rasters(ws, config, [src], actor="system")
     seconds = time.perf_counter() - t0
     cpu = cpu_seconds() - c0
     peak = peak_rss_mib()
     if not report.ok or report.results[0].status != "staged":
         raise RuntimeError(f"geomesh ingest failed: {report.to_json()}")
     res = report.results[0]
-    cat.close()
+    ws.close()
     return Measured(
         seconds,
         peak,

@@ -13,7 +13,7 @@ Measured, in this order, with the real service functions (A, B, C, D: the new ti
 2. for X in B, C, D: ``promote(X)``, then ``rollback_release`` (back to 1.1.0)
 3. ``rollback_item(x)`` twice, for two of the N released items (2.0.0, 3.0.0)
 
-Each call is split by timing probes: the pointer-move transaction (``Catalog.transaction``:
+Each call is split by timing probes: the pointer-move transaction (``Workspace.transaction``:
 role check, optimistic pointer move, item states, audit events, commit), the release-index
 rewrite (``governance.refresh_index``), and the rest (manifest loads, promotion plan,
 checksum gate, manifest write).
@@ -44,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench import Row, cpu_seconds, fmt_s, make_tile, open_catalog, product_config, timed, workdir
+from bench import Row, cpu_seconds, fmt_s, make_tile, open_workspace, product_config, timed, workdir
 
 NAME = "rollback / promotion"
 FLAT_TARGET = 2.0
@@ -77,8 +77,8 @@ class Probe:
         setattr(module, name, wrapper)
         return lambda: setattr(module, name, original)
 
-    def wrap_transaction(self, cat: Any) -> Callable[[], None]:
-        original = cat.transaction
+    def wrap_transaction(self, ws: Any) -> Callable[[], None]:
+        original = ws.transaction
 
         @contextmanager
         def transaction() -> Iterator[Any]:
@@ -89,8 +89,8 @@ class Probe:
             finally:
                 self.add("transaction", time.perf_counter() - t0)
 
-        cat.transaction = transaction
-        return lambda: setattr(cat, "transaction", original)
+        ws.transaction = transaction
+        return lambda: setattr(ws, "transaction", original)
 
 
 @contextmanager
@@ -128,13 +128,13 @@ class OpTime:
         return max(0.0, self.total - self.transaction - self.index - self.manifests)
 
 
-def measure(cat: Any, fn: Callable[[], Any]) -> tuple[OpTime, Any]:
+def measure(ws: Any, fn: Callable[[], Any]) -> tuple[OpTime, Any]:
     from geomesh import releases
     from geomesh.services import governance
 
     probe = Probe()
     undo = [
-        probe.wrap_transaction(cat),
+        probe.wrap_transaction(ws),
         probe.wrap(governance, "refresh_index", "index"),
         probe.wrap(releases, "load_manifest", "manifests"),
     ]
@@ -153,14 +153,14 @@ def measure(cat: Any, fn: Callable[[], Any]) -> tuple[OpTime, Any]:
 
 
 def _mark_validated(
-    cat: Any, config: Any, item_id: str, actor: str
+    ws: Any, config: Any, item_id: str, actor: str
 ) -> tuple[str | None, str | None, dict[str, int]]:
     """Post-stage stand-in: a passing validation run, then staging → validation."""
     from geomesh import lifecycle
     from geomesh.models import Item, ItemState, ValidationRun
 
     del config
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         item = session.get(Item, item_id)
         assert item is not None
         session.add(
@@ -174,7 +174,7 @@ def _mark_validated(
 
 @dataclass
 class Fixture:
-    cat: Any
+    ws: Any
     config: Any
     new_items: list[str]
     base_ids: list[str]
@@ -197,9 +197,9 @@ def build_fixture(base: Path, n: int, *, item_files: bool) -> Fixture:
 
     t0 = time.perf_counter()
     config = product_config(base)
-    cat = open_catalog(base / "root")
+    ws = open_workspace(base / "root")
     for name, role in ((SUBMITTER, "steward"), (STEWARD, "steward"), (ADMIN, "admin")):
-        users.add_user(cat, actor="system", name=name, role=role)
+        users.add_user(ws, actor="system", name=name, role=role)
     tiles = [
         str(
             make_tile(
@@ -213,14 +213,14 @@ def build_fixture(base: Path, n: int, *, item_files: bool) -> Fixture:
         )
         for i in range(1 + NEW_TILES)
     ]
-    report = ingest_rasters(cat, config, tiles, actor=SUBMITTER, post_stage=_mark_validated)
+    report = ingest_rasters(ws, config, tiles, actor=SUBMITTER, post_stage=_mark_validated)
     if not report.ok:
         raise RuntimeError(f"fixture ingest failed: {report.to_json()}")
     template_id, *new_items = [r.item_id for r in report.results if r.item_id]
     for iid in new_items:
-        governance.sign_off(cat, config, iid, actor=STEWARD, approve=True)
+        governance.sign_off(ws, config, iid, actor=STEWARD, approve=True)
     pid = config.product_id
-    with cat.read() as session:
+    with ws.read() as session:
         template = session.get(Item, template_id)
         assert template is not None
         # one JSON text per item: the template with its digest and id replaced
@@ -231,7 +231,7 @@ def build_fixture(base: Path, n: int, *, item_files: bool) -> Fixture:
     now = datetime.now(UTC) - timedelta(days=1)
     rows: list[dict[str, Any]] = []
     mitems: list[ManifestItem] = []
-    item_dir = cat.store.path("production", stac_key_for(pid, template_id)).parent
+    item_dir = ws.store.path("production", stac_key_for(pid, template_id)).parent
     item_dir.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         digest = hashlib.sha256(f"bench-release-item-{i}".encode()).hexdigest()
@@ -275,8 +275,8 @@ def build_fixture(base: Path, n: int, *, item_files: bool) -> Fixture:
         product_metadata=governance._product_metadata(config),
         items=tuple(mitems),
     )
-    releases.store_manifest(cat.store, manifest)
-    with cat.transaction() as session:
+    releases.store_manifest(ws.store, manifest)
+    with ws.transaction() as session:
         for c in range(0, len(rows), 5000):
             session.execute(insert(Item), rows[c : c + 5000])
         governance._add_release(
@@ -288,7 +288,7 @@ def build_fixture(base: Path, n: int, *, item_files: bool) -> Fixture:
         product.version_counter += 1
         session.add(product)
     return Fixture(
-        cat, config, new_items, [m.id for m in mitems], manifest.id, time.perf_counter() - t0
+        ws, config, new_items, [m.id for m in mitems], manifest.id, time.perf_counter() - t0
     )
 
 
@@ -320,10 +320,10 @@ def pystac_reference(base: Path, n: int) -> float:
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
 
     def load_remove_save() -> None:
-        cat = pystac.Catalog.from_file(str(root / "catalog.json"))
-        cat.remove_item(f"item-{n // 2:06d}")
-        cat.normalize_hrefs(str(root))
-        cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        loaded = pystac.Catalog.from_file(str(root / "catalog.json"))
+        loaded.remove_item(f"item-{n // 2:06d}")
+        loaded.normalize_hrefs(str(root))
+        loaded.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
 
     seconds, _ = timed(load_remove_save)
     return seconds
@@ -349,7 +349,7 @@ def _materialize(fx: Fixture) -> tuple[float, float, int]:
     from geomesh.services import governance
 
     c0, t0 = cpu_seconds(), time.perf_counter()
-    governance.publish_catalog(fx.cat, fx.config.product_id, fx.first_release)
+    governance.publish_catalog(fx.ws, fx.config.product_id, fx.first_release)
     return time.perf_counter() - t0, cpu_seconds() - c0, len(fx.base_ids)
 
 
@@ -358,21 +358,21 @@ def materialization_only(base: Path, n: int) -> tuple[float, float, int]:
     try:
         return _materialize(fx)
     finally:
-        fx.cat.close()
+        fx.ws.close()
 
 
 def run_size(base: Path, n: int, *, with_reference: bool, materialize: bool) -> SizeResult:
     from geomesh.services import governance
 
     fx = build_fixture(base, n, item_files=materialize)
-    cat, config = fx.cat, fx.config
+    ws, config = fx.ws, fx.config
     promotes: list[OpTime] = []
     rollbacks: list[OpTime] = []
     item_rollbacks: list[OpTime] = []
     recorded: list[str] = []
 
     def promote(iid: str) -> None:
-        t, res = measure(cat, lambda: governance.promote(cat, config, [iid], actor=ADMIN))
+        t, res = measure(ws, lambda: governance.promote(ws, config, [iid], actor=ADMIN))
         if res.already or iid not in res.promoted:
             raise RuntimeError(f"promote({iid}) did not release it: {res.message}")
         promotes.append(t)
@@ -383,22 +383,22 @@ def run_size(base: Path, n: int, *, with_reference: bool, materialize: bool) -> 
             promote(first)
             for iid in others:
                 promote(iid)
-                t, rr = measure(cat, lambda: governance.rollback_release(cat, config, actor=ADMIN))
+                t, rr = measure(ws, lambda: governance.rollback_release(ws, config, actor=ADMIN))
                 if rr.already:
                     raise RuntimeError(f"rollback_release was a no-op: {rr.message}")
                 rollbacks.append(t)
             for k in (1, 2):
                 victim = fx.base_ids[k * len(fx.base_ids) // 3]
                 t, ri = measure(
-                    cat,
-                    lambda v=victim: governance.rollback_item(cat, config, v, actor=ADMIN),
+                    ws,
+                    lambda v=victim: governance.rollback_item(ws, config, v, actor=ADMIN),
                 )
                 if ri.already:
                     raise RuntimeError(f"rollback_item was a no-op: {ri.message}")
                 item_rollbacks.append(t)
         mat = _materialize(fx) if materialize else None
     finally:
-        cat.close()
+        ws.close()
     ref = pystac_reference(base, n) if with_reference else None
     return SizeResult(n, fx.build_seconds, promotes, rollbacks, item_rollbacks, ref, mat)
 

@@ -49,7 +49,6 @@ from sqlmodel import select
 
 from geomesh import audit, auth
 from geomesh.auth import SYSTEM
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, loads_config
 from geomesh.errors import GeomeshError
 from geomesh.hashing import sha256_file
@@ -66,6 +65,7 @@ from geomesh.services.ingest import (
 )
 from geomesh.stac import item_id_for
 from geomesh.storage import TMP_PREFIX, object_key
+from geomesh.workspace import Workspace
 
 PRODUCT_ID: Final = "sf-sentinel2-l2a"
 UTM: Final = "EPSG:32610"
@@ -294,7 +294,7 @@ def _noop(_: str) -> None:
 
 
 def seed(
-    cat: Catalog,
+    ws: Workspace,
     *,
     if_empty: bool = False,
     workdir: Path | None = None,
@@ -303,54 +303,54 @@ def seed(
     """Seed the demo product (idempotent). With ``if_empty`` do nothing when any product
     is registered already."""
     start = time.monotonic()
-    with cat.read() as session:
+    with ws.read() as session:
         any_product = session.exec(select(Product.id).limit(1)).first()
     if if_empty and any_product is not None:
-        return SeedReport(PRODUCT_ID, False, "the catalog already has a product; not seeding")
+        return SeedReport(PRODUCT_ID, False, "the workspace already has a product; not seeding")
     config = demo_config()
-    sources = workdir or (cat.root / "demo" / "sources")
+    sources = workdir or (ws.root / "demo" / "sources")
     sources.mkdir(parents=True, exist_ok=True)
-    (cat.root / "demo" / "product.yaml").write_text(config_yaml())
+    (ws.root / "demo" / "product.yaml").write_text(config_yaml())
     report = SeedReport(PRODUCT_ID, True, "")
 
     progress("users")
-    _ensure_users(cat)
+    _ensure_users(ws)
     steward, steward2, analyst = "steward", "steward2", "analyst"
 
     def ingest(specs: tuple[TileSpec, ...]) -> list[str]:
         paths = [write_tile(s, sources / f"{_source_stem(s)}.tif") for s in specs]
-        result = ingest_rasters(cat, config, paths, actor=INGEST_ACTOR)
+        result = ingest_rasters(ws, config, paths, actor=INGEST_ACTOR)
         return _item_ids(result, specs)
 
     def approve(ids: list[str], who: str, comment: str) -> None:
         for iid in ids:
-            if _state(cat, iid) not in ("staging", "validation"):
+            if _state(ws, iid) not in ("staging", "validation"):
                 continue  # already released on an earlier run
-            governance.request_signoff(cat, config, iid, actor=INGEST_ACTOR)
-            governance.sign_off(cat, config, iid, actor=who, approve=True, comment=comment)
+            governance.request_signoff(ws, config, iid, actor=INGEST_ACTOR)
+            governance.sign_off(ws, config, iid, actor=who, approve=True, comment=comment)
 
     progress("release 1.0.0")
     first = ingest(RELEASE_1)
-    if _release_count(cat) < 1:
+    if _release_count(ws) < 1:
         approve(first, steward, "Cloud-free, inside the city; radiometry looks right.")
-        governance.promote(cat, config, first, actor=steward)
+        governance.promote(ws, config, first, actor=steward)
 
     progress("release 1.1.0")
     second = ingest((*RELEASE_2_NEW, REPROCESSED_1))
-    if _release_count(cat) < 2:
+    if _release_count(ws) < 2:
         approve(second, steward2, "New eastern tiles and the reprocessed r1c1 checked.")
-        governance.promote(cat, config, second, actor=steward)
+        governance.promote(ws, config, second, actor=steward)
 
     progress("review queue")
     pending = ingest((*PENDING, REPROCESSED_2, CORRUPTED))
     corrupted_id = pending[-1]
     approve([corrupted_id], steward2, "Looks fine in the preview.")
-    if _corrupt_once(cat, corrupted_id):
-        validation.validate_item(cat, config, corrupted_id, actor=analyst)
+    if _corrupt_once(ws, corrupted_id):
+        validation.validate_item(ws, config, corrupted_id, actor=analyst)
 
     progress("quarantine and rollback")
     bad = ingest((NO_CRS, OUTSIDE))
-    wrong = _stage_with_provider_metadata(cat, config, WRONG_PROJ, sources)
+    wrong = _stage_with_provider_metadata(ws, config, WRONG_PROJ, sources)
 
     names = [
         *(f"release1:{s.name}" for s in RELEASE_1),
@@ -363,7 +363,7 @@ def seed(
     ]
     ids = [*first, *second, *pending, *bad, wrong]
     report.items = dict(zip(names, ids, strict=True))
-    report.releases = [r.version for r in governance.list_releases(cat, PRODUCT_ID)]
+    report.releases = [r.version for r in governance.list_releases(ws, PRODUCT_ID)]
     report.seconds = round(time.monotonic() - start, 2)
     report.message = f"seeded {PRODUCT_ID}: {len(ids)} tiles, releases {', '.join(report.releases)}"
     return report
@@ -383,22 +383,22 @@ def _item_ids(result: IngestReport, specs: tuple[TileSpec, ...]) -> list[str]:
     return ids
 
 
-def _release_count(cat: Catalog) -> int:
-    with cat.read() as session:
+def _release_count(ws: Workspace) -> int:
+    with ws.read() as session:
         return len(session.exec(select(Release.id).where(Release.product_id == PRODUCT_ID)).all())
 
 
-def _state(cat: Catalog, item_id: str) -> str:
-    with cat.read() as session:
+def _state(ws: Workspace, item_id: str) -> str:
+    with ws.read() as session:
         item = session.get(Item, item_id)
         return ItemState(item.state).value if item is not None else ""
 
 
-def _ensure_users(cat: Catalog) -> None:
+def _ensure_users(ws: Workspace) -> None:
     for u in USERS:
         actor = SYSTEM if u.role == "admin" else "admin"
-        users.add_user(cat, actor=actor, name=u.name, role=u.role, password=u.password)
-    with cat.transaction() as session:
+        users.add_user(ws, actor=actor, name=u.name, role=u.role, password=u.password)
+    with ws.transaction() as session:
         for u in USERS:
             user = auth.get_user(session, u.name)
             if user is not None and user.display_name is None:
@@ -406,15 +406,15 @@ def _ensure_users(cat: Catalog) -> None:
                 session.add(user)
 
 
-def _corrupt_once(cat: Catalog, item_id: str) -> bool:
+def _corrupt_once(ws: Workspace, item_id: str) -> bool:
     """Flip bytes in the pixel data of the item's staged object (bit rot). Idempotent:
     an object that no longer matches its digest is left alone. True when it flipped."""
-    with cat.read() as session:
+    with ws.read() as session:
         item = session.get(Item, item_id)
         if item is None:
             return False
         key, digest = item.object_key, item.content_digest
-    with cat.store.open_local("staging", key) as path:
+    with ws.store.open_local("staging", key) as path:
         if sha256_file(path)[0] != digest:
             return False
         data = bytearray(path.read_bytes())
@@ -422,30 +422,30 @@ def _corrupt_once(cat: Catalog, item_id: str) -> bool:
     for k in range(pos, pos + 64):
         data[k] ^= 0xFF
     # bit rot does not write atomically, but the demo must not leave a torn object behind
-    cat.store.put_bytes("staging", key, bytes(data), overwrite=True)
+    ws.store.put_bytes("staging", key, bytes(data), overwrite=True)
     return True
 
 
 def _stage_with_provider_metadata(
-    cat: Catalog, config: ProductConfig, spec: TileSpec, sources: Path
+    ws: Workspace, config: ProductConfig, spec: TileSpec, sources: Path
 ) -> str:
     """Stage a tile with its provider's item metadata (proj:code EPSG:26910, NAD83 / UTM
     10N) while its COG header says EPSG:32610; then validate and route it (GM-CRS-002)."""
     path = write_tile(spec, sources / f"{spec.name}_provider.tif")
-    workdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}demo-", dir=cat.root))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}demo-", dir=ws.root))
     try:
         prepared = prepare_tile(config, str(path), workdir)
         item_id = item_id_for(config.product_id, prepared.hexdigest) + "-provider"
-        if _state(cat, item_id):
+        if _state(ws, item_id):
             return item_id
         okey = object_key(prepared.hexdigest)
         skey = stac_key_for(config.product_id, item_id)
-        stac = build_stac(config, prepared, asset_href=object_href(cat.store, "staging", okey))
+        stac = build_stac(config, prepared, asset_href=object_href(ws.store, "staging", okey))
         stac["id"] = item_id
         stac["properties"]["proj:code"] = PROVIDER_PROJ_CODE
-        cat.store.put_file("staging", okey, prepared.cog_path)
-        cat.store.put_bytes("staging", skey, json.dumps(stac, indent=2, sort_keys=True).encode())
-        with cat.transaction() as session:
+        ws.store.put_file("staging", okey, prepared.cog_path)
+        ws.store.put_bytes("staging", skey, json.dumps(stac, indent=2, sort_keys=True).encode())
+        with ws.transaction() as session:
             auth.require(session, INGEST_ACTOR, "ingest")
             register_product(session, config, actor=INGEST_ACTOR)
             session.add(
@@ -481,5 +481,5 @@ def _stage_with_provider_metadata(
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    routing.validate_and_route(cat, config, item_id, actor=INGEST_ACTOR)
+    routing.validate_and_route(ws, config, item_id, actor=INGEST_ACTOR)
     return item_id

@@ -25,12 +25,12 @@ from typing import Any, Literal
 from sqlmodel import select
 
 from geomesh import audit, auth, releases
-from geomesh.catalog import Catalog
 from geomesh.errors import GeomeshError, UnsafePath
 from geomesh.hashing import sha256_file
 from geomesh.models import Item, ItemState, Product, Release
 from geomesh.releases import Manifest
 from geomesh.storage import TMP_PREFIX, Area, check_key
+from geomesh.workspace import Workspace
 
 Level = Literal["error", "warning", "info"]
 PRODUCTION: Area = "production"
@@ -73,13 +73,13 @@ class DoctorReport:
         }
 
 
-def _json_object(cat: Catalog, area: Area, key: str) -> dict[str, Any] | str:
+def _json_object(ws: Workspace, area: Area, key: str) -> dict[str, Any] | str:
     """The JSON object stored at ``key``, or why it cannot be read."""
     try:
-        size = cat.store.size(area, key)
+        size = ws.store.size(area, key)
         if size > MAX_CATALOG_FILE_BYTES:
             return f"{area}/{key} is {size} bytes (limit {MAX_CATALOG_FILE_BYTES})"
-        data = json.loads(cat.store.get_bytes(area, key))
+        data = json.loads(ws.store.get_bytes(area, key))
     except (GeomeshError, ValueError, RecursionError) as exc:
         return f"{area}/{key} is not readable JSON: {str(exc)[:200]}"
     if not isinstance(data, dict):
@@ -90,10 +90,10 @@ def _json_object(cat: Catalog, area: Area, key: str) -> dict[str, Any] | str:
 # ------------------------------------------------------------------ items
 
 
-def _check_items(cat: Catalog, report: DoctorReport, *, deep: bool) -> set[tuple[Area, str]]:
+def _check_items(ws: Workspace, report: DoctorReport, *, deep: bool) -> set[tuple[Area, str]]:
     referenced: set[tuple[Area, str]] = set()
-    store = cat.store
-    with cat.read() as session:
+    store = ws.store
+    with ws.read() as session:
         items = session.exec(select(Item)).all()
     for item in items:
         referenced.add(("staging", item.object_key))
@@ -144,7 +144,7 @@ def _check_items(cat: Catalog, report: DoctorReport, *, deep: bool) -> set[tuple
                 "error", "missing-item-json", item.id, f"item JSON {item.stac_key} is missing"
             )
         else:
-            stored = _json_object(cat, "staging", item.stac_key)
+            stored = _json_object(ws, "staging", item.stac_key)
             if isinstance(stored, str):
                 report.add("error", "bad-item-json", item.id, stored)
             elif stored.get("id") != item.id:
@@ -161,8 +161,8 @@ def _check_items(cat: Catalog, report: DoctorReport, *, deep: bool) -> set[tuple
 # ------------------------------------------------------------------ releases
 
 
-def _load_manifest(cat: Catalog, report: DoctorReport, rel: Release) -> Manifest | None:
-    if not cat.store.exists(PRODUCTION, rel.manifest_key):
+def _load_manifest(ws: Workspace, report: DoctorReport, rel: Release) -> Manifest | None:
+    if not ws.store.exists(PRODUCTION, rel.manifest_key):
         report.add(
             "error",
             "missing-manifest",
@@ -171,7 +171,7 @@ def _load_manifest(cat: Catalog, report: DoctorReport, rel: Release) -> Manifest
         )
         return None
     try:
-        manifest = releases.load_manifest(cat.store, rel.product_id, rel.id)
+        manifest = releases.load_manifest(ws.store, rel.product_id, rel.id)
     except (GeomeshError, ValueError, RecursionError) as exc:
         report.add("error", "bad-manifest", rel.id, f"manifest unreadable: {str(exc)[:300]}")
         return None
@@ -187,10 +187,10 @@ def _load_manifest(cat: Catalog, report: DoctorReport, rel: Release) -> Manifest
 
 
 def _check_manifest_objects(
-    cat: Catalog, report: DoctorReport, rel: Release, manifest: Manifest, *, deep: bool
+    ws: Workspace, report: DoctorReport, rel: Release, manifest: Manifest, *, deep: bool
 ) -> None:
     for m in manifest.items:
-        if not cat.store.exists(PRODUCTION, m.object_key):
+        if not ws.store.exists(PRODUCTION, m.object_key):
             report.add(
                 "error",
                 "missing-production-object",
@@ -199,7 +199,7 @@ def _check_manifest_objects(
                 "production area",
             )
         elif deep:
-            with cat.store.open_local(PRODUCTION, m.object_key) as p:
+            with ws.store.open_local(PRODUCTION, m.object_key) as p:
                 digest, _ = sha256_file(p)
             if digest != m.digest:
                 report.add(
@@ -208,7 +208,7 @@ def _check_manifest_objects(
                     rel.id,
                     f"production object {m.object_key} of {m.id} no longer hashes to {m.digest}",
                 )
-        if not cat.store.exists(PRODUCTION, m.stac_key):
+        if not ws.store.exists(PRODUCTION, m.stac_key):
             report.add(
                 "error",
                 "missing-production-item-json",
@@ -244,11 +244,11 @@ def _check_production_states(
 
 
 def _check_releases(
-    cat: Catalog, report: DoctorReport, *, deep: bool
+    ws: Workspace, report: DoctorReport, *, deep: bool
 ) -> tuple[set[tuple[Area, str]], dict[str, Manifest]]:
     referenced: set[tuple[Area, str]] = set()
     manifests: dict[str, Manifest] = {}
-    with cat.read() as session:
+    with ws.read() as session:
         rels = session.exec(select(Release)).all()
         products = session.exec(select(Product)).all()
         items = session.exec(select(Item)).all()
@@ -262,14 +262,14 @@ def _check_releases(
                 rel.id,
                 f"release {rel.version} has an unknown parent {rel.parent_id}",
             )
-        manifest = _load_manifest(cat, report, rel)
+        manifest = _load_manifest(ws, report, rel)
         if manifest is None:
             continue
         manifests[rel.id] = manifest
         for m in manifest.items:
             referenced.add((PRODUCTION, m.object_key))
             referenced.add((PRODUCTION, m.stac_key))
-        _check_manifest_objects(cat, report, rel, manifest, deep=deep)
+        _check_manifest_objects(ws, report, rel, manifest, deep=deep)
     for product in products:
         current = product.current_release_id
         if current and current not in ids:
@@ -311,12 +311,12 @@ def _links(doc: dict[str, Any], rel: str) -> list[Any]:
 
 
 def _check_catalog(
-    cat: Catalog, report: DoctorReport, rel: Release, manifest: Manifest
+    ws: Workspace, report: DoctorReport, rel: Release, manifest: Manifest
 ) -> set[tuple[Area, str]]:
     """One release's materialized static catalog: complete, and describing its manifest."""
     seen: set[tuple[Area, str]] = set()
     root_key = releases.catalog_key(rel.product_id, rel.version)
-    if not cat.store.exists(PRODUCTION, root_key):
+    if not ws.store.exists(PRODUCTION, root_key):
         report.add(
             "warning",
             "unpublished-catalog",
@@ -331,7 +331,7 @@ def _check_catalog(
     def bad(kind: str, message: str) -> None:
         report.add("error", kind, target, message)
 
-    root = _json_object(cat, PRODUCTION, root_key)
+    root = _json_object(ws, PRODUCTION, root_key)
     seen.add((PRODUCTION, root_key))
     if isinstance(root, str):
         bad("bad-catalog-file", root)
@@ -341,11 +341,11 @@ def _check_catalog(
     listed: set[str] = set()
     for child_href in _links(root, "child"):
         child_key = _resolve(root_key, child_href)
-        if child_key is None or not cat.store.exists(PRODUCTION, child_key):
+        if child_key is None or not ws.store.exists(PRODUCTION, child_key):
             bad("broken-catalog-link", f"{root_key} links to a missing child {child_href!r}")
             continue
         seen.add((PRODUCTION, child_key))
-        child = _json_object(cat, PRODUCTION, child_key)
+        child = _json_object(ws, PRODUCTION, child_key)
         if isinstance(child, str):
             bad("bad-catalog-file", child)
             continue
@@ -356,11 +356,11 @@ def _check_catalog(
             )
         for item_href in _links(child, "item"):
             item_key = _resolve(child_key, item_href)
-            if item_key is None or not cat.store.exists(PRODUCTION, item_key):
+            if item_key is None or not ws.store.exists(PRODUCTION, item_key):
                 bad("broken-catalog-link", f"{child_key} links to a missing item {item_href!r}")
                 continue
             seen.add((PRODUCTION, item_key))
-            doc = _json_object(cat, PRODUCTION, item_key)
+            doc = _json_object(ws, PRODUCTION, item_key)
             if isinstance(doc, str):
                 bad("bad-catalog-file", doc)
                 continue
@@ -389,12 +389,12 @@ def _check_catalog(
 
 
 def _check_index(
-    cat: Catalog, report: DoctorReport, product: Product, rels: list[Release]
+    ws: Workspace, report: DoctorReport, product: Product, rels: list[Release]
 ) -> set[tuple[Area, str]]:
     key = releases.index_key(product.id)
     if not rels:
         return set()
-    if not cat.store.exists(PRODUCTION, key):
+    if not ws.store.exists(PRODUCTION, key):
         report.add(
             "warning",
             "stale-index",
@@ -402,7 +402,7 @@ def _check_index(
             f"the release index {key} is missing; re-run the command to rewrite it",
         )
         return set()
-    index = _json_object(cat, PRODUCTION, key)
+    index = _json_object(ws, PRODUCTION, key)
     if isinstance(index, str):
         report.add("error", "bad-catalog-file", product.id, index)
         return {(PRODUCTION, key)}
@@ -435,16 +435,16 @@ def _check_index(
 
 
 def _check_partial_catalogs(
-    cat: Catalog, report: DoctorReport, product_id: str, versions: set[str]
+    ws: Workspace, report: DoctorReport, product_id: str, versions: set[str]
 ) -> None:
     """Version folders without their catalog.json (written last) are half materialized."""
     try:
         prefix = releases.catalogs_root(product_id) + "/"
     except UnsafePath:
         return
-    folders = {k[len(prefix) :].split("/", 1)[0] for k in cat.store.list(PRODUCTION, prefix)}
+    folders = {k[len(prefix) :].split("/", 1)[0] for k in ws.store.list(PRODUCTION, prefix)}
     for version in sorted(folders - {"latest.json"}):
-        if version in versions and cat.store.exists(
+        if version in versions and ws.store.exists(
             PRODUCTION, releases.catalog_key(product_id, version)
         ):
             continue
@@ -458,23 +458,23 @@ def _check_partial_catalogs(
 
 
 def _check_catalogs(
-    cat: Catalog, report: DoctorReport, manifests: dict[str, Manifest]
+    ws: Workspace, report: DoctorReport, manifests: dict[str, Manifest]
 ) -> set[tuple[Area, str]]:
     seen: set[tuple[Area, str]] = set()
-    with cat.read() as session:
+    with ws.read() as session:
         rels = session.exec(select(Release)).all()
         products = session.exec(select(Product)).all()
     published = 0
     for rel in rels:
         manifest = manifests.get(rel.id)
         if manifest is not None:
-            found = _check_catalog(cat, report, rel, manifest)
+            found = _check_catalog(ws, report, rel, manifest)
             published += bool(found)
             seen |= found
     for product in products:
         mine = [r for r in rels if r.product_id == product.id]
-        seen |= _check_index(cat, report, product, mine)
-        _check_partial_catalogs(cat, report, product.id, {r.version for r in mine})
+        seen |= _check_index(ws, report, product, mine)
+        _check_partial_catalogs(ws, report, product.id, {r.version for r in mine})
     report.checked["catalogs"] = published
     return seen
 
@@ -482,17 +482,17 @@ def _check_catalogs(
 # ------------------------------------------------------------------ leftovers
 
 
-def _check_temp_files(cat: Catalog, report: DoctorReport, *, gc: bool, min_age_s: float) -> None:
-    found = sorted(cat.root.rglob(f"{TMP_PREFIX}*"))
+def _check_temp_files(ws: Workspace, report: DoctorReport, *, gc: bool, min_age_s: float) -> None:
+    found = sorted(ws.root.rglob(f"{TMP_PREFIX}*"))
     # a temporary directory (an interrupted ingest's workdir) counts once, with its content
     temps = [
         p
         for p in found
-        if not any(a.name.startswith(TMP_PREFIX) for a in p.relative_to(cat.root).parents)
+        if not any(a.name.startswith(TMP_PREFIX) for a in p.relative_to(ws.root).parents)
     ]
     now = time.time()
     for p in temps:
-        rel = p.relative_to(cat.root).as_posix()
+        rel = p.relative_to(ws.root).as_posix()
         try:
             old_enough = now - p.lstat().st_mtime >= min_age_s
         except FileNotFoundError:  # finished or collected by a concurrent writer meanwhile
@@ -515,7 +515,7 @@ def _check_temp_files(cat: Catalog, report: DoctorReport, *, gc: bool, min_age_s
 
 
 def _check_orphans(
-    cat: Catalog,
+    ws: Workspace,
     report: DoctorReport,
     referenced: set[tuple[Area, str]],
     catalog_files: set[tuple[Area, str]],
@@ -523,7 +523,7 @@ def _check_orphans(
     orphans = 0
     areas: tuple[Area, ...] = ("staging", "quarantine", PRODUCTION)
     for area in areas:
-        for key in cat.store.list(area):
+        for key in ws.store.list(area):
             if (area, key) in referenced or (area, key) in catalog_files:
                 continue
             if area == PRODUCTION and key.startswith("catalogs/"):
@@ -539,7 +539,7 @@ def _check_orphans(
 
 
 def run_doctor(
-    cat: Catalog,
+    ws: Workspace,
     *,
     gc: bool = False,
     deep: bool = False,
@@ -552,17 +552,17 @@ def run_doctor(
     the ``doctor.gc`` permission.
     """
     if gc:
-        with cat.read() as session:
+        with ws.read() as session:
             auth.require(session, actor, "doctor.gc")
     report = DoctorReport()
-    referenced = _check_items(cat, report, deep=deep)
-    from_releases, manifests = _check_releases(cat, report, deep=deep)
+    referenced = _check_items(ws, report, deep=deep)
+    from_releases, manifests = _check_releases(ws, report, deep=deep)
     referenced |= from_releases
-    catalog_files = _check_catalogs(cat, report, manifests)
-    _check_orphans(cat, report, referenced, catalog_files)
-    if cat.root.exists():
-        _check_temp_files(cat, report, gc=gc, min_age_s=min_age_s)
-    with cat.read() as session:
+    catalog_files = _check_catalogs(ws, report, manifests)
+    _check_orphans(ws, report, referenced, catalog_files)
+    if ws.root.exists():
+        _check_temp_files(ws, report, gc=gc, min_age_s=min_age_s)
+    with ws.read() as session:
         for problem in audit.verify(session):
             report.add("error", "audit-chain", f"#{problem.seq}", problem.problem)
     return report

@@ -27,10 +27,10 @@ from rio_tiler.errors import RioTilerError
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
-from geomesh.catalog import Catalog
 from geomesh.errors import NotFound, RasterError
 from geomesh.models import Item, ItemState
 from geomesh.storage import Area
+from geomesh.workspace import Workspace
 
 WEB_MERCATOR: Final = CRS.from_epsg(3857)
 WGS84: Final = CRS.from_epsg(4326)
@@ -77,19 +77,19 @@ def _locations(item: Item) -> list[tuple[Area, str]]:
     return list(dict.fromkeys(out))
 
 
-def item_preview(cat: Catalog, item_id: str, *, max_size: int = DEFAULT_SIZE) -> Preview:
+def item_preview(ws: Workspace, item_id: str, *, max_size: int = DEFAULT_SIZE) -> Preview:
     """The (cached) preview of one item's stored COG. Raises NotFound or RasterError."""
-    with cat.read() as session:
+    with ws.read() as session:
         item = session.get(Item, item_id)
         if item is None:
             raise NotFound(f"item {item_id!r} does not exist")
     png_key, meta_key = cache_keys(item_id, max_size)
-    if cat.store.exists("meta", png_key) and cat.store.exists("meta", meta_key):
-        meta = json.loads(cat.store.get_bytes("meta", meta_key))
+    if ws.store.exists("meta", png_key) and ws.store.exists("meta", meta_key):
+        meta = json.loads(ws.store.get_bytes("meta", meta_key))
         bounds = tuple(meta["bounds"]) if meta.get("bounds") else None
         return Preview(
             item_id=item_id,
-            png=cat.store.get_bytes("meta", png_key),
+            png=ws.store.get_bytes("meta", png_key),
             width=int(meta["width"]),
             height=int(meta["height"]),
             bounds=bounds,
@@ -97,8 +97,8 @@ def item_preview(cat: Catalog, item_id: str, *, max_size: int = DEFAULT_SIZE) ->
             cached=True,
         )
     for area, key in _locations(item):
-        if cat.store.exists(area, key):
-            with cat.store.open_local(area, key) as path:
+        if ws.store.exists(area, key):
+            with ws.store.open_local(area, key) as path:
                 preview = render_preview(path, item_id=item_id, max_size=max_size)
             break
     else:
@@ -112,8 +112,8 @@ def item_preview(cat: Catalog, item_id: str, *, max_size: int = DEFAULT_SIZE) ->
         "bounds": list(preview.bounds) if preview.bounds else None,
         "bands": list(preview.bands),
     }
-    cat.store.put_bytes("meta", png_key, preview.png, overwrite=True)
-    cat.store.put_bytes("meta", meta_key, json.dumps(meta_out).encode(), overwrite=True)
+    ws.store.put_bytes("meta", png_key, preview.png, overwrite=True)
+    ws.store.put_bytes("meta", meta_key, json.dumps(meta_out).encode(), overwrite=True)
     return preview
 
 

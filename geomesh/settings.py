@@ -15,7 +15,7 @@ from geomesh.errors import ConfigError
 
 
 class Settings(BaseSettings):
-    """Where the catalog lives and how to reach it.
+    """Where the workspace (database + object store) lives and how to reach it.
 
     Every field can be set as ``GEOMESH_<FIELD>`` (e.g. ``GEOMESH_STORAGE_ROOT``).
     """

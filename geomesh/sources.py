@@ -50,7 +50,6 @@ from shapely.geometry.base import BaseGeometry
 from sqlmodel import col, select
 
 from geomesh import audit, auth
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, Source
 from geomesh.errors import ConfigError, GeomeshError, SourceError
 from geomesh.logs import RunLog
@@ -66,6 +65,7 @@ from geomesh.services.ingest import (
 )
 from geomesh.storage import TMP_PREFIX
 from geomesh.validation.schemas import compiled_validator
+from geomesh.workspace import Workspace
 
 CandidateStatus = Literal["new", "ingested", "unavailable"]
 AssetStatus = Literal["new", "changed", "ingested"]
@@ -406,11 +406,11 @@ def asset_identity(href: str, asset: pystac.Asset | None = None) -> str | None:
     return None
 
 
-def _known(cat: Catalog, product_id: str, ids: Sequence[str]) -> dict[str, dict[str | None, str]]:
+def _known(ws: Workspace, product_id: str, ids: Sequence[str]) -> dict[str, dict[str | None, str]]:
     """source_item_id → {identity: geomesh item id} of what this product already holds."""
     out: dict[str, dict[str | None, str]] = {}
     unique = sorted(set(ids))
-    with cat.read() as session:
+    with ws.read() as session:
         for i in range(0, len(unique), ID_BATCH):
             rows = session.exec(
                 select(Item.source_item_id, Item.source_etag, Item.id)
@@ -427,7 +427,7 @@ def _known(cat: Catalog, product_id: str, ids: Sequence[str]) -> dict[str, dict[
 # ------------------------------------------------------------------ discover
 
 
-def discover(cat: Catalog, config: ProductConfig) -> list[Candidate]:
+def discover(ws: Workspace, config: ProductConfig) -> list[Candidate]:
     """Candidate scenes over the domain, each marked new or already ingested. No pixel reads.
 
     Sorted by datetime, then item id. Items the API returns although they miss the domain
@@ -465,7 +465,7 @@ def discover(cat: Catalog, config: ProductConfig) -> list[Candidate]:
         found.append((item, hrefs, identities, errors))
 
     known = _known(
-        cat, config.product_id, [f"{item.id}/{k}" for item, hrefs, _, _ in found for k in hrefs]
+        ws, config.product_id, [f"{item.id}/{k}" for item, hrefs, _, _ in found for k in hrefs]
     )
     api_url = client.get_self_href() or source.url
     out: list[Candidate] = []
@@ -604,7 +604,7 @@ def forget_cached(href: str) -> None:
 
 
 def ingest_from_stac(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     *,
     actor: str,
@@ -621,17 +621,17 @@ def ingest_from_stac(
     only what is new and an interrupted run resumes where it stopped.
     """
     require_source(config)
-    with cat.read() as session:
+    with ws.read() as session:
         auth.require(session, actor, "ingest")
-    cands = list(discover(cat, config) if candidates is None else candidates)
+    cands = list(discover(ws, config) if candidates is None else candidates)
     if post_stage is None:
         from geomesh.services.pipeline import default_post_stage
 
         post_stage = default_post_stage
-    log = RunLog(cat.root, product_id=config.product_id, stderr=cat.settings.log_stderr)
+    log = RunLog(ws.root, product_id=config.product_id, stderr=ws.settings.log_stderr)
     report = IngestReport(product_id=config.product_id, run_id=log.run_id, dry_run=False)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}ingest-", dir=cat.root))
-    run = _Run(cat, config, remote_config(config), actor, log, workdir, post_stage, acquired)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}ingest-", dir=ws.root))
+    run = _Run(ws, config, remote_config(config), actor, log, workdir, post_stage, acquired)
     try:
         with gdal_remote_env():
             for cand in cands:
@@ -646,7 +646,7 @@ def ingest_from_stac(
 
 @dataclass
 class _Run:
-    cat: Catalog
+    ws: Workspace
     config: ProductConfig
     remote: ProductConfig
     actor: str
@@ -671,7 +671,7 @@ class _Run:
                 yield self._existing(cand, key, href)
                 continue
             if meta is None:
-                props, exts, dropped = carried_metadata(self.cat.schema_dir, cand.properties)
+                props, exts, dropped = carried_metadata(self.ws.schema_dir, cand.properties)
                 if dropped:
                     self.log.write(
                         step="carry", outcome="dropped", source=cand.item_id, fields=dropped
@@ -681,7 +681,7 @@ class _Run:
 
     def _existing(self, cand: Candidate, key: str, href: str) -> TileResult:
         item_id = cand.ingested_items[key]
-        with self.cat.read() as session:
+        with self.ws.read() as session:
             row = session.get(Item, item_id)
         if row is None:  # removed since discover: report what discover saw
             return TileResult(source=sanitize_source(href), status="exists", item_id=item_id)
@@ -749,13 +749,13 @@ class _Run:
             )
             with self.log.step("stage", source_item_id=source_item_id):
                 # the product's own config: forcing the clip must not register a new version
-                res = stage_tile(self.cat, self.config, prepared, actor=self.actor)
+                res = stage_tile(self.ws, self.config, prepared, actor=self.actor)
             if res.status == "exists" and res.item_id:
                 self._record_identity(res.item_id, prepared.source_meta)
             elif res.status == "staged" and res.item_id:
                 with self.log.step("validate+route", item_id=res.item_id) as info:
                     res.state, res.route, res.findings = self.post_stage(
-                        self.cat, self.config, res.item_id, self.actor
+                        self.ws, self.config, res.item_id, self.actor
                     )
                     info["outcome"] = res.route or "ok"
         except GeomeshError as exc:
@@ -767,7 +767,7 @@ class _Run:
     def _record_identity(self, item_id: str, meta: SourceMeta) -> None:
         """Same bytes as an item we hold (e.g. the asset was re-uploaded unchanged): note
         the new identity on it so the next discover sees the asset as ingested."""
-        with self.cat.transaction() as session:
+        with self.ws.transaction() as session:
             row = session.get(Item, item_id)
             if row is None or row.source_item_id not in (None, meta.source_item_id):
                 return

@@ -9,7 +9,7 @@ from ui.state import K
 
 ctx = layout.context("Audit", "Every state change, append-only and hash-chained.")
 
-status = queries.audit_chain_status(ctx.cat)
+status = queries.audit_chain_status(ctx.ws)
 if status["ok"]:
     st.success(f"Chain verified: {status['events']} events, every hash links to the previous one.")
 else:
@@ -19,19 +19,19 @@ else:
     )
     st.dataframe(pd.DataFrame({"problem": status["problems"]}), hide_index=True)
 
-facets = queries.audit_facets(ctx.cat)
+facets = queries.audit_facets(ctx.ws)
 c1, c2, c3 = st.columns([2, 1, 1])
 text = c1.text_input("Search (target, action, actor or event id)", key=K.A_TEXT)
 actor = c2.selectbox("Actor", facets["actors"], index=None, key=K.A_ACTOR, placeholder="any")
 action = c3.selectbox("Action", facets["actions"], index=None, key=K.A_ACTION, placeholder="any")
 
-events = queries.audit_events(ctx.cat, text=text or None, actor=actor, action=action, limit=2000)
+events = queries.audit_events(ctx.ws, text=text or None, actor=actor, action=action, limit=2000)
 st.caption(f"{len(events)} event(s), newest first (at most 2,000 shown; the export has all).")
 st.dataframe(pd.DataFrame(events), hide_index=True, width="stretch", height=520)
 
 st.download_button(
     "Export audit trail (JSON lines)",
-    lambda: queries.audit_jsonl(ctx.cat),
+    lambda: queries.audit_jsonl(ctx.ws),
     file_name="geomesh-audit.jsonl",
     mime="application/x-ndjson",
     on_click="ignore",

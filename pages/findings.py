@@ -9,7 +9,7 @@ from ui.state import K
 from ui.widgets import FINDING_COLUMNS
 
 ctx = layout.context("Findings", "Filters run in the database; exports hold the filtered rows.")
-products = [p["id"] for p in queries.list_products(ctx.cat)]
+products = [p["id"] for p in queries.list_products(ctx.ws)]
 
 c1, c2, c3, c4 = st.columns([2, 1, 2, 2])
 product = c1.selectbox(
@@ -20,7 +20,7 @@ product = c1.selectbox(
     placeholder="all products",
 )
 severities = c2.multiselect("Severity", ["P1", "P2", "P3"], key=K.F_SEVERITY)
-rules = c3.multiselect("Rule", queries.finding_rules(ctx.cat, product), key=K.F_RULE)
+rules = c3.multiselect("Rule", queries.finding_rules(ctx.ws, product), key=K.F_RULE)
 states = c4.multiselect(
     "Item state",
     ["staging", "validation", "quarantined", "production", "rolled_back", "superseded"],
@@ -29,7 +29,7 @@ states = c4.multiselect(
 include_closed = st.toggle("Include closed findings (fixed by a later validation run)", key=K.F_ALL)
 
 table = queries.findings_table(
-    ctx.cat,
+    ctx.ws,
     product_id=product,
     severities=severities,
     rules=rules,

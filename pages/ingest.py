@@ -12,7 +12,7 @@ ctx = layout.context(
     "Ingest", "Tiles are converted to COGs, stored content-addressed, validated and routed."
 )
 pid = layout.require_product(ctx)
-config = queries.product_config(ctx.cat, pid)
+config = queries.product_config(ctx.ws, pid)
 ctx.role_note("ingest", "ingest tiles")
 
 files = st.file_uploader(
@@ -30,11 +30,11 @@ def show(results: list[dict[str, object]]) -> None:
 
 
 if st.button("Dry run", key=K.I_DRY_RUN, disabled=not wanted):
-    paths = errors.attempt(uploads.save, ctx.cat, ctx.user.name, files or [])
+    paths = errors.attempt(uploads.save, ctx.ws, ctx.user.name, files or [])
     if paths is not None:
         sources = [str(p) for p in paths] + named
         report = errors.attempt(
-            ingest_rasters, ctx.cat, config, sources, actor=ctx.user.name, dry_run=True
+            ingest_rasters, ctx.ws, config, sources, actor=ctx.user.name, dry_run=True
         )
         if report is not None:
             st.session_state[K.INGEST_DRY_RUN] = {
@@ -69,7 +69,7 @@ if dry:
 
             report = errors.attempt(
                 ingest_rasters,
-                ctx.cat,
+                ctx.ws,
                 config,
                 dry["sources"],
                 actor=ctx.user.name,

@@ -50,9 +50,9 @@ with detail_col:
     )
     pv = None
     if selected:
-        detail = queries.item_detail(ctx.cat, selected)
+        detail = queries.item_detail(ctx.ws, selected)
         widgets.item_header(detail)
-        pv = widgets.preview(ctx.cat, selected, caption="rio-tiler preview")
+        pv = widgets.preview(ctx.ws, selected, caption="rio-tiler preview")
         widgets.findings(detail["open_findings"])
         with st.expander("Raster and STAC facts"):
             widgets.facts_table(detail["raster"])

@@ -10,7 +10,7 @@ from ui.fmt import SEVERITY_COLOURS, STATE_COLOURS, duration, md_escape, short_i
 
 ctx = layout.context("Overview")
 pid = layout.require_product(ctx)
-ov = queries.overview(ctx.cat, pid)
+ov = queries.overview(ctx.ws, pid)
 states = ov["states"]
 
 with st.container(border=True):

@@ -10,10 +10,10 @@ from ui.state import K, flash
 
 ctx = layout.context("Releases", "Immutable, content-addressed release manifests.")
 pid = layout.require_product(ctx)
-config = queries.product_config(ctx.cat, pid)
+config = queries.product_config(ctx.ws, pid)
 ctx.role_note("rollback", "roll back")
 
-rels = governance.list_releases(ctx.cat, pid)
+rels = governance.list_releases(ctx.ws, pid)
 if not rels:
     st.info("No release yet: promote items from the review queue.")
     st.stop()
@@ -32,7 +32,7 @@ versions = [r.version for r in rels]
 c1, c2 = st.columns(2)
 a = c1.selectbox("From", versions, index=max(len(versions) - 2, 0), key=K.REL_A)
 b = c2.selectbox("To", versions, index=len(versions) - 1, key=K.REL_B)
-diff = governance.diff_releases(ctx.cat, pid, a, b)
+diff = governance.diff_releases(ctx.ws, pid, a, b)
 st.markdown(
     f"**{diff.from_version} → {diff.to_version}**: {len(diff.added)} added, "
     f"{len(diff.removed)} removed, {len(diff.changed)} changed"
@@ -56,7 +56,7 @@ current = next((r for r in rels if r.current), None)
 if current is None:
     st.caption("The product has no current release.")
     st.stop()
-items = governance.show_release(ctx.cat, pid, current.id)["manifest"]["items"]
+items = governance.show_release(ctx.ws, pid, current.id)["manifest"]["items"]
 c1, c2 = st.columns(2)
 with c1:
     st.markdown(f"Current release **{current.version}**; its parent comes back.")
@@ -77,7 +77,7 @@ def _cancel() -> None:
 @st.dialog("Confirm rollback", on_dismiss=_cancel)
 def confirm(pending: dict[str, str]) -> None:
     impact = errors.attempt(
-        queries.rollback_impact, ctx.cat, pid, kind=pending["kind"], item_id=pending.get("item_id")
+        queries.rollback_impact, ctx.ws, pid, kind=pending["kind"], item_id=pending.get("item_id")
     )
     if impact is None:
         return
@@ -100,14 +100,14 @@ def confirm(pending: dict[str, str]) -> None:
         if impact["kind"] == "release":
             result = errors.attempt(
                 governance.rollback_release,
-                ctx.cat,
+                ctx.ws,
                 config,
                 actor=ctx.user.name,
                 release_id=impact["release_id"],
             )
         else:
             result = errors.attempt(
-                governance.rollback_item, ctx.cat, config, impact["item_id"], actor=ctx.user.name
+                governance.rollback_item, ctx.ws, config, impact["item_id"], actor=ctx.user.name
             )
         if result is not None:
             _cancel()

@@ -10,10 +10,10 @@ from ui.state import K, flash
 
 ctx = layout.context("Review queue", "Items in state validation, awaiting steward sign-off.")
 pid = layout.require_product(ctx)
-config = queries.product_config(ctx.cat, pid)
+config = queries.product_config(ctx.ws, pid)
 ctx.role_note("signoff", "sign off items")
 
-queue = queries.review_queue(ctx.cat, pid)
+queue = queries.review_queue(ctx.ws, pid)
 if not queue:
     st.info("Nothing awaits sign-off.")
 else:
@@ -28,7 +28,7 @@ else:
         key=K.R_ITEM,
         format_func=lambda i: f"{by_id[i]['source']} · {short_id(i)}",
     )
-    detail = queries.review_item(ctx.cat, item_id)
+    detail = queries.review_item(ctx.ws, item_id)
     prod = detail["production"]
     widgets.item_header(detail)
     check = detail["checksum_now"]
@@ -37,14 +37,14 @@ else:
     left, right = st.columns(2)
     with left:
         st.markdown("**This version**")
-        widgets.preview(ctx.cat, item_id, caption="candidate")
+        widgets.preview(ctx.ws, item_id, caption="candidate")
     with right:
         if prod is None:
             st.markdown("**Production**")
             st.caption("No version of this tile is in production: it is a new tile.")
         else:
             st.markdown(f"**Production** `{md_escape(short_id(prod['production_id']))}`")
-            widgets.preview(ctx.cat, prod["production_id"], caption="in production")
+            widgets.preview(ctx.ws, prod["production_id"], caption="in production")
     widgets.facts_table(detail["raster"], prod["production_raster"] if prod else None)
     if prod is not None:
         changes = [
@@ -65,7 +65,7 @@ else:
     if approve or reject:
         status = errors.attempt(
             governance.sign_off,
-            ctx.cat,
+            ctx.ws,
             config,
             item_id,
             actor=ctx.user.name,
@@ -91,7 +91,7 @@ else:
                 for i in chosen
                 if errors.attempt(
                     governance.sign_off,
-                    ctx.cat,
+                    ctx.ws,
                     config,
                     i,
                     actor=ctx.user.name,
@@ -105,7 +105,7 @@ else:
                 st.rerun()
 
 st.subheader("Promote")
-plan = governance.plan_promotion(ctx.cat, config, verify_checksums=len(queue) <= 50)
+plan = governance.plan_promotion(ctx.ws, config, verify_checksums=len(queue) <= 50)
 if plan.eligible:
     st.markdown(
         f"Next release: **{plan.next_version}** ({plan.bump.value if plan.bump else '-'}; current "
@@ -129,7 +129,7 @@ if plan.eligible and plan.next_version:
     if st.button("Promote", key=K.R_PROMOTE, type="primary", disabled=not sure):
         result = errors.attempt(
             governance.promote,
-            ctx.cat,
+            ctx.ws,
             config,
             [p.item_id for p in plan.eligible],
             actor=ctx.user.name,

@@ -15,8 +15,8 @@ import pytest
 import streamlit as st
 
 from geomesh import demo
-from geomesh.catalog import Catalog
 from geomesh.settings import Settings
+from geomesh.workspace import Workspace
 
 
 @pytest.fixture(autouse=True)
@@ -48,22 +48,22 @@ def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
         mp.setenv("GEOMESH_STORAGE_ROOT", str(root))
         if schema.is_dir():
             mp.setenv("GEOMESH_SCHEMA_DIR", str(schema))
-        cat = Catalog.open(Settings())
-        demo.seed(cat)
-        cat.close()
+        ws = Workspace.open(Settings())
+        demo.seed(ws)
+        ws.close()
     finally:
         mp.undo()
     return root
 
 
 @pytest.fixture
-def demo_catalog(settings: Settings, demo_template: Path | None) -> Iterator[Catalog]:
+def demo_workspace(settings: Settings, demo_template: Path | None) -> Iterator[Workspace]:
     """The demo product, seeded, on this test's storage root and backend."""
     if demo_template is not None:
         shutil.copytree(demo_template, settings.resolved_storage_root(), dirs_exist_ok=True)
-        cat = Catalog.open(settings)
+        ws = Workspace.open(settings)
     else:
-        cat = Catalog.open(settings)
-        demo.seed(cat)
-    yield cat
-    cat.close()
+        ws = Workspace.open(settings)
+        demo.seed(ws)
+    yield ws
+    ws.close()

@@ -18,9 +18,9 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, load_config
 from geomesh.settings import Settings
+from geomesh.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -187,10 +187,10 @@ def schema_dir_if_present() -> Path | None:
 
 
 @pytest.fixture
-def catalog(settings: Settings) -> Iterator[Catalog]:
-    cat = Catalog.open(settings)
-    yield cat
-    cat.close()
+def workspace(settings: Settings) -> Iterator[Workspace]:
+    ws = Workspace.open(settings)
+    yield ws
+    ws.close()
 
 
 # ------------------------------------------------------------------ rasters

@@ -14,12 +14,12 @@ from typing import Any
 
 from sqlmodel import select
 
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig
 from geomesh.models import FindingRecord, Item, Severity, ValidationRun
 from geomesh.services import governance, routing, users
 from geomesh.services.ingest import ingest_rasters
 from geomesh.storage import Area
+from geomesh.workspace import Workspace
 
 SUBMITTER = "ingester"  # a steward who ingests (and so may not approve)
 STEWARDS = ("alice", "bob")
@@ -33,38 +33,36 @@ ROLES = {
 }
 
 
-def add_users(cat: Catalog) -> None:
+def add_users(ws: Workspace) -> None:
     for name, role in ROLES.items():
-        users.add_user(cat, actor="system", name=name, role=role)
+        users.add_user(ws, actor="system", name=name, role=role)
 
 
 def stay_in_staging(
-    cat: Catalog, config: ProductConfig, item_id: str, actor: str
+    ws: Workspace, config: ProductConfig, item_id: str, actor: str
 ) -> tuple[str | None, str | None, dict[str, int]]:
     """Post-stage that does nothing: the item stays in 'staging', never validated."""
-    del cat, config, item_id, actor
+    del ws, config, item_id, actor
     return "staging", None, {}
 
 
 def ingest(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     paths: Iterable[Path],
     *,
     actor: str = SUBMITTER,
     post_stage: Callable[..., Any] = routing.post_stage,
 ) -> list[str]:
-    report = ingest_rasters(
-        cat, config, [str(p) for p in paths], actor=actor, post_stage=post_stage
-    )
+    report = ingest_rasters(ws, config, [str(p) for p in paths], actor=actor, post_stage=post_stage)
     assert report.ok, report.to_json()
     return [r.item_id for r in report.results if r.item_id]
 
 
-def add_finding(cat: Catalog, item_id: str, severity: str = "P2", *, passed: bool = False) -> None:
+def add_finding(ws: Workspace, item_id: str, severity: str = "P2", *, passed: bool = False) -> None:
     """Record a later validation run with one open finding (rows as validation writes them),
     e.g. a re-validation under a stricter rule set after the item reached 'validation'."""
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         item = session.get(Item, item_id)
         assert item is not None
         run = ValidationRun(
@@ -91,24 +89,24 @@ def add_finding(cat: Catalog, item_id: str, severity: str = "P2", *, passed: boo
         )
 
 
-def approve(cat: Catalog, config: ProductConfig, item_ids: Iterable[str], n: int = 1) -> None:
+def approve(ws: Workspace, config: ProductConfig, item_ids: Iterable[str], n: int = 1) -> None:
     for item_id in item_ids:
         for steward in STEWARDS[:n]:
-            governance.sign_off(cat, config, item_id, actor=steward, approve=True)
+            governance.sign_off(ws, config, item_id, actor=steward, approve=True)
 
 
-def states(cat: Catalog, product_id: str) -> dict[str, str]:
-    with cat.read() as session:
+def states(ws: Workspace, product_id: str) -> dict[str, str]:
+    with ws.read() as session:
         rows = session.exec(select(Item).where(Item.product_id == product_id)).all()
         return {r.id: r.state.value for r in rows}
 
 
-def production_ids(cat: Catalog, product_id: str) -> set[str]:
-    return {i for i, s in states(cat, product_id).items() if s == "production"}
+def production_ids(ws: Workspace, product_id: str) -> set[str]:
+    return {i for i, s in states(ws, product_id).items() if s == "production"}
 
 
-def manifest_ids(cat: Catalog, product_id: str, ref: str = "current") -> set[str]:
-    shown = governance.show_release(cat, product_id, ref)
+def manifest_ids(ws: Workspace, product_id: str, ref: str = "current") -> set[str]:
+    shown = governance.show_release(ws, product_id, ref)
     return {i["id"] for i in shown["manifest"]["items"]}
 
 
@@ -140,24 +138,24 @@ def tile_factory(make_raster: Callable[..., Path]) -> Callable[..., Path]:
 # API (list/get/put/delete), never through local paths.
 
 
-def stored_files(cat: Catalog, area: Area, prefix: str) -> dict[str, bytes]:
+def stored_files(ws: Workspace, area: Area, prefix: str) -> dict[str, bytes]:
     """Every object under ``prefix`` in ``area`` with its bytes."""
-    return {key: cat.store.get_bytes(area, key) for key in cat.store.list(area, prefix)}
+    return {key: ws.store.get_bytes(area, key) for key in ws.store.list(area, prefix)}
 
 
-def tamper(cat: Catalog, area: Area, key: str, change: Callable[[bytes], bytes]) -> None:
+def tamper(ws: Workspace, area: Area, key: str, change: Callable[[bytes], bytes]) -> None:
     """Overwrite a stored object behind geomesh's back (bit rot, an operator's edit)."""
-    data = cat.store.get_bytes(area, key)
+    data = ws.store.get_bytes(area, key)
     changed = change(data)
     assert changed != data, f"tampering left {area}/{key} unchanged"
-    cat.store.put_bytes(area, key, changed, overwrite=True)
+    ws.store.put_bytes(area, key, changed, overwrite=True)
 
 
-def mirror(cat: Catalog, area: Area, dest: Path) -> Path:
+def mirror(ws: Workspace, area: Area, dest: Path) -> Path:
     """Download every object of ``area`` into ``dest`` (same relative layout), so that
     pystac and pystac-client can open a published catalog from disk on any backend."""
-    for key in cat.store.list(area):
+    for key in ws.store.list(area):
         target = dest / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(cat.store.get_bytes(area, key))
+        target.write_bytes(ws.store.get_bytes(area, key))
     return dest

@@ -29,7 +29,6 @@ from sqlmodel import SQLModel, col, select
 
 from geomesh import auth
 from geomesh.auth import PERMISSIONS, SYSTEM, SYSTEM_ACTIONS
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, load_config
 from geomesh.doctor import run_doctor
 from geomesh.errors import PermissionDenied
@@ -37,6 +36,7 @@ from geomesh.models import AuditEvent, Item, ItemState, Role
 from geomesh.services import governance, quarantine, routing, users, validation
 from geomesh.services.ingest import ingest_rasters
 from geomesh.settings import Settings
+from geomesh.workspace import Workspace
 
 from conftest import BACKEND, EXAMPLE_CONFIG, ROOT, SHARED
 
@@ -120,44 +120,44 @@ class Prepared:
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     work = tmp_path_factory.mktemp("access")
     root = work / "template"
-    cat = Catalog.open(Settings(storage_root=root, schema_dir=SCHEMAS))
+    ws = Workspace.open(Settings(storage_root=root, schema_dir=SCHEMAS))
     for role, name in ACTORS.items():
         if role not in ("unknown", "system"):
-            users.add_user(cat, actor=SYSTEM, name=name, role=role)
-    users.add_user(cat, actor=SYSTEM, name="alice", role="steward")
+            users.add_user(ws, actor=SYSTEM, name=name, role=role)
+    users.add_user(ws, actor=SYSTEM, name="alice", role="steward")
     cfg_path = _write_config(work, "product.yaml")
     relaxed_path = _write_config(work, "relaxed.yaml", relaxed=True)
     cfg = load_config(cfg_path)
 
     def ingest(*tiles: Path) -> list[str]:
-        report = ingest_rasters(cat, cfg, [str(t) for t in tiles], actor=SYSTEM)
+        report = ingest_rasters(ws, cfg, [str(t) for t in tiles], actor=SYSTEM)
         assert report.ok, report.to_json()
         return [r.item_id for r in report.results if r.item_id]
 
     def release(tile: Path) -> str:
         (item_id,) = ingest(tile)
-        governance.sign_off(cat, cfg, item_id, actor="alice", approve=True)
-        assert governance.promote(cat, cfg, actor="alice").release is not None
+        governance.sign_off(ws, cfg, item_id, actor="alice", approve=True)
+        assert governance.promote(ws, cfg, actor="alice").release is not None
         return item_id
 
     release(_tile(work, "a.tif", 1))
     released = release(_tile(work, "b.tif", 2))  # 1.1.0
     (quarantined,) = ingest(_tile(work, "nocrs.tif", 3, crs=None))
-    assert quarantine.revalidate(cat, load_config(relaxed_path), quarantined, actor="alice")
+    assert quarantine.revalidate(ws, load_config(relaxed_path), quarantined, actor="alice")
     awaiting, approved = ingest(_tile(work, "c.tif", 4), _tile(work, "d.tif", 5))
-    governance.sign_off(cat, cfg, approved, actor="alice", approve=True)
-    report = routing.deliver_outbox(cat, configs=[cfg], actor=SYSTEM, timeout=2.0)
+    governance.sign_off(ws, cfg, approved, actor="alice", approve=True)
+    report = routing.deliver_outbox(ws, configs=[cfg], actor=SYSTEM, timeout=2.0)
     assert report.failed, "the quarantine webhook should have failed"
     ingest(_tile(work, "nocrs2.tif", 7, crs=None))  # its webhook stays pending
     stale = root / "staging" / ".tmp-left-by-a-crash"
     stale.write_bytes(b"half")
     os.utime(stale, (1_000_000_000, 1_000_000_000))
-    with cat.read() as s:
+    with ws.read() as s:
         states = {i.id: i.state for i in s.exec(select(Item))}
     assert states[quarantined] is ItemState.quarantined
     assert states[awaiting] is states[approved] is ItemState.validation
     assert states[released] is ItemState.production
-    cat.close()
+    ws.close()
     return Prepared(
         work=work,
         config=cfg_path,
@@ -172,7 +172,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
 
 @dataclass
 class Case:
-    cat: Catalog
+    ws: Workspace
     p: Prepared
     config: ProductConfig
     relaxed: ProductConfig
@@ -182,21 +182,21 @@ class Case:
 def case(prepared: Prepared, tmp_path: Path) -> Iterator[Case]:
     root = tmp_path / "root"
     shutil.copytree(prepared.work / "template", root)
-    cat = Catalog.open(Settings(storage_root=root, schema_dir=SCHEMAS), migrate=False)
-    yield Case(cat, prepared, load_config(prepared.config), load_config(prepared.relaxed))
-    cat.close()
+    ws = Workspace.open(Settings(storage_root=root, schema_dir=SCHEMAS), migrate=False)
+    yield Case(ws, prepared, load_config(prepared.config), load_config(prepared.relaxed))
+    ws.close()
 
 
 # ------------------------------------------------------------------ the calls
 
 
 def _ingest(c: Case, actor: str) -> Any:
-    report = ingest_rasters(c.cat, c.config, [str(c.p.extra_tile)], actor=actor)
+    report = ingest_rasters(c.ws, c.config, [str(c.p.extra_tile)], actor=actor)
     assert report.ok, report.to_json()
 
 
 def _validate(c: Case, actor: str) -> Any:
-    return validation.validate_item(c.cat, c.config, c.p.awaiting, actor=actor, strict=True)
+    return validation.validate_item(c.ws, c.config, c.p.awaiting, actor=actor, strict=True)
 
 
 CALLS: dict[str, tuple[str, Callable[[Case, str], Any]]] = {
@@ -204,61 +204,61 @@ CALLS: dict[str, tuple[str, Callable[[Case, str], Any]]] = {
     "validate_item": ("validate", _validate),
     "quarantine.revalidate": (
         "quarantine",
-        lambda c, a: quarantine.revalidate(c.cat, c.config, c.p.quarantined, actor=a),
+        lambda c, a: quarantine.revalidate(c.ws, c.config, c.p.quarantined, actor=a),
     ),
     "quarantine.release": (
         "quarantine.release",
-        lambda c, a: quarantine.release(c.cat, c.relaxed, c.p.quarantined, actor=a),
+        lambda c, a: quarantine.release(c.ws, c.relaxed, c.p.quarantined, actor=a),
     ),
     "quarantine.discard": (
         "quarantine.discard",
-        lambda c, a: quarantine.discard(c.cat, c.p.quarantined, actor=a, reason="broken"),
+        lambda c, a: quarantine.discard(c.ws, c.p.quarantined, actor=a, reason="broken"),
     ),
     "request_signoff": (
         "signoff.request",
-        lambda c, a: governance.request_signoff(c.cat, c.config, c.p.awaiting, actor=a),
+        lambda c, a: governance.request_signoff(c.ws, c.config, c.p.awaiting, actor=a),
     ),
     "sign_off": (
         "signoff",
-        lambda c, a: governance.sign_off(c.cat, c.config, c.p.awaiting, actor=a, approve=True),
+        lambda c, a: governance.sign_off(c.ws, c.config, c.p.awaiting, actor=a, approve=True),
     ),
-    "promote": ("promote", lambda c, a: governance.promote(c.cat, c.config, actor=a)),
+    "promote": ("promote", lambda c, a: governance.promote(c.ws, c.config, actor=a)),
     "rollback_item": (
         "rollback",
-        lambda c, a: governance.rollback_item(c.cat, c.config, c.p.released, actor=a),
+        lambda c, a: governance.rollback_item(c.ws, c.config, c.p.released, actor=a),
     ),
     "rollback_release": (
         "rollback",
-        lambda c, a: governance.rollback_release(c.cat, c.config, actor=a, release_id="1.1.0"),
+        lambda c, a: governance.rollback_release(c.ws, c.config, actor=a, release_id="1.1.0"),
     ),
     "remediate_item": (
         "remediate",
-        lambda c, a: validation.remediate_item(c.cat, c.config, c.p.quarantined, actor=a),
+        lambda c, a: validation.remediate_item(c.ws, c.config, c.p.quarantined, actor=a),
     ),
     "users.add_user": (
         "users.manage",
-        lambda c, a: users.add_user(c.cat, actor=a, name="newbie", role="viewer"),
+        lambda c, a: users.add_user(c.ws, actor=a, name="newbie", role="viewer"),
     ),
-    "retry_outbox": ("outbox.retry", lambda c, a: routing.retry_outbox(c.cat, actor=a)),
+    "retry_outbox": ("outbox.retry", lambda c, a: routing.retry_outbox(c.ws, actor=a)),
     "deliver_outbox": (
         "outbox.retry",
-        lambda c, a: routing.deliver_outbox(c.cat, configs=[c.config], actor=a, timeout=2.0),
+        lambda c, a: routing.deliver_outbox(c.ws, configs=[c.config], actor=a, timeout=2.0),
     ),
-    "doctor --gc": ("doctor.gc", lambda c, a: run_doctor(c.cat, gc=True, min_age_s=0, actor=a)),
+    "doctor --gc": ("doctor.gc", lambda c, a: run_doctor(c.ws, gc=True, min_age_s=0, actor=a)),
 }
 #: calls that, allowed, may legitimately change nothing (none today; kept explicit)
 MAY_BE_NO_OP: frozenset[str] = frozenset()
 
 
-def state_of(cat: Catalog) -> dict[str, Any]:
+def state_of(ws: Workspace) -> dict[str, Any]:
     """Every row of every table, and every file under the root (but the database's own)."""
     rows: dict[str, Any] = {}
-    with cat.read() as s:
+    with ws.read() as s:
         for table in SQLModel.metadata.sorted_tables:
             rows[table.name] = sorted(repr(tuple(r)) for r in s.execute(table.select()))
     files = sorted(
-        (p.relative_to(cat.root).as_posix(), p.stat().st_size)
-        for p in cat.root.rglob("*")
+        (p.relative_to(ws.root).as_posix(), p.stat().st_size)
+        for p in ws.root.rglob("*")
         if p.is_file() and not p.name.startswith("geomesh.db")
     )
     return {"rows": rows, "files": files}
@@ -273,48 +273,48 @@ def test_every_permission_is_exercised_by_a_service_call() -> None:
 def test_role_matrix(call: str, role: str, case: Case) -> None:
     action, fn = CALLS[call]
     actor = ACTORS[role]
-    before = state_of(case.cat)
+    before = state_of(case.ws)
     if allowed(role, action):
         fn(case, actor)
         if call not in MAY_BE_NO_OP:
-            assert state_of(case.cat) != before, f"{call} by {role} changed nothing"
+            assert state_of(case.ws) != before, f"{call} by {role} changed nothing"
         return
     with pytest.raises(PermissionDenied) as info:
         fn(case, actor)
     assert actor in str(info.value) or role == "system", str(info.value)
-    assert state_of(case.cat) == before, f"the refused {call} by {role} changed something"
+    assert state_of(case.ws) == before, f"the refused {call} by {role} changed something"
 
 
 def test_the_submitter_cannot_approve_even_as_a_steward(case: Case) -> None:
-    with case.cat.read() as s:
+    with case.ws.read() as s:
         item = s.get(Item, case.p.awaiting)
         assert item is not None and item.submitted_by == SYSTEM
-    ingest_rasters(case.cat, case.config, [str(case.p.extra_tile)], actor="stew")
-    with case.cat.read() as s:
+    ingest_rasters(case.ws, case.config, [str(case.p.extra_tile)], actor="stew")
+    with case.ws.read() as s:
         mine = s.exec(select(Item).where(Item.submitted_by == "stew")).one()
-    before = state_of(case.cat)
+    before = state_of(case.ws)
     with pytest.raises(PermissionDenied, match="cannot approve"):
-        governance.sign_off(case.cat, case.config, mine.id, actor="stew", approve=True)
-    assert state_of(case.cat) == before
+        governance.sign_off(case.ws, case.config, mine.id, actor="stew", approve=True)
+    assert state_of(case.ws) == before
 
 
 def test_a_role_change_takes_effect_on_the_next_call(case: Case) -> None:
     """Roles are read from the database on every call, never cached."""
     with pytest.raises(PermissionDenied):
-        governance.promote(case.cat, case.config, actor="vic")
-    with case.cat.transaction() as s:
+        governance.promote(case.ws, case.config, actor="vic")
+    with case.ws.transaction() as s:
         user = auth.get_user(s, "vic")
         assert user is not None
         user.role = Role.steward
         s.add(user)
-    assert governance.promote(case.cat, case.config, actor="vic").release is not None
+    assert governance.promote(case.ws, case.config, actor="vic").release is not None
 
 
 def test_refusals_leave_no_trace_in_the_audit_trail(case: Case) -> None:
     """A refused call is not an event: the chain does not grow (the refusal is the error)."""
 
     def last_seq() -> int | None:
-        with case.cat.read() as s:
+        with case.ws.read() as s:
             return s.exec(select(AuditEvent.seq).order_by(col(AuditEvent.seq).desc())).first()
 
     last = last_seq()
@@ -334,7 +334,7 @@ APP_FILES = sorted(
 ALLOWED_GEOMESH = (
     "geomesh.services",
     "geomesh.errors",
-    "geomesh.catalog",
+    "geomesh.workspace",
     "geomesh.settings",
     "geomesh.config",
     "geomesh.preview",

@@ -11,31 +11,31 @@ from _app_helpers import APP, K, app_as, no_exception, texts
 from sqlmodel import select
 from streamlit.testing.v1 import AppTest
 
-from geomesh.catalog import Catalog
 from geomesh.models import AuditEvent, Item, ItemState
 from geomesh.services import governance, queries
 from geomesh.services.ingest import register_product
+from geomesh.workspace import Workspace
 
 pytest_plugins = ("_app_fixtures",)
 PID = "sf-sentinel2-l2a"
 
 
-def queued(cat: Catalog, tile: str) -> str:
+def queued(ws: Workspace, tile: str) -> str:
     """The id of the queued item whose source file name contains ``tile`` (e.g. r2c0)."""
-    ids = [q["id"] for q in queries.review_queue(cat, PID) if f"_{tile}.tif" in q["source"]]
+    ids = [q["id"] for q in queries.review_queue(ws, PID) if f"_{tile}.tif" in q["source"]]
     assert len(ids) == 1, ids
     return ids[0]
 
 
-def state(cat: Catalog, item_id: str) -> str:
-    with cat.read() as session:
+def state(ws: Workspace, item_id: str) -> str:
+    with ws.read() as session:
         item = session.get(Item, item_id)
         assert item is not None
         return ItemState(item.state).value
 
 
-def quarantined(cat: Catalog, suffix: str) -> str:
-    ids = [i["id"] for i in queries.list_items(cat, product_id=PID, state="quarantined")]
+def quarantined(ws: Workspace, suffix: str) -> str:
+    ids = [i["id"] for i in queries.list_items(ws, product_id=PID, state="quarantined")]
     hits = [i for i in ids if i.endswith(suffix)] if suffix else ids
     return hits[0]
 
@@ -51,7 +51,9 @@ def review(user: str, item_id: str, comment: str = "") -> object:
 # ------------------------------------------------------------------ sign-in
 
 
-def test_sign_in_form_checks_the_password_and_audits_both_outcomes(demo_catalog: Catalog) -> None:
+def test_sign_in_form_checks_the_password_and_audits_both_outcomes(
+    demo_workspace: Workspace,
+) -> None:
     at = app_as(None)
     at.text_input(key=K.SIGNIN_NAME).input("steward")
     at.text_input(key=K.SIGNIN_PASSWORD).input("wrong")
@@ -65,12 +67,12 @@ def test_sign_in_form_checks_the_password_and_audits_both_outcomes(demo_catalog:
     no_exception(at)
     assert texts(at.title) == ["Overview"]
     assert at.session_state[K.USER] == "steward"
-    with demo_catalog.read() as s:
+    with demo_workspace.read() as s:
         actions = [e.action for e in s.exec(select(AuditEvent).where(AuditEvent.seq > 0)).all()]
     assert actions[-2:] == ["auth.sign_in_failed", "auth.sign_in"]
 
 
-def test_sign_out_returns_to_the_sign_in_form(demo_catalog: Catalog) -> None:
+def test_sign_out_returns_to_the_sign_in_form(demo_workspace: Workspace) -> None:
     at = app_as("analyst")
     at.button(key=K.SIGNOUT).click().run()
     no_exception(at)
@@ -94,19 +96,19 @@ def _sso_app(email: str | None) -> AppTest:
     return at
 
 
-def _failed_sign_ins(cat: Catalog) -> int:
-    with cat.read() as s:
+def _failed_sign_ins(ws: Workspace) -> int:
+    with ws.read() as s:
         rows = s.exec(select(AuditEvent).where(AuditEvent.action == "auth.sign_in_failed"))
         return len(rows.all())
 
 
-def test_sso_button_appears_when_oidc_is_configured(demo_catalog: Catalog) -> None:
+def test_sso_button_appears_when_oidc_is_configured(demo_workspace: Workspace) -> None:
     at = _sso_app(None).run()
     no_exception(at)
     assert "Sign in with SSO" in [b.label for b in at.button]
 
 
-def test_sso_identity_signs_in_the_mapped_user(demo_catalog: Catalog) -> None:
+def test_sso_identity_signs_in_the_mapped_user(demo_workspace: Workspace) -> None:
     at = _sso_app("steward2@example.org").run()
     no_exception(at)
     assert texts(at.title) == ["Overview"]
@@ -114,32 +116,32 @@ def test_sso_identity_signs_in_the_mapped_user(demo_catalog: Catalog) -> None:
     assert at.session_state[K.AUTH_METHOD] == "sso"
 
 
-def test_sso_identity_without_an_account_is_refused_once(demo_catalog: Catalog) -> None:
+def test_sso_identity_without_an_account_is_refused_once(demo_workspace: Workspace) -> None:
     at = _sso_app("mallory@example.org").run()
     no_exception(at)
     assert any("no geomesh account" in t for t in texts(at.error))
     assert texts(at.title) == ["geomesh review"]
     assert "Sign out of SSO" in [b.label for b in at.button]
     at.run()
-    assert _failed_sign_ins(demo_catalog) == 1  # not one audit event per rerun
+    assert _failed_sign_ins(demo_workspace) == 1  # not one audit event per rerun
 
 
 # ------------------------------------------------------------------ sign-off
 
 
-def test_steward_approves_an_item_through_the_review_page(demo_catalog: Catalog) -> None:
-    item = queued(demo_catalog, "r2c0")
+def test_steward_approves_an_item_through_the_review_page(demo_workspace: Workspace) -> None:
+    item = queued(demo_workspace, "r2c0")
     at = review("steward", item, "radiometry checked")
     at.button(key=K.R_APPROVE).click().run()
     no_exception(at)
     assert any(t.startswith(f"Approved {item}") for t in texts(at.success)), texts(at.error)
-    config = queries.product_config(demo_catalog, PID)
-    status = governance.signoff_status(demo_catalog, config, item)
+    config = queries.product_config(demo_workspace, PID)
+    status = governance.signoff_status(demo_workspace, config, item)
     assert status.approved_by == ("steward",) and status.ok
 
 
-def test_reject_needs_a_comment_and_records_it(demo_catalog: Catalog) -> None:
-    item = queued(demo_catalog, "r2c1")
+def test_reject_needs_a_comment_and_records_it(demo_workspace: Workspace) -> None:
+    item = queued(demo_workspace, "r2c1")
     at = review("steward2", item)
     at.button(key=K.R_REJECT).click().run()
     no_exception(at)
@@ -149,15 +151,17 @@ def test_reject_needs_a_comment_and_records_it(demo_catalog: Catalog) -> None:
     no_exception(at)
     assert any("Rejected" in t for t in texts(at.success))
     status = governance.signoff_status(
-        demo_catalog, queries.product_config(demo_catalog, PID), item
+        demo_workspace, queries.product_config(demo_workspace, PID), item
     )
     assert status.rejected_by == (("steward2", "clouds over the Presidio"),)
     assert not status.ok
 
 
 @pytest.mark.parametrize("user", ["analyst", "viewer"])
-def test_analyst_and_viewer_are_refused_by_the_service(demo_catalog: Catalog, user: str) -> None:
-    item = queued(demo_catalog, "r2c0")
+def test_analyst_and_viewer_are_refused_by_the_service(
+    demo_workspace: Workspace, user: str
+) -> None:
+    item = queued(demo_workspace, "r2c0")
     at = review(user, item, "looks fine to me")
     # the button is there: the refusal comes from the service layer, not from hiding it
     at.button(key=K.R_APPROVE).click().run()
@@ -166,50 +170,50 @@ def test_analyst_and_viewer_are_refused_by_the_service(demo_catalog: Catalog, us
     assert any(f"role '{user}'" in t and "signoff" in t for t in errors), errors
     assert not any(t.startswith("Approved") for t in texts(at.success))
     status = governance.signoff_status(
-        demo_catalog, queries.product_config(demo_catalog, PID), item
+        demo_workspace, queries.product_config(demo_workspace, PID), item
     )
     assert status.approved_by == () and status.rejected_by == ()
 
 
-def test_bulk_approve_signs_off_each_selected_item(demo_catalog: Catalog) -> None:
-    items = [queued(demo_catalog, "r2c0"), queued(demo_catalog, "r2c1")]
+def test_bulk_approve_signs_off_each_selected_item(demo_workspace: Workspace) -> None:
+    items = [queued(demo_workspace, "r2c0"), queued(demo_workspace, "r2c1")]
     at = app_as("steward", "pages/review.py")
     at.multiselect(key=K.R_BULK).set_value(items).run()
     at.button(key=K.R_BULK_APPROVE).click().run()
     no_exception(at)
     assert any("Approved 2 of 2" in t for t in texts(at.success)), texts(at.error)
-    config = queries.product_config(demo_catalog, PID)
+    config = queries.product_config(demo_workspace, PID)
     for item in items:
-        assert governance.signoff_status(demo_catalog, config, item).ok
+        assert governance.signoff_status(demo_workspace, config, item).ok
 
 
 # ------------------------------------------------------------------ promote
 
 
-def test_promote_shows_the_computed_version_then_releases_it(demo_catalog: Catalog) -> None:
-    item = queued(demo_catalog, "r2c0")
+def test_promote_shows_the_computed_version_then_releases_it(demo_workspace: Workspace) -> None:
+    item = queued(demo_workspace, "r2c0")
     at = review("steward", item)
     at.button(key=K.R_APPROVE).click().run()
     body = " ".join(texts(at.markdown))
     assert "Next release: **1.2.0** (minor; current 1.1.0)" in body
     blocked = at.dataframe[-1].value
-    corrupt = queued(demo_catalog, "r2c2")
+    corrupt = queued(demo_workspace, "r2c2")
     why = dict(zip(blocked["blocked"], blocked["why"], strict=True))
     assert "checksum" in why[corrupt] and "corrupt" in why[corrupt]
     at.checkbox(key=K.R_PROMOTE_CONFIRM).check().run()
     at.button(key=K.R_PROMOTE).click().run()
     no_exception(at)
     assert f"Released {PID} 1.2.0." in texts(at.success)
-    current = [r for r in governance.list_releases(demo_catalog, PID) if r.current]
+    current = [r for r in governance.list_releases(demo_workspace, PID) if r.current]
     assert [r.version for r in current] == ["1.2.0"]
-    assert state(demo_catalog, item) == "production"
-    assert state(demo_catalog, corrupt) == "validation"  # the checksum gate held it back
+    assert state(demo_workspace, item) == "production"
+    assert state(demo_workspace, corrupt) == "validation"  # the checksum gate held it back
 
 
-def test_promote_is_refused_for_an_analyst(demo_catalog: Catalog) -> None:
-    item = queued(demo_catalog, "r2c0")
+def test_promote_is_refused_for_an_analyst(demo_workspace: Workspace) -> None:
+    item = queued(demo_workspace, "r2c0")
     governance.sign_off(
-        demo_catalog, queries.product_config(demo_catalog, PID), item, actor="steward",
+        demo_workspace, queries.product_config(demo_workspace, PID), item, actor="steward",
         approve=True,
     )  # fmt: skip
     at = app_as("analyst", "pages/review.py")
@@ -217,13 +221,15 @@ def test_promote_is_refused_for_an_analyst(demo_catalog: Catalog) -> None:
     at.button(key=K.R_PROMOTE).click().run()
     no_exception(at)
     assert any("analyst" in t and "promote" in t for t in texts(at.error))
-    assert [r.version for r in governance.list_releases(demo_catalog, PID)] == ["1.0.0", "1.1.0"]
+    assert [r.version for r in governance.list_releases(demo_workspace, PID)] == ["1.0.0", "1.1.0"]
 
 
 # ------------------------------------------------------------------ rollback
 
 
-def test_release_rollback_shows_the_impact_and_needs_confirmation(demo_catalog: Catalog) -> None:
+def test_release_rollback_shows_the_impact_and_needs_confirmation(
+    demo_workspace: Workspace,
+) -> None:
     at = app_as("steward", "pages/releases.py")
     at.button(key=K.REL_ROLLBACK_RELEASE).click().run()
     no_exception(at)
@@ -231,28 +237,28 @@ def test_release_rollback_shows_the_impact_and_needs_confirmation(demo_catalog: 
     assert "Release **1.1.0** stops being current; **1.0.0** is current again" in impact
     assert "3 item(s) become rolled_back, 1 return to production" in impact
     # nothing happened yet
-    assert [r.version for r in governance.list_releases(demo_catalog, PID) if r.current] == [
+    assert [r.version for r in governance.list_releases(demo_workspace, PID) if r.current] == [
         "1.1.0"
     ]
     at.button(key=K.REL_CONFIRM).click().run()
     no_exception(at)
     assert any("current is 1.0.0 again" in t for t in texts(at.success)), texts(at.error)
-    rels = {r.version: r for r in governance.list_releases(demo_catalog, PID)}
+    rels = {r.version: r for r in governance.list_releases(demo_workspace, PID)}
     assert rels["1.0.0"].current and rels["1.1.0"].deprecated
 
 
-def test_cancelled_rollback_changes_nothing(demo_catalog: Catalog) -> None:
+def test_cancelled_rollback_changes_nothing(demo_workspace: Workspace) -> None:
     at = app_as("steward", "pages/releases.py")
     at.button(key=K.REL_ROLLBACK_RELEASE).click().run()
     at.button(key=K.REL_CANCEL).click().run()
     no_exception(at)
     assert K.REL_CONFIRM not in [b.key for b in at.button]
-    assert [r.version for r in governance.list_releases(demo_catalog, PID) if r.current] == [
+    assert [r.version for r in governance.list_releases(demo_workspace, PID) if r.current] == [
         "1.1.0"
     ]
 
 
-def test_item_rollback_publishes_a_patch_release_without_it(demo_catalog: Catalog) -> None:
+def test_item_rollback_publishes_a_patch_release_without_it(demo_workspace: Workspace) -> None:
     at = app_as("steward", "pages/releases.py")
     item = at.selectbox(key=K.REL_ITEM).options[0]
     at.selectbox(key=K.REL_ITEM).set_value(item).run()
@@ -261,23 +267,23 @@ def test_item_rollback_publishes_a_patch_release_without_it(demo_catalog: Catalo
     at.button(key=K.REL_CONFIRM).click().run()
     no_exception(at)
     assert any("rolled back item" in t for t in texts(at.success)), texts(at.error)
-    assert state(demo_catalog, item) == "rolled_back"
-    current = [r for r in governance.list_releases(demo_catalog, PID) if r.current][0]
+    assert state(demo_workspace, item) == "rolled_back"
+    current = [r for r in governance.list_releases(demo_workspace, PID) if r.current][0]
     assert current.version == "1.1.1" and current.item_count == 5
 
 
-def test_rollback_is_refused_for_an_analyst(demo_catalog: Catalog) -> None:
+def test_rollback_is_refused_for_an_analyst(demo_workspace: Workspace) -> None:
     at = app_as("analyst", "pages/releases.py")
     at.button(key=K.REL_ROLLBACK_RELEASE).click().run()
     at.button(key=K.REL_CONFIRM).click().run()
     no_exception(at)
     assert any("analyst" in t and "rollback" in t for t in texts(at.error))
-    assert [r.version for r in governance.list_releases(demo_catalog, PID) if r.current] == [
+    assert [r.version for r in governance.list_releases(demo_workspace, PID) if r.current] == [
         "1.1.0"
     ]
 
 
-def test_release_diff_lists_added_and_changed_items(demo_catalog: Catalog) -> None:
+def test_release_diff_lists_added_and_changed_items(demo_workspace: Workspace) -> None:
     at = app_as("viewer", "pages/releases.py")
     assert any("**1.0.0 → 1.1.0**: 2 added, 0 removed, 1 changed" in t for t in texts(at.markdown))
     changes = at.dataframe[1].value
@@ -287,9 +293,9 @@ def test_release_diff_lists_added_and_changed_items(demo_catalog: Catalog) -> No
 # ------------------------------------------------------------------ quarantine
 
 
-def _allow_crs_mismatch(cat: Catalog) -> None:
+def _allow_crs_mismatch(ws: Workspace) -> None:
     """The product decides a CRS label mismatch is only a warning (a config change)."""
-    config = queries.product_config(cat, PID)
+    config = queries.product_config(ws, PID)
     relaxed = config.model_copy(
         update={
             "validation": config.validation.model_copy(
@@ -297,13 +303,13 @@ def _allow_crs_mismatch(cat: Catalog) -> None:
             )
         }
     )
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         register_product(session, relaxed, actor="admin")
 
 
-def test_analyst_revalidates_and_releases_a_quarantined_item(demo_catalog: Catalog) -> None:
-    item = quarantined(demo_catalog, "-provider")
-    _allow_crs_mismatch(demo_catalog)
+def test_analyst_revalidates_and_releases_a_quarantined_item(demo_workspace: Workspace) -> None:
+    item = quarantined(demo_workspace, "-provider")
+    _allow_crs_mismatch(demo_workspace)
     at = app_as("analyst", "pages/quarantine.py")
     at.selectbox(key=K.Q_ITEM).set_value(item).run()
     at.button(key=K.Q_REVALIDATE).click().run()
@@ -313,25 +319,25 @@ def test_analyst_revalidates_and_releases_a_quarantined_item(demo_catalog: Catal
     at.button(key=K.Q_RELEASE).click().run()
     no_exception(at)
     assert any("to staging" in t for t in texts(at.success)), texts(at.error)
-    assert state(demo_catalog, item) == "staging"
+    assert state(demo_workspace, item) == "staging"
     at.button(key=K.Q_ROUTE).click().run()
     no_exception(at)
-    assert state(demo_catalog, item) == "validation"
+    assert state(demo_workspace, item) == "validation"
 
 
 def test_release_is_blocked_while_findings_still_route_to_quarantine(
-    demo_catalog: Catalog,
+    demo_workspace: Workspace,
 ) -> None:
-    item = quarantined(demo_catalog, "-provider")
+    item = quarantined(demo_workspace, "-provider")
     at = app_as("analyst", "pages/quarantine.py")
     at.selectbox(key=K.Q_ITEM).set_value(item).run()
     at.button(key=K.Q_RELEASE).click().run()
     no_exception(at)
     assert any("GM-CRS-002" in t for t in texts(at.error))
-    assert state(demo_catalog, item) == "quarantined"
+    assert state(demo_workspace, item) == "quarantined"
 
 
-def test_discard_needs_a_reason(demo_catalog: Catalog) -> None:
+def test_discard_needs_a_reason(demo_workspace: Workspace) -> None:
     at = app_as("analyst", "pages/quarantine.py")
     item = at.selectbox(key=K.Q_ITEM).value
     at.button(key=K.Q_DISCARD).click().run()
@@ -339,15 +345,15 @@ def test_discard_needs_a_reason(demo_catalog: Catalog) -> None:
     at.text_input(key=K.Q_REASON).input("no CRS and no way to recover it").run()
     at.button(key=K.Q_DISCARD).click().run()
     no_exception(at)
-    assert state(demo_catalog, item) == "discarded"
+    assert state(demo_workspace, item) == "discarded"
 
 
-def test_viewer_cannot_release_from_quarantine(demo_catalog: Catalog) -> None:
-    item = quarantined(demo_catalog, "-provider")
-    _allow_crs_mismatch(demo_catalog)
+def test_viewer_cannot_release_from_quarantine(demo_workspace: Workspace) -> None:
+    item = quarantined(demo_workspace, "-provider")
+    _allow_crs_mismatch(demo_workspace)
     at = app_as("viewer", "pages/quarantine.py")
     at.selectbox(key=K.Q_ITEM).set_value(item).run()
     at.button(key=K.Q_RELEASE).click().run()
     no_exception(at)
     assert any("viewer" in t for t in texts(at.error))
-    assert state(demo_catalog, item) == "quarantined"
+    assert state(demo_workspace, item) == "quarantined"

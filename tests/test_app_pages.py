@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from _app_helpers import PAGES, K, app_as, no_exception, texts
 
-from geomesh.catalog import Catalog
+from geomesh.workspace import Workspace
 
 pytest_plugins = ("_app_fixtures",)
 
@@ -22,7 +22,7 @@ TITLES = {
 
 
 @pytest.mark.parametrize("user", ["admin", "steward", "analyst", "viewer"])
-def test_every_page_runs_for_each_role(demo_catalog: Catalog, user: str) -> None:
+def test_every_page_runs_for_each_role(demo_workspace: Workspace, user: str) -> None:
     at = app_as(user)
     no_exception(at)
     for page in PAGES:
@@ -33,14 +33,14 @@ def test_every_page_runs_for_each_role(demo_catalog: Catalog, user: str) -> None
         assert not at.error, (page, texts(at.error))
 
 
-def test_role_notes_name_what_the_role_may_not_do(demo_catalog: Catalog) -> None:
+def test_role_notes_name_what_the_role_may_not_do(demo_workspace: Workspace) -> None:
     at = app_as("viewer", "pages/review.py")
     assert any("viewer" in t and "sign off" in t for t in texts(at.info))
     at = app_as("steward", "pages/review.py")
     assert not any("may not" in t for t in texts(at.info))
 
 
-def test_signed_out_visitors_see_only_the_sign_in_form(demo_catalog: Catalog) -> None:
+def test_signed_out_visitors_see_only_the_sign_in_form(demo_workspace: Workspace) -> None:
     at = app_as(None)
     no_exception(at)
     assert texts(at.title) == ["geomesh review"]
@@ -48,14 +48,14 @@ def test_signed_out_visitors_see_only_the_sign_in_form(demo_catalog: Catalog) ->
     assert not at.dataframe and not at.metric
 
 
-def test_a_user_removed_while_signed_in_is_signed_out(demo_catalog: Catalog) -> None:
+def test_a_user_removed_while_signed_in_is_signed_out(demo_workspace: Workspace) -> None:
     at = app_as("ghost")  # the session names a user the database does not know
     no_exception(at)
     assert texts(at.title) == ["geomesh review"]
     assert K.USER not in at.session_state
 
 
-def test_overview_shows_the_demo_product_card_and_counts(demo_catalog: Catalog) -> None:
+def test_overview_shows_the_demo_product_card_and_counts(demo_workspace: Workspace) -> None:
     at = app_as("viewer", "pages/overview.py")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["In production"] == "6"
@@ -66,10 +66,10 @@ def test_overview_shows_the_demo_product_card_and_counts(demo_catalog: Catalog) 
     assert "1.1.0" in body and "sf-sentinel2-l2a" in body and "production" in body
 
 
-def test_no_product_yet_is_explained_not_an_error(catalog: Catalog) -> None:
+def test_no_product_yet_is_explained_not_an_error(workspace: Workspace) -> None:
     from geomesh.services import users
 
-    users.add_user(catalog, actor="system", name="admin", role="admin", password="pw")
+    users.add_user(workspace, actor="system", name="admin", role="admin", password="pw")
     at = app_as("admin")
     for page in PAGES:
         at.switch_page(page).run()
@@ -80,7 +80,7 @@ def test_no_product_yet_is_explained_not_an_error(catalog: Catalog) -> None:
 
 
 def test_an_invalid_setting_is_named_on_the_page_not_a_crash(
-    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GEOMESH_OBJECT_STORE", "ftp")  # only "local" or "s3"
     at = app_as("admin")  # a signed-in session opens the catalog on every run
@@ -89,10 +89,10 @@ def test_an_invalid_setting_is_named_on_the_page_not_a_crash(
     assert "GEOMESH_OBJECT_STORE" in error and "ftp" not in error  # named, value not echoed
 
 
-def test_overview_kpis_pass_rates_and_signoff_times(demo_catalog: Catalog) -> None:
+def test_overview_kpis_pass_rates_and_signoff_times(demo_workspace: Workspace) -> None:
     from geomesh.services import queries
 
-    ov = queries.overview(demo_catalog, "sf-sentinel2-l2a")
+    ov = queries.overview(demo_workspace, "sf-sentinel2-l2a")
     rates = {r["rule"]: r for r in ov["rule_pass_rates"]}
     validated = rates["GM-CRS-002"]["items_validated"]
     assert validated == 14  # every demo tile was validated

@@ -12,10 +12,10 @@ from _app_helpers import K, app_as, no_exception, texts
 from sqlalchemy import insert, text
 from streamlit.testing.v1 import AppTest
 
-from geomesh.catalog import Catalog
 from geomesh.models import FindingRecord, Item, ValidationRun
 from geomesh.services import queries
 from geomesh.services.ingest import ingest_rasters
+from geomesh.workspace import Workspace
 from ui import maps
 
 pytest_plugins = ("_app_fixtures",)
@@ -31,12 +31,12 @@ def _folium_args(at: AppTest) -> dict[str, object]:
 # ------------------------------------------------------------------ map
 
 
-def test_map_draws_boundary_and_every_footprint_in_one_layer(demo_catalog: Catalog) -> None:
+def test_map_draws_boundary_and_every_footprint_in_one_layer(demo_workspace: Workspace) -> None:
     at = app_as("viewer", "pages/map.py")
     no_exception(at)
     args = _folium_args(at)
     script = str(args["script"])
-    layer = queries.map_layer(demo_catalog, PID)
+    layer = queries.map_layer(demo_workspace, PID)
     assert layer.shown == 11 and layer.without_footprint  # the no-CRS tile has no footprint
     for f in layer.features["features"]:
         assert f["properties"]["item_id"] in script
@@ -48,8 +48,8 @@ def test_map_draws_boundary_and_every_footprint_in_one_layer(demo_catalog: Catal
     assert any("11 of 12 tiles drawn" in t for t in texts(at.caption))
 
 
-def test_selecting_a_tile_shows_details_and_overlays_its_preview(demo_catalog: Catalog) -> None:
-    prod = queries.list_items(demo_catalog, product_id=PID, state="production")[0]["id"]
+def test_selecting_a_tile_shows_details_and_overlays_its_preview(demo_workspace: Workspace) -> None:
+    prod = queries.list_items(demo_workspace, product_id=PID, state="production")[0]["id"]
     at = app_as("viewer", "pages/map.py")
     at.selectbox(key=K.MAP_ITEM).set_value(prod).run()
     no_exception(at)
@@ -61,7 +61,7 @@ def test_selecting_a_tile_shows_details_and_overlays_its_preview(demo_catalog: C
     assert "L.imageOverlay(" not in str(_folium_args(at)["script"])
 
 
-def test_map_colours_by_severity_and_filters_states(demo_catalog: Catalog) -> None:
+def test_map_colours_by_severity_and_filters_states(demo_workspace: Workspace) -> None:
     at = app_as("viewer", "pages/map.py")
     at.radio(key=K.MAP_COLOUR).set_value("severity").run()
     script = str(_folium_args(at)["script"])
@@ -74,7 +74,7 @@ def test_map_colours_by_severity_and_filters_states(demo_catalog: Catalog) -> No
     assert any("1 of 1 tiles drawn" in t for t in texts(at.caption))
 
 
-def test_the_cached_map_follows_every_catalog_change(demo_catalog: Catalog) -> None:
+def test_the_cached_map_follows_every_catalog_change(demo_workspace: Workspace) -> None:
     from geomesh.services import quarantine
 
     at = app_as("viewer", "pages/map.py")
@@ -83,22 +83,22 @@ def test_the_cached_map_follows_every_catalog_change(demo_catalog: Catalog) -> N
     assert any("11 of 12 tiles drawn" in t for t in texts(at.caption))
     provider = next(
         i["id"]
-        for i in queries.list_items(demo_catalog, product_id=PID, state="quarantined")
+        for i in queries.list_items(demo_workspace, product_id=PID, state="quarantined")
         if str(i["id"]).endswith("-provider")
     )
-    quarantine.discard(demo_catalog, provider, actor="analyst", reason="wrong projection")
+    quarantine.discard(demo_workspace, provider, actor="analyst", reason="wrong projection")
     at.run()
     assert any("10 of 11 tiles drawn" in t for t in texts(at.caption))
 
 
 def test_tooltip_values_are_escaped(
-    catalog: Catalog, config_path: Path, make_raster: Callable[..., Path]
+    workspace: Workspace, config_path: Path, make_raster: Callable[..., Path]
 ) -> None:
     from geomesh.config import load_config
 
     evil = make_raster('<img src=x onerror="alert(1)">.tif')
-    ingest_rasters(catalog, load_config(config_path), [evil], actor="system")
-    layer = queries.map_layer(catalog, "sentinel2-msi-l2a-v2.1", states=["staging", "validation"])
+    ingest_rasters(workspace, load_config(config_path), [evil], actor="system")
+    layer = queries.map_layer(workspace, "sentinel2-msi-l2a-v2.1", states=["staging", "validation"])
     props = layer.features["features"][0]["properties"]
     assert props["tip_source"] == html.escape('<img src=x onerror="alert(1)">.tif')
     fmap = maps.build_map(
@@ -115,8 +115,8 @@ def test_tooltip_values_are_escaped(
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in legend.html and "<script>" not in legend.html
 
 
-def test_map_layer_caps_and_simplifies_many_footprints(demo_catalog: Catalog) -> None:
-    layer = queries.map_layer(demo_catalog, PID, max_features=3)
+def test_map_layer_caps_and_simplifies_many_footprints(demo_workspace: Workspace) -> None:
+    layer = queries.map_layer(demo_workspace, PID, max_features=3)
     assert layer.shown == 3 and layer.capped and layer.total == 12
     # worst first: the capped view keeps the tiles with P1 and P2 findings
     worst = [f["properties"]["worst"] for f in layer.features["features"]]
@@ -125,9 +125,9 @@ def test_map_layer_caps_and_simplifies_many_footprints(demo_catalog: Catalog) ->
     assert len(ring) <= 6  # a densified rectangle simplified back to its corners
 
 
-def test_map_stays_one_layer_with_5000_footprints(demo_catalog: Catalog) -> None:
-    with demo_catalog.read() as s:
-        template = s.get(Item, queries.list_items(demo_catalog, product_id=PID)[0]["id"])
+def test_map_stays_one_layer_with_5000_footprints(demo_workspace: Workspace) -> None:
+    with demo_workspace.read() as s:
+        template = s.get(Item, queries.list_items(demo_workspace, product_id=PID)[0]["id"])
         assert template is not None
         base = template.model_dump()
     rows = []
@@ -140,13 +140,13 @@ def test_map_stays_one_layer_with_5000_footprints(demo_catalog: Catalog) -> None
                              [-122.499 + dx, 37.701 + dy], [-122.5 + dx, 37.7 + dy]]],
         }  # fmt: skip
         rows.append({**base, "id": f"{PID}-bulk{n:05d}", "stac": stac, "state": "staging"})
-    with demo_catalog.transaction() as s:
+    with demo_workspace.transaction() as s:
         s.execute(insert(Item), rows)
-    layer = queries.map_layer(demo_catalog, PID)
+    layer = queries.map_layer(demo_workspace, PID)
     assert layer.shown == 5000 and layer.capped
     fmap = maps.build_map(
         layer,
-        queries.boundary_geojson(queries.product_config(demo_catalog, PID)),
+        queries.boundary_geojson(queries.product_config(demo_workspace, PID)),
         [-122.52, 37.7, -122.35, 37.82],
     )
     page = fmap.get_root().render()
@@ -156,7 +156,7 @@ def test_map_stays_one_layer_with_5000_footprints(demo_catalog: Catalog) -> None
 # ------------------------------------------------------------------ findings
 
 
-def test_findings_filter_by_severity_rule_and_state(demo_catalog: Catalog) -> None:
+def test_findings_filter_by_severity_rule_and_state(demo_workspace: Workspace) -> None:
     at = app_as("analyst", "pages/findings.py")
     total = at.dataframe[0].value
     assert len(total) == 18 and set(total.columns) >= {"path", "message", "remediation"}
@@ -173,8 +173,8 @@ def test_findings_filter_by_severity_rule_and_state(demo_catalog: Catalog) -> No
     no_exception(at)
 
 
-def test_findings_export_csv_and_json_hold_the_filtered_rows(demo_catalog: Catalog) -> None:
-    table = queries.findings_table(demo_catalog, product_id=PID, severities=["P1"])
+def test_findings_export_csv_and_json_hold_the_filtered_rows(demo_workspace: Workspace) -> None:
+    table = queries.findings_table(demo_workspace, product_id=PID, severities=["P1"])
     lines = queries.findings_csv(table).splitlines()
     assert lines[0].startswith("item_id,product_id,state,severity,rule_id,path,message")
     assert len(lines) == 3
@@ -183,9 +183,9 @@ def test_findings_export_csv_and_json_hold_the_filtered_rows(demo_catalog: Catal
     assert {"path", "message", "remediation"} <= set(rows[0])
 
 
-def test_findings_page_handles_50000_findings(demo_catalog: Catalog) -> None:
-    item_id = queries.list_items(demo_catalog, product_id=PID, state="quarantined")[0]["id"]
-    with demo_catalog.transaction() as s:
+def test_findings_page_handles_50000_findings(demo_workspace: Workspace) -> None:
+    item_id = queries.list_items(demo_workspace, product_id=PID, state="quarantined")[0]["id"]
+    with demo_workspace.transaction() as s:
         run = ValidationRun(item_id=item_id, content_digest="0" * 64, passed=False, actor="analyst")
         s.add(run)
         s.flush()
@@ -210,7 +210,7 @@ def test_findings_page_handles_50000_findings(demo_catalog: Catalog) -> None:
 # ------------------------------------------------------------------ audit
 
 
-def test_audit_shows_verified_chain_and_searches(demo_catalog: Catalog) -> None:
+def test_audit_shows_verified_chain_and_searches(demo_workspace: Workspace) -> None:
     at = app_as("viewer", "pages/audit.py")
     assert any(t.startswith("Chain verified") for t in texts(at.success))
     at.text_input(key=K.A_TEXT).input("rollback").run()
@@ -221,13 +221,13 @@ def test_audit_shows_verified_chain_and_searches(demo_catalog: Catalog) -> None:
         for a, t, b in zip(rows["action"], rows["target"], rows["actor"], strict=True)
     )
     assert (
-        queries.audit_jsonl(demo_catalog).count("\n")
-        == queries.audit_chain_status(demo_catalog)["events"]
+        queries.audit_jsonl(demo_workspace).count("\n")
+        == queries.audit_chain_status(demo_workspace)["events"]
     )
 
 
-def test_audit_page_reports_a_tampered_chain(demo_catalog: Catalog) -> None:
-    with demo_catalog.engine.begin() as conn:
+def test_audit_page_reports_a_tampered_chain(demo_workspace: Workspace) -> None:
+    with demo_workspace.engine.begin() as conn:
         conn.execute(text("UPDATE auditevent SET actor = 'mallory' WHERE seq = 3"))
     at = app_as("viewer", "pages/audit.py")
     no_exception(at)
@@ -240,7 +240,7 @@ def test_audit_page_reports_a_tampered_chain(demo_catalog: Catalog) -> None:
 
 
 def test_ingest_dry_run_then_ingest_with_progress(
-    demo_catalog: Catalog, make_raster: Callable[..., Path]
+    demo_workspace: Workspace, make_raster: Callable[..., Path]
 ) -> None:
     when = {"TIFFTAG_DATETIME": "2024:09:01 19:00:00"}
     good = make_raster(
@@ -257,19 +257,19 @@ def test_ingest_dry_run_then_ingest_with_progress(
     assert all(k.startswith(f"items/{PID}/") for k in dry["would write item"])
     assert list(dry["route"]) == ["proceed", "quarantine"]
     assert dry["findings"][1]["P2"] >= 1
-    before = len(queries.list_items(demo_catalog, product_id=PID))
+    before = len(queries.list_items(demo_workspace, product_id=PID))
     assert before == 14  # the dry run wrote nothing
     at.button(key=K.I_INGEST).click().run()
     no_exception(at)
     assert any(t.startswith("Ingested:") for t in texts(at.success)), texts(at.error)
     assert at.get("status")  # the st.status box with the progress bar
-    assert len(queries.list_items(demo_catalog, product_id=PID)) == before + 2
-    assert len(queries.list_items(demo_catalog, product_id=PID, state="validation")) == 5
-    assert len(queries.list_items(demo_catalog, product_id=PID, state="quarantined")) == 3
+    assert len(queries.list_items(demo_workspace, product_id=PID)) == before + 2
+    assert len(queries.list_items(demo_workspace, product_id=PID, state="validation")) == 5
+    assert len(queries.list_items(demo_workspace, product_id=PID, state="quarantined")) == 3
 
 
 def test_analyst_dry_run_is_refused(
-    demo_catalog: Catalog, make_raster: Callable[..., Path]
+    demo_workspace: Workspace, make_raster: Callable[..., Path]
 ) -> None:
     at = app_as("analyst", "pages/ingest.py")
     at.text_area(key=K.I_PATHS).input(str(make_raster(width=64, height=64))).run()
@@ -278,7 +278,7 @@ def test_analyst_dry_run_is_refused(
     assert any("analyst" in t and "ingest" in t for t in texts(at.error))
 
 
-def test_uploads_are_saved_outside_the_storage_root(demo_catalog: Catalog) -> None:
+def test_uploads_are_saved_outside_the_storage_root(demo_workspace: Workspace) -> None:
     from streamlit.proto.Common_pb2 import FileURLs
     from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
 
@@ -287,9 +287,9 @@ def test_uploads_are_saved_outside_the_storage_root(demo_catalog: Catalog) -> No
     rec = UploadedFileRec(
         file_id="1", name="../../etc/evil tile.tif", type="image/tiff", data=b"II*\x00"
     )
-    [path] = uploads.save(demo_catalog, "steward", [UploadedFile(rec, FileURLs())])
+    [path] = uploads.save(demo_workspace, "steward", [UploadedFile(rec, FileURLs())])
     assert path.name == "evil_tile.tif" and path.read_bytes() == b"II*\x00"
-    root = demo_catalog.root.resolve()
+    root = demo_workspace.root.resolve()
     assert root not in path.resolve().parents
     elsewhere = root / "keep.tif"
     elsewhere.write_bytes(b"x")

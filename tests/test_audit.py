@@ -13,39 +13,39 @@ from sqlalchemy import text
 from sqlmodel import select
 
 from geomesh import audit
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig
 from geomesh.errors import AlreadyExists, PermissionDenied
 from geomesh.models import AuditEvent, Role
 from geomesh.services import governance, users
+from geomesh.workspace import Workspace
 
 
 @pytest.fixture
-def cat(catalog: Catalog, config: ProductConfig, make_raster: Callable[..., Path]) -> Catalog:
+def ws(workspace: Workspace, config: ProductConfig, make_raster: Callable[..., Path]) -> Workspace:
     """A catalog with some history: users, ingest, sign-off, a release and a rollback."""
-    gs.add_users(catalog)
+    gs.add_users(workspace)
     tile = gs.tile_factory(make_raster)
     for n, name in enumerate(("a", "b")):
-        ids = gs.ingest(catalog, config, [tile(name, n)])
-        gs.approve(catalog, config, ids)
-        governance.promote(catalog, config, actor="alice")
-    governance.rollback_release(catalog, config, actor="bob")
-    return catalog
+        ids = gs.ingest(workspace, config, [tile(name, n)])
+        gs.approve(workspace, config, ids)
+        governance.promote(workspace, config, actor="alice")
+    governance.rollback_release(workspace, config, actor="bob")
+    return workspace
 
 
-def events(cat: Catalog) -> list[AuditEvent]:
-    with cat.read() as s:
+def events(ws: Workspace) -> list[AuditEvent]:
+    with ws.read() as s:
         return list(s.exec(select(AuditEvent).order_by(AuditEvent.seq)).all())  # type: ignore[arg-type]
 
 
-def raw(cat: Catalog, sql: str, **params: object) -> None:
-    with cat.engine.begin() as conn:
+def raw(ws: Workspace, sql: str, **params: object) -> None:
+    with ws.engine.begin() as conn:
         conn.execute(text(sql), params)
 
 
-def test_history_verifies_and_covers_every_change(cat: Catalog) -> None:
-    assert governance.verify_audit(cat) == []
-    actions = {e.action for e in events(cat)}
+def test_history_verifies_and_covers_every_change(ws: Workspace) -> None:
+    assert governance.verify_audit(ws) == []
+    actions = {e.action for e in events(ws)}
     assert {
         "user.add",
         "ingest",
@@ -57,39 +57,39 @@ def test_history_verifies_and_covers_every_change(cat: Catalog) -> None:
     } <= actions
 
 
-def test_edited_event_is_named(cat: Catalog) -> None:
-    victim = next(e for e in events(cat) if e.action == "signoff.approve")
-    raw(cat, "UPDATE auditevent SET actor = 'mallory' WHERE seq = :s", s=victim.seq)
-    problems = governance.verify_audit(cat)
+def test_edited_event_is_named(ws: Workspace) -> None:
+    victim = next(e for e in events(ws) if e.action == "signoff.approve")
+    raw(ws, "UPDATE auditevent SET actor = 'mallory' WHERE seq = :s", s=victim.seq)
+    problems = governance.verify_audit(ws)
     assert [(p.seq, p.event_id) for p in problems] == [(victim.seq, victim.event_id)]
     assert "edited" in problems[0].problem
 
 
-def test_deleted_event_is_named(cat: Catalog) -> None:
-    evs = events(cat)
+def test_deleted_event_is_named(ws: Workspace) -> None:
+    evs = events(ws)
     victim = evs[5]
-    raw(cat, "DELETE FROM auditevent WHERE seq = :s", s=victim.seq)
-    problems = governance.verify_audit(cat)
+    raw(ws, "DELETE FROM auditevent WHERE seq = :s", s=victim.seq)
+    problems = governance.verify_audit(ws)
     assert problems, "a deleted event must be detected"
     assert problems[0].seq == evs[6].seq
     assert f"#{victim.seq}" in problems[0].problem and "deleted" in problems[0].problem
 
 
-def test_deleted_newest_event_is_detected(cat: Catalog) -> None:
-    last = events(cat)[-1]
-    raw(cat, "DELETE FROM auditevent WHERE seq = :s", s=last.seq)
-    problems = governance.verify_audit(cat)
+def test_deleted_newest_event_is_detected(ws: Workspace) -> None:
+    last = events(ws)[-1]
+    raw(ws, "DELETE FROM auditevent WHERE seq = :s", s=last.seq)
+    problems = governance.verify_audit(ws)
     assert problems and "newest events were deleted" in problems[-1].problem
 
 
-def test_inserted_event_is_named(cat: Catalog) -> None:
+def test_inserted_event_is_named(ws: Workspace) -> None:
     """A forged event slipped in after #k (later rows renumbered, the forgery hashed
     correctly onto #k): the event after it no longer links and is named."""
-    evs = events(cat)
+    evs = events(ws)
     k = evs[3]
     after = evs[4]
     for e in reversed(evs[4:]):
-        raw(cat, "UPDATE auditevent SET seq = seq + 1 WHERE seq = :s", s=e.seq)
+        raw(ws, "UPDATE auditevent SET seq = seq + 1 WHERE seq = :s", s=e.seq)
     forged = AuditEvent(
         seq=(k.seq or 0) + 1,
         event_id="00000000-0000-0000-0000-000000000000",
@@ -103,9 +103,9 @@ def test_inserted_event_is_named(cat: Catalog) -> None:
         hash="",
     )
     forged.hash = audit.event_hash(forged)
-    with cat.transaction() as s:
+    with ws.transaction() as s:
         s.add(forged)
-    problems = governance.verify_audit(cat)
+    problems = governance.verify_audit(ws)
     named = {p.event_id for p in problems}
     assert after.event_id in named
     first = next(p for p in problems if p.event_id == after.event_id)
@@ -113,7 +113,7 @@ def test_inserted_event_is_named(cat: Catalog) -> None:
     assert any("previous-hash link broken" in p.problem for p in problems)
 
 
-def test_cli_audit_verify_and_export(cat: Catalog, config_path: Path) -> None:
+def test_cli_audit_verify_and_export(ws: Workspace, config_path: Path) -> None:
     from geomesh.cli import cli
 
     runner = CliRunner()
@@ -122,11 +122,11 @@ def test_cli_audit_verify_and_export(cat: Catalog, config_path: Path) -> None:
     exported = runner.invoke(cli, ["audit", "export", str(config_path)])
     assert exported.exit_code == 0
     lines = [json.loads(line) for line in exported.stdout.splitlines()]
-    assert [ln["seq"] for ln in lines] == [e.seq for e in events(cat)]
+    assert [ln["seq"] for ln in lines] == [e.seq for e in events(ws)]
     assert lines[0]["prev_hash"] == audit.GENESIS
     assert all(b["prev_hash"] == a["hash"] for a, b in zip(lines, lines[1:], strict=False))
-    victim = events(cat)[2]
-    raw(cat, "UPDATE auditevent SET details = '{\"x\": 1}' WHERE seq = :s", s=victim.seq)
+    victim = events(ws)[2]
+    raw(ws, "UPDATE auditevent SET details = '{\"x\": 1}' WHERE seq = :s", s=victim.seq)
     bad = runner.invoke(cli, ["audit", "verify", str(config_path)])
     assert bad.exit_code == 2
     assert f"event #{victim.seq} ({victim.event_id})" in bad.output
@@ -137,29 +137,29 @@ def test_cli_audit_verify_and_export(cat: Catalog, config_path: Path) -> None:
 # ------------------------------------------------------------------ users
 
 
-def test_add_user_is_admin_only_audited_and_idempotent(catalog: Catalog) -> None:
-    users.add_user(catalog, actor="system", name="root", role="admin")
+def test_add_user_is_admin_only_audited_and_idempotent(workspace: Workspace) -> None:
+    users.add_user(workspace, actor="system", name="root", role="admin")
     with pytest.raises(PermissionDenied):
-        users.add_user(catalog, actor="nobody", name="x", role="viewer")
-    users.add_user(catalog, actor="root", name="sue", role=Role.steward, password="s3cret")
+        users.add_user(workspace, actor="nobody", name="x", role="viewer")
+    users.add_user(workspace, actor="root", name="sue", role=Role.steward, password="s3cret")
     with pytest.raises(PermissionDenied, match="steward"):
-        users.add_user(catalog, actor="sue", name="eve", role="admin")
-    again = users.add_user(catalog, actor="root", name="sue", role="steward")
+        users.add_user(workspace, actor="sue", name="eve", role="admin")
+    again = users.add_user(workspace, actor="root", name="sue", role="steward")
     assert again.role == Role.steward
     with pytest.raises(AlreadyExists):
-        users.add_user(catalog, actor="root", name="sue", role="viewer")
+        users.add_user(workspace, actor="root", name="sue", role="viewer")
     with pytest.raises(PermissionDenied, match="not a role"):
-        users.add_user(catalog, actor="root", name="zed", role="wizard")
-    assert [(u.name, u.role.value) for u in users.list_users(catalog)] == [
+        users.add_user(workspace, actor="root", name="zed", role="wizard")
+    assert [(u.name, u.role.value) for u in users.list_users(workspace)] == [
         ("root", "admin"),
         ("sue", "steward"),
     ]
-    adds = [e for e in events(catalog) if e.action == "user.add"]
+    adds = [e for e in events(workspace) if e.action == "user.add"]
     assert [e.target for e in adds] == ["root", "sue"]
     assert "s3cret" not in json.dumps([audit.to_json(e) for e in adds])
 
 
-def test_cli_users(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_users(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     from geomesh.auth import authenticate
     from geomesh.cli import cli
 
@@ -174,5 +174,5 @@ def test_cli_users(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
     listed = runner.invoke(cli, ["users", "list", "--json"])
     assert [(u["name"], u["role"]) for u in json.loads(listed.stdout)] == [("alice", "steward")]
     assert "password_hash" not in listed.stdout
-    with catalog.read() as s:
+    with workspace.read() as s:
         assert authenticate(s, "alice", "pw").name == "alice"

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from geomesh import demo
-from geomesh.catalog import Catalog
 from geomesh.services import queries
 from geomesh.settings import Settings
+from geomesh.workspace import Workspace
 
 from conftest import ROOT, SHARED, require_service
 
@@ -65,9 +65,9 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
         env.pop(key)  # the browser test runs on SQLite + a local directory
     if (SHARED / "stac-schemas").is_dir():
         env["GEOMESH_SCHEMA_DIR"] = str(SHARED / "stac-schemas")
-    cat = Catalog.open(Settings(storage_root=root, schema_dir=env.get("GEOMESH_SCHEMA_DIR")))
-    demo.seed(cat)
-    cat.close()
+    ws = Workspace.open(Settings(storage_root=root, schema_dir=env.get("GEOMESH_SCHEMA_DIR")))
+    demo.seed(ws)
+    ws.close()
     port = _free_port()
     log_path = root.parent / "streamlit.log"
     with open(log_path, "wb") as log:
@@ -157,12 +157,12 @@ def test_steward_reviews_maps_approves_and_promotes(app_url: tuple[str, Path]) -
             ".filter(l => l.feature && l.feature.properties.item_id)"
             ".map(l => l.feature.properties.item_id)"
         )
-        cat = Catalog.open(Settings(storage_root=root))
+        ws = Workspace.open(Settings(storage_root=root))
         try:
-            layer = queries.map_layer(cat, PID)
+            layer = queries.map_layer(ws, PID)
             expected = sorted(f["properties"]["item_id"] for f in layer.features["features"])
         finally:
-            cat.close()
+            ws.close()
         assert sorted(drawn) == expected
         boundary = folium.evaluate(
             "() => Object.values(window.map_div._layers)"

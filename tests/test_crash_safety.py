@@ -35,7 +35,6 @@ from _forkserver import ForkServer, Result
 from rasterio.transform import from_origin
 from sqlmodel import col, select
 
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, load_config
 from geomesh.doctor import DoctorReport, run_doctor
 from geomesh.models import (
@@ -51,6 +50,7 @@ from geomesh.models import (
 from geomesh.services import governance, quarantine, users
 from geomesh.services.ingest import ingest_rasters
 from geomesh.settings import Settings
+from geomesh.workspace import Workspace
 
 from conftest import BACKEND, EXAMPLE_CONFIG, SHARED
 
@@ -92,9 +92,9 @@ def run_cli(server: ForkServer, root: Path, argv: list[str], **extra: str) -> Re
     return server.run(argv, env=_env(root, **extra), cwd=root.parent)
 
 
-def _open(root: Path) -> Catalog:
+def _open(root: Path) -> Workspace:
     # the CLI migrated the database already; alembic's global context is not thread-safe
-    return Catalog.open(Settings(storage_root=root, schema_dir=SCHEMAS), migrate=False)
+    return Workspace.open(Settings(storage_root=root, schema_dir=SCHEMAS), migrate=False)
 
 
 # ------------------------------------------------------------------ what "the same state" means
@@ -102,9 +102,9 @@ def _open(root: Path) -> Catalog:
 
 def snapshot(root: Path) -> dict[str, Any]:
     """Everything a user can see, with release ids (they hash a timestamp) named by version."""
-    cat = _open(root)
+    ws = _open(root)
     try:
-        with cat.read() as s:
+        with ws.read() as s:
             rels = s.exec(select(Release)).all()
             version = {r.id: r.version for r in rels}
 
@@ -135,17 +135,17 @@ def snapshot(root: Path) -> dict[str, Any]:
         objects = {
             area: sorted(
                 k
-                for k in cat.store.list(area)  # type: ignore[arg-type]
+                for k in ws.store.list(area)  # type: ignore[arg-type]
                 if not k.startswith("releases/")  # manifests: named by a timestamped hash
             )
             for area in ("staging", "quarantine", "production")
         }
         index = None
-        if cat.store.exists("production", f"catalogs/{PID}/latest.json"):
-            doc = json.loads(cat.store.get_bytes("production", f"catalogs/{PID}/latest.json"))
+        if ws.store.exists("production", f"catalogs/{PID}/latest.json"):
+            doc = json.loads(ws.store.get_bytes("production", f"catalogs/{PID}/latest.json"))
             index = [(r["version"], r["deprecated"], r["current"]) for r in doc["geomesh:releases"]]
     finally:
-        cat.close()
+        ws.close()
     return {
         "items": items,
         "releases": releases,
@@ -162,16 +162,16 @@ def snapshot(root: Path) -> dict[str, Any]:
 
 def assert_consistent(root: Path, *, repaired: bool = False) -> DoctorReport:
     """`geomesh doctor --deep` finds no error, and nothing visible is half-written."""
-    cat = _open(root)
+    ws = _open(root)
     try:
-        report = run_doctor(cat, deep=True)
+        report = run_doctor(ws, deep=True)
         assert report.consistent, report.to_json()
         if repaired:
             left = report.kinds("warning") & REPAIRED_BY_RERUN
             assert not left, report.to_json()
         for area in ("staging", "quarantine", "production"):
-            for key in cat.store.list(area):  # type: ignore[arg-type]
-                with cat.store.open_local(area, key) as p:  # type: ignore[arg-type]
+            for key in ws.store.list(area):  # type: ignore[arg-type]
+                with ws.store.open_local(area, key) as p:  # type: ignore[arg-type]
                     data = p.read_bytes()
                 if key.startswith("sha256/"):
                     digest = hashlib.sha256(data).hexdigest()
@@ -179,7 +179,7 @@ def assert_consistent(root: Path, *, repaired: bool = False) -> DoctorReport:
                 elif key.endswith(".json"):
                     json.loads(data)  # complete JSON, never half a file
     finally:
-        cat.close()
+        ws.close()
     return report
 
 
@@ -305,33 +305,33 @@ class Pre:
     def __init__(self, root: Path, work: Path) -> None:
         self.root = root
         self.work = work
-        self.cat = Catalog.open(Settings(storage_root=root, schema_dir=SCHEMAS))
+        self.ws = Workspace.open(Settings(storage_root=root, schema_dir=SCHEMAS))
         self.config_path = _config(work)
         self.config: ProductConfig = load_config(self.config_path)
         for name in ("alice", "bob"):  # stewards; tiles are submitted by `system`
-            users.add_user(self.cat, actor="system", name=name, role="steward")
+            users.add_user(self.ws, actor="system", name=name, role="steward")
 
     def ingest(self, *tiles: Path) -> list[str]:
-        report = ingest_rasters(self.cat, self.config, [str(t) for t in tiles], actor="system")
+        report = ingest_rasters(self.ws, self.config, [str(t) for t in tiles], actor="system")
         assert report.ok, report.to_json()
         return [r.item_id for r in report.results if r.item_id]
 
     def release(self, *tiles: Path) -> list[str]:
         ids = self.ingest(*tiles)
         for item_id in ids:
-            governance.sign_off(self.cat, self.config, item_id, actor="alice", approve=True)
-        result = governance.promote(self.cat, self.config, actor="alice")
+            governance.sign_off(self.ws, self.config, item_id, actor="alice", approve=True)
+        result = governance.promote(self.ws, self.config, actor="alice")
         assert result.release is not None
         return ids
 
     def state(self, item_id: str) -> ItemState:
-        with self.cat.read() as s:
+        with self.ws.read() as s:
             item = s.get(Item, item_id)
             assert item is not None
             return ItemState(item.state)
 
     def done(self) -> None:
-        self.cat.close()  # checkpoints the WAL: the directory can be copied
+        self.ws.close()  # checkpoints the WAL: the directory can be copied
 
 
 # ------------------------------------------------------------------ scenarios
@@ -361,7 +361,7 @@ def _release(root: Path, work: Path) -> list[str]:
     pre, item_id = _quarantined(root, work)
     relaxed = _config(work, relaxed=True)
     fixed = load_config(relaxed)
-    assert quarantine.revalidate(pre.cat, fixed, item_id, actor="alice").releasable
+    assert quarantine.revalidate(pre.ws, fixed, item_id, actor="alice").releasable
     pre.done()
     return ["quarantine", "release", str(relaxed), item_id, "--actor", "alice", "--note", "ok"]
 
@@ -375,7 +375,7 @@ def _discard(root: Path, work: Path) -> list[str]:
 def _promote(root: Path, work: Path) -> list[str]:
     pre = Pre(root, work)
     for item_id in pre.ingest(_tile(work, "a.tif", 1), _tile(work, "b.tif", 2)):
-        governance.sign_off(pre.cat, pre.config, item_id, actor="alice", approve=True)
+        governance.sign_off(pre.ws, pre.config, item_id, actor="alice", approve=True)
     pre.done()
     return ["promote", str(pre.config_path), "--actor", "bob"]
 
@@ -453,26 +453,26 @@ def test_doctor_finds_what_a_crash_cannot_explain(tmp_path: Path) -> None:
     root = tmp_path / "root"
     pre = Pre(root, tmp_path)
     a, _ = pre.release(_tile(tmp_path, "a.tif", 1), _tile(tmp_path, "b.tif", 2))
-    cat = pre.cat
-    assert run_doctor(cat, deep=True).consistent
-    with cat.read() as s:
+    ws = pre.ws
+    assert run_doctor(ws, deep=True).consistent
+    with ws.read() as s:
         item = s.get(Item, a)
         assert item is not None
         object_key = item.object_key
-    prod = cat.store.path("production", object_key)  # type: ignore[attr-defined]
+    prod = ws.store.path("production", object_key)  # type: ignore[attr-defined]
     data = prod.read_bytes()
     prod.write_bytes(data[: len(data) // 2])
-    assert "checksum-mismatch" in run_doctor(cat, deep=True).kinds("error")
+    assert "checksum-mismatch" in run_doctor(ws, deep=True).kinds("error")
     prod.write_bytes(data)
     collection = next((root / "production" / "catalogs").rglob("collection.json"))
     text = collection.read_text()
     collection.write_text(text[: len(text) // 2])
-    assert "bad-catalog-file" in run_doctor(cat).kinds("error")
+    assert "bad-catalog-file" in run_doctor(ws).kinds("error")
     collection.write_text(text)
-    with cat.transaction() as s:
+    with ws.transaction() as s:
         row = s.get(Item, a)
         assert row is not None
         row.state = ItemState.validation  # behind the services' back
         s.add(row)
-    assert "production-mismatch" in run_doctor(cat).kinds("error")
+    assert "production-mismatch" in run_doctor(ws).kinds("error")
     pre.done()

@@ -14,68 +14,68 @@ from shapely.geometry import shape
 from sqlmodel import col, func, select
 
 from geomesh import demo
-from geomesh.catalog import Catalog
 from geomesh.cli import cli
 from geomesh.errors import PermissionDenied, RasterError
 from geomesh.models import AuditEvent, Release
 from geomesh.preview import item_preview
 from geomesh.services import auth_session, governance, queries
+from geomesh.workspace import Workspace
 
 pytest_plugins = ("_app_fixtures",)
 PID = demo.PRODUCT_ID
 
 
-def _events(cat: Catalog) -> int:
-    with cat.read() as s:
+def _events(ws: Workspace) -> int:
+    with ws.read() as s:
         return int(s.exec(select(func.count()).select_from(AuditEvent)).one())
 
 
-def _by_state(cat: Catalog) -> dict[str, list[dict[str, object]]]:
+def _by_state(ws: Workspace) -> dict[str, list[dict[str, object]]]:
     out: dict[str, list[dict[str, object]]] = {}
-    for item in queries.list_items(cat, product_id=PID):
+    for item in queries.list_items(ws, product_id=PID):
         out.setdefault(str(item["state"]), []).append(item)
     return out
 
 
-def _rules(cat: Catalog, item_id: str) -> set[tuple[str, str]]:
-    t = queries.findings_table(cat, item_id=item_id)
+def _rules(ws: Workspace, item_id: str) -> set[tuple[str, str]]:
+    t = queries.findings_table(ws, item_id=item_id)
     return set(zip(t["rule_id"], t["severity"], strict=True))
 
 
-def test_seed_builds_every_case_the_app_shows(catalog: Catalog) -> None:
-    report = demo.seed(catalog)
+def test_seed_builds_every_case_the_app_shows(workspace: Workspace) -> None:
+    report = demo.seed(workspace)
     assert report.seeded and report.releases == ["1.0.0", "1.1.0"]
-    states = {k: len(v) for k, v in _by_state(catalog).items()}
+    states = {k: len(v) for k, v in _by_state(workspace).items()}
     assert states == {
         "production": 6, "superseded": 1, "validation": 4, "quarantined": 2, "rolled_back": 1,
     }  # fmt: skip
     items = report.items
-    assert ("GM-CRS-001", "P2") in _rules(catalog, items["no_crs"])
-    assert ("GM-CRS-002", "P2") in _rules(catalog, items["wrong_projection"])
-    assert ("GM-BOUNDARY-001", "P1") in _rules(catalog, items["outside"])
-    assert ("GM-CHECKSUM-003", "P1") in _rules(catalog, items["corrupted"])
+    assert ("GM-CRS-001", "P2") in _rules(workspace, items["no_crs"])
+    assert ("GM-CRS-002", "P2") in _rules(workspace, items["wrong_projection"])
+    assert ("GM-BOUNDARY-001", "P1") in _rules(workspace, items["outside"])
+    assert ("GM-CHECKSUM-003", "P1") in _rules(workspace, items["corrupted"])
     # the corrupted tile is approved, but the promotion gates hold it back
-    plan = governance.plan_promotion(catalog, demo.demo_config(), [items["corrupted"]])
+    plan = governance.plan_promotion(workspace, demo.demo_config(), [items["corrupted"]])
     reasons = " ".join(plan.items[0].reasons)
     assert "checksum" in reasons and "signoff" not in reasons
     # a reprocessed tile awaits review against its production version
     counterpart = queries.production_counterpart(
-        catalog, items["pending:S2B_MSIL2A_20240612_T10SEG_r0c0"]
+        workspace, items["pending:S2B_MSIL2A_20240612_T10SEG_r0c0"]
     )
     assert counterpart is not None and "assets.data.file:checksum" in counterpart["changes"]
-    diff = governance.diff_releases(catalog, PID, "1.0.0", "1.1.0")
+    diff = governance.diff_releases(workspace, PID, "1.0.0", "1.1.0")
     assert len(diff.added) == 2 and len(diff.changed) == 1
 
 
-def test_seed_is_idempotent_and_if_empty_skips(demo_catalog: Catalog) -> None:
-    before, items = _events(demo_catalog), queries.list_items(demo_catalog, product_id=PID)
-    again = demo.seed(demo_catalog)
+def test_seed_is_idempotent_and_if_empty_skips(demo_workspace: Workspace) -> None:
+    before, items = _events(demo_workspace), queries.list_items(demo_workspace, product_id=PID)
+    again = demo.seed(demo_workspace)
     assert again.seeded and again.releases == ["1.0.0", "1.1.0"]
-    assert _events(demo_catalog) == before
-    assert queries.list_items(demo_catalog, product_id=PID) == items
-    skipped = demo.seed(demo_catalog, if_empty=True)
-    assert not skipped.seeded and _events(demo_catalog) == before
-    with demo_catalog.read() as s:
+    assert _events(demo_workspace) == before
+    assert queries.list_items(demo_workspace, product_id=PID) == items
+    skipped = demo.seed(demo_workspace, if_empty=True)
+    assert not skipped.seeded and _events(demo_workspace) == before
+    with demo_workspace.read() as s:
         assert len(s.exec(select(Release)).all()) == 2
 
 
@@ -118,57 +118,57 @@ def test_demo_boundary_matches_san_francisco(shared_dir: Path) -> None:
 # ------------------------------------------------------------------ previews
 
 
-def test_preview_is_a_png_over_the_tile_and_cached(demo_catalog: Catalog) -> None:
-    item = queries.list_items(demo_catalog, product_id=PID, state="production")[0]
-    pv = item_preview(demo_catalog, str(item["id"]))
+def test_preview_is_a_png_over_the_tile_and_cached(demo_workspace: Workspace) -> None:
+    item = queries.list_items(demo_workspace, product_id=PID, state="production")[0]
+    pv = item_preview(demo_workspace, str(item["id"]))
     assert pv.png.startswith(b"\x89PNG") and not pv.cached and pv.bands == (3, 2, 1)
     assert pv.bounds is not None
     west, south, east, north = pv.bounds
     bbox = (
         item["stac"]["bbox"]
         if "stac" in item
-        else queries.get_item(demo_catalog, str(item["id"]))["stac"]["bbox"]
+        else queries.get_item(demo_workspace, str(item["id"]))["stac"]["bbox"]
     )
     assert west == pytest.approx(bbox[0], abs=1e-3) and north == pytest.approx(bbox[3], abs=1e-3)
-    assert demo_catalog.store.exists("meta", f"previews/{item['id']}/512.png")
-    again = item_preview(demo_catalog, str(item["id"]))
+    assert demo_workspace.store.exists("meta", f"previews/{item['id']}/512.png")
+    again = item_preview(demo_workspace, str(item["id"]))
     assert again.cached and again.png == pv.png and again.bounds == pv.bounds
 
 
 def test_preview_without_crs_is_not_placed_and_corrupt_objects_fail_clearly(
-    demo_catalog: Catalog,
+    demo_workspace: Workspace,
 ) -> None:
-    quarantined = queries.list_items(demo_catalog, product_id=PID, state="quarantined")
+    quarantined = queries.list_items(demo_workspace, product_id=PID, state="quarantined")
     nocrs = next(i for i in quarantined if "nocrs" in str(i["source"]))
-    pv = item_preview(demo_catalog, str(nocrs["id"]))
+    pv = item_preview(demo_workspace, str(nocrs["id"]))
     assert pv.bounds is None and pv.leaflet_bounds is None and pv.png.startswith(b"\x89PNG")
     corrupt = next(
-        q for q in queries.review_queue(demo_catalog, PID) if q["checksum"] == "MISMATCH"
+        q for q in queries.review_queue(demo_workspace, PID) if q["checksum"] == "MISMATCH"
     )
     with pytest.raises(RasterError, match="cannot render a preview"):
-        item_preview(demo_catalog, corrupt["id"])
+        item_preview(demo_workspace, corrupt["id"])
 
 
 # ------------------------------------------------------------------ sign-in service
 
 
-def test_demo_users_sign_in_with_the_documented_passwords(demo_catalog: Catalog) -> None:
+def test_demo_users_sign_in_with_the_documented_passwords(demo_workspace: Workspace) -> None:
     for user in demo.USERS:
-        signed = auth_session.sign_in(demo_catalog, user.name, f"geomesh-{user.name}")
+        signed = auth_session.sign_in(demo_workspace, user.name, f"geomesh-{user.name}")
         assert signed.role == user.role and signed.display_name == user.display_name
     with pytest.raises(PermissionDenied, match="wrong password"):
-        auth_session.sign_in(demo_catalog, "steward", "geomesh-viewer")
-    with demo_catalog.read() as s:
+        auth_session.sign_in(demo_workspace, "steward", "geomesh-viewer")
+    with demo_workspace.read() as s:
         last = s.exec(select(AuditEvent).order_by(col(AuditEvent.seq).desc())).first()
     assert last is not None and last.action == "auth.sign_in_failed" and last.actor == "anonymous"
 
 
-def test_sso_email_maps_to_a_geomesh_user(demo_catalog: Catalog) -> None:
-    assert auth_session.sign_in_sso(demo_catalog, "steward2@example.org").name == "steward2"
-    assert auth_session.sign_in_sso(demo_catalog, "Steward@Example.org").role == "steward"
+def test_sso_email_maps_to_a_geomesh_user(demo_workspace: Workspace) -> None:
+    assert auth_session.sign_in_sso(demo_workspace, "steward2@example.org").name == "steward2"
+    assert auth_session.sign_in_sso(demo_workspace, "Steward@Example.org").role == "steward"
     with pytest.raises(PermissionDenied, match="no geomesh account"):
-        auth_session.sign_in_sso(demo_catalog, "mallory@example.org")
+        auth_session.sign_in_sso(demo_workspace, "mallory@example.org")
     with pytest.raises(PermissionDenied):
-        auth_session.sign_in_sso(demo_catalog, None)
-    assert auth_session.can(demo_catalog, "steward", "signoff")
-    assert not auth_session.can(demo_catalog, "analyst", "signoff")
+        auth_session.sign_in_sso(demo_workspace, None)
+    assert auth_session.can(demo_workspace, "steward", "signoff")
+    assert not auth_session.can(demo_workspace, "analyst", "signoff")

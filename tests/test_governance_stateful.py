@@ -35,7 +35,6 @@ from rasterio.transform import from_origin
 from sqlmodel import col, select
 
 from geomesh import lifecycle
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, loads_config
 from geomesh.errors import NotFound, NothingToRollBack, PermissionDenied, PromotionBlocked
 from geomesh.models import (
@@ -52,6 +51,7 @@ from geomesh.models import (
 )
 from geomesh.services import governance, routing
 from geomesh.settings import Settings
+from geomesh.workspace import Workspace
 
 from conftest import EXAMPLE_CONFIG
 
@@ -82,11 +82,11 @@ def raster_bytes(source: str, variant: int) -> bytes:
 
 
 def with_open_p2(
-    cat: Catalog, config: ProductConfig, item_id: str, actor: str
+    ws: Workspace, config: ProductConfig, item_id: str, actor: str
 ) -> tuple[str | None, str | None, dict[str, int]]:
     """Post-stage for a tile that passes routing, then fails a later re-validation (P2)."""
-    out = routing.post_stage(cat, config, item_id, actor)
-    gs.add_finding(cat, item_id, "P2")
+    out = routing.post_stage(ws, config, item_id, actor)
+    gs.add_finding(ws, item_id, "P2")
     return out
 
 
@@ -94,38 +94,38 @@ class Governance(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="geomesh-stateful-"))
-        self.cat = Catalog.open(
+        self.ws = Workspace.open(
             Settings(
                 storage_root=self.dir / "data",
                 database_url=f"sqlite:///{self.dir / 'geomesh.db'}",  # type: ignore[arg-type]
                 object_store="local",
             )
         )
-        gs.add_users(self.cat)
+        gs.add_users(self.ws)
         self.config = loads_config(EXAMPLE_CONFIG)
         self.corrupted: set[str] = set()
         #: items that met every gate (per the oracle below) when they were promoted
         self.gated: set[str] = set()
 
     def teardown(self) -> None:
-        self.cat.close()
+        self.ws.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # ------------------------------------------------------------ observation helpers
 
     def items(self, *states: ItemState) -> list[Item]:
-        with self.cat.read() as s:
+        with self.ws.read() as s:
             stmt = select(Item).where(Item.product_id == PID)
             if states:
                 stmt = stmt.where(col(Item.state).in_(states))
             return sorted(s.exec(stmt).all(), key=lambda i: i.id)
 
     def snapshot(self) -> tuple[dict[str, str], str | None, int, int]:
-        with self.cat.read() as s:
+        with self.ws.read() as s:
             product = s.get(Product, PID)
             events = len(s.exec(select(AuditEvent.seq)).all())
         return (
-            gs.states(self.cat, PID),
+            gs.states(self.ws, PID),
             product.current_release_id if product else None,
             product.version_counter if product else 0,
             events,
@@ -134,7 +134,7 @@ class Governance(RuleBasedStateMachine):
     def oracle_eligible(self) -> set[str]:
         """The three gates, re-derived from the database and the bytes."""
         out = set()
-        with self.cat.read() as s:
+        with self.ws.read() as s:
             for item in s.exec(
                 select(Item).where(Item.product_id == PID, Item.state == ItemState.validation)
             ).all():
@@ -165,7 +165,7 @@ class Governance(RuleBasedStateMachine):
                     if d.decision == Decision.approve and d.actor != item.submitted_by
                 }
                 rejected = any(d.decision == Decision.reject for d in decisions)
-                path = self.cat.store.path("staging", item.object_key)  # type: ignore[attr-defined]
+                path = self.ws.store.path("staging", item.object_key)  # type: ignore[attr-defined]
                 intact = hashlib.sha256(path.read_bytes()).hexdigest() == item.content_digest
                 if (
                     runs
@@ -182,7 +182,7 @@ class Governance(RuleBasedStateMachine):
         return bool(self.items(*states))
 
     def current_has_parent(self) -> bool:
-        with self.cat.read() as s:
+        with self.ws.read() as s:
             product = s.get(Product, PID)
             if product is None or product.current_release_id is None:
                 return False
@@ -209,7 +209,7 @@ class Governance(RuleBasedStateMachine):
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(raster_bytes(source, variant))
         gs.ingest(
-            self.cat, self.config, [path], post_stage=routing.post_stage if clean else with_open_p2
+            self.ws, self.config, [path], post_stage=routing.post_stage if clean else with_open_p2
         )
 
     @precondition(lambda self: self.has(ItemState.staging, ItemState.validation))
@@ -224,7 +224,7 @@ class Governance(RuleBasedStateMachine):
             return
         iid = data.draw(st.sampled_from(ids))
         governance.sign_off(
-            self.cat,
+            self.ws,
             self.config,
             iid,
             actor=steward,
@@ -234,7 +234,7 @@ class Governance(RuleBasedStateMachine):
 
     def approve_everything_waiting(self, steward: str) -> None:
         for item in self.items(ItemState.validation):
-            governance.sign_off(self.cat, self.config, item.id, actor=steward, approve=True)
+            governance.sign_off(self.ws, self.config, item.id, actor=steward, approve=True)
 
     @precondition(lambda self: self.has(ItemState.staging, ItemState.validation))
     @rule(data=st.data())
@@ -245,7 +245,7 @@ class Governance(RuleBasedStateMachine):
         iid = data.draw(st.sampled_from(ids))
         before = self.snapshot()
         try:
-            governance.sign_off(self.cat, self.config, iid, actor=gs.SUBMITTER, approve=True)
+            governance.sign_off(self.ws, self.config, iid, actor=gs.SUBMITTER, approve=True)
         except PermissionDenied:
             pass
         else:
@@ -259,7 +259,7 @@ class Governance(RuleBasedStateMachine):
         if not candidates:
             return
         item = data.draw(st.sampled_from(candidates))
-        path = self.cat.store.path("staging", item.object_key)  # type: ignore[attr-defined]
+        path = self.ws.store.path("staging", item.object_key)  # type: ignore[attr-defined]
         raw = bytearray(path.read_bytes())
         raw[len(raw) // 2] ^= 0xFF
         path.write_bytes(bytes(raw))
@@ -275,7 +275,7 @@ class Governance(RuleBasedStateMachine):
         expected = self.oracle_eligible()
         waiting = self.items(ItemState.validation)
         try:
-            result = governance.promote(self.cat, self.config, actor="alice")
+            result = governance.promote(self.ws, self.config, actor="alice")
         except NotFound:
             assert not self.items(), "the product is registered by its first ingest"
             return
@@ -297,14 +297,14 @@ class Governance(RuleBasedStateMachine):
             return
         try:
             first = governance.rollback_release(
-                self.cat, self.config, actor="bob", release_id=current
+                self.ws, self.config, actor="bob", release_id=current
             )
         except NothingToRollBack:
             return
         assert not first.already
         event("rollback: release")
         once = self.snapshot()
-        second = governance.rollback_release(self.cat, self.config, actor="bob", release_id=current)
+        second = governance.rollback_release(self.ws, self.config, actor="bob", release_id=current)
         assert second.already
         assert self.snapshot() == once
 
@@ -315,11 +315,11 @@ class Governance(RuleBasedStateMachine):
         if not released:
             return
         iid = data.draw(st.sampled_from(released))
-        first = governance.rollback_item(self.cat, self.config, iid, actor="bob")
+        first = governance.rollback_item(self.ws, self.config, iid, actor="bob")
         assert not first.already
         event("rollback: item")
         once = self.snapshot()
-        second = governance.rollback_item(self.cat, self.config, iid, actor="bob")
+        second = governance.rollback_item(self.ws, self.config, iid, actor="bob")
         assert second.already
         assert self.snapshot() == once
 
@@ -332,26 +332,26 @@ class Governance(RuleBasedStateMachine):
         if current is None:
             assert production == set()
             return
-        with self.cat.read() as s:
+        with self.ws.read() as s:
             assert s.get(Release, current) is not None
-        assert production == gs.manifest_ids(self.cat, PID, current)
+        assert production == gs.manifest_ids(self.ws, PID, current)
 
     @invariant()
     def production_only_holds_gated_items(self) -> None:
         for item in self.items(ItemState.production):
             assert item.id in self.gated, f"{item.id} reached production without its gates"
             assert item.id not in self.corrupted
-            released = self.cat.store.path("production", item.object_key)  # type: ignore[attr-defined]
+            released = self.ws.store.path("production", item.object_key)  # type: ignore[attr-defined]
             assert hashlib.sha256(released.read_bytes()).hexdigest() == item.content_digest
 
     @invariant()
     def audit_chain_verifies(self) -> None:
-        assert governance.verify_audit(self.cat) == []
+        assert governance.verify_audit(self.ws) == []
 
     @invariant()
     def only_legal_states(self) -> None:
         assert set(lifecycle.TRANSITIONS) >= {
-            ItemState(s) for s in gs.states(self.cat, PID).values()
+            ItemState(s) for s in gs.states(self.ws, PID).values()
         }
 
 

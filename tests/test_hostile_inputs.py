@@ -36,7 +36,6 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 from sqlmodel import SQLModel
 
-from geomesh.catalog import Catalog
 from geomesh.cli import cli
 from geomesh.config import load_config
 from geomesh.models import Item
@@ -44,6 +43,7 @@ from geomesh.services import governance, quarantine, users
 from geomesh.services.ingest import ingest_rasters
 from geomesh.settings import Settings
 from geomesh.sources import Candidate, ingest_from_stac
+from geomesh.workspace import Workspace
 
 from conftest import BACKEND, EXAMPLE_CONFIG, SHARED
 
@@ -66,7 +66,7 @@ def _register(kind: str, names: list[str]) -> list[str]:
 
 
 @dataclass
-class Workspace:
+class TestBed:
     base: Path  #: the parent folder: inputs live here, the storage root is base/root
     root: Path
     config: Path
@@ -100,7 +100,7 @@ def _geotiff(path: Path, **overrides: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBed]:
     base = tmp_path_factory.mktemp("hostile")
     root = base / "root"
     data = yaml.safe_load(EXAMPLE_CONFIG)
@@ -108,24 +108,24 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     config = base / "product.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     good = _geotiff(base / "good.tif")
-    cat = Catalog.open(Settings(storage_root=root, schema_dir=SCHEMAS))
-    users.add_user(cat, actor="system", name="alice", role="steward")
-    (res,) = ingest_rasters(cat, load_config(config), [str(good)], actor="system").results
+    ws = Workspace.open(Settings(storage_root=root, schema_dir=SCHEMAS))
+    users.add_user(ws, actor="system", name="alice", role="steward")
+    (res,) = ingest_rasters(ws, load_config(config), [str(good)], actor="system").results
     assert res.item_id and res.state == "validation"
-    cat.close()
-    yield Workspace(base, root, config, good, res.item_id)
+    ws.close()
+    yield TestBed(base, root, config, good, res.item_id)
 
 
 def catalog_state(root: Path) -> dict[str, Any]:
     """Every database row and every file of the catalog (logs aside: runs are logged)."""
-    cat = Catalog.open(Settings(storage_root=root, schema_dir=SCHEMAS), migrate=False)
+    ws = Workspace.open(Settings(storage_root=root, schema_dir=SCHEMAS), migrate=False)
     try:
         rows: dict[str, Any] = {}
-        with cat.read() as s:
+        with ws.read() as s:
             for table in SQLModel.metadata.sorted_tables:
                 rows[table.name] = sorted(repr(tuple(r)) for r in s.execute(table.select()))
     finally:
-        cat.close()
+        ws.close()
     files = sorted(
         (p.relative_to(root).as_posix(), p.stat().st_size)
         for p in root.rglob("*")
@@ -134,17 +134,17 @@ def catalog_state(root: Path) -> dict[str, Any]:
     return {"rows": rows, "files": files}
 
 
-def outside_state(ws: Workspace) -> list[tuple[str, int]]:
+def outside_state(bed: TestBed) -> list[tuple[str, int]]:
     """Every file next to the storage root (the inputs): must never change."""
     return sorted(
-        (p.relative_to(ws.base).as_posix(), p.lstat().st_size)
-        for p in ws.base.rglob("*")
-        if ws.root not in p.parents and p != ws.root
+        (p.relative_to(bed.base).as_posix(), p.lstat().st_size)
+        for p in bed.base.rglob("*")
+        if bed.root not in p.parents and p != bed.root
     )
 
 
-def invoke(ws: Workspace, argv: list[str], **env: str) -> Result:
-    return CliRunner().invoke(cli, argv, env=ws.env(**env), catch_exceptions=True)
+def invoke(bed: TestBed, argv: list[str], **env: str) -> Result:
+    return CliRunner().invoke(cli, argv, env=bed.env(**env), catch_exceptions=True)
 
 
 def assert_clean(res: Result, codes: tuple[int, ...]) -> None:
@@ -171,26 +171,26 @@ def assert_one_error_line(res: Result, *, mentions: str | None = None) -> str:
 class Guard:
     """Snapshots the catalog and everything around it; :meth:`check` compares."""
 
-    def __init__(self, ws: Workspace) -> None:
-        self.ws = ws
+    def __init__(self, bed: TestBed) -> None:
+        self.bed = bed
         self.start()
 
     def start(self) -> None:
         """(Re)take the snapshot, e.g. after the test wrote its inputs."""
-        self.catalog = catalog_state(self.ws.root)
-        self.outside = outside_state(self.ws)
+        self.catalog = catalog_state(self.bed.root)
+        self.outside = outside_state(self.bed)
 
     def check(self) -> None:
-        now = outside_state(self.ws)
+        now = outside_state(self.bed)
         assert now == self.outside, (
             f"written outside the storage root: {sorted(set(now) ^ set(self.outside))}"
         )
-        assert catalog_state(self.ws.root) == self.catalog, "a rejected input changed the catalog"
+        assert catalog_state(self.bed.root) == self.catalog, "a rejected input changed the catalog"
 
 
 @pytest.fixture
-def unchanged(ws: Workspace) -> Guard:
-    return Guard(ws)
+def unchanged(bed: TestBed) -> Guard:
+    return Guard(bed)
 
 
 # ------------------------------------------------------------------ rasters
@@ -326,20 +326,20 @@ def _symlink(path: Path, target: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def raster_inputs(ws: Workspace) -> dict[str, str]:
-    folder = ws.base / "inputs"
+def raster_inputs(bed: TestBed) -> dict[str, str]:
+    folder = bed.base / "inputs"
     folder.mkdir()
-    return {name: build(folder, ws.good) for name, (build, _) in RASTERS.items()}
+    return {name: build(folder, bed.good) for name, (build, _) in RASTERS.items()}
 
 
 @pytest.mark.parametrize("name", list(RASTERS))
 def test_hostile_raster(
-    name: str, ws: Workspace, raster_inputs: dict[str, str], unchanged: Guard
+    name: str, bed: TestBed, raster_inputs: dict[str, str], unchanged: Guard
 ) -> None:
     source = raster_inputs[name]
     expected = RASTERS[name][1]
-    before = {r for r in catalog_state(ws.root)["rows"]["item"]}
-    res = invoke(ws, ["ingest", str(ws.config), source, "--json"])
+    before = {r for r in catalog_state(bed.root)["rows"]["item"]}
+    res = invoke(bed, ["ingest", str(bed.config), source, "--json"])
     if expected == "rejected":
         assert_clean(res, (1,))
         (result,) = json.loads(res.stdout)["results"]
@@ -349,7 +349,7 @@ def test_hostile_raster(
         assert "hunter2" not in res.stdout + res.stderr and "abc123" not in res.stdout
         unchanged.check()
         if not source.startswith("http"):  # reading it: fine, or one clear line
-            res = invoke(ws, ["inspect", source])
+            res = invoke(bed, ["inspect", source])
             assert_clean(res, (0, 2))
             if res.exit_code == 2:
                 assert_one_error_line(res, mentions=Path(source).name)
@@ -358,25 +358,25 @@ def test_hostile_raster(
     (result,) = json.loads(res.stdout)["results"]
     assert result["status"] == "staged", result
     if expected == "georeferenced":
-        shown = invoke(ws, ["items", "show", result["item_id"]])
+        shown = invoke(bed, ["items", "show", result["item_id"]])
         assert json.loads(shown.stdout)["properties"]["proj:code"] == "EPSG:32610"
     else:  # a raster GDAL can read but the contract cannot accept: quarantined
         assert result["state"] == "quarantined" and result["findings"]["P2"] > 0, result
-    after = {r for r in catalog_state(ws.root)["rows"]["item"]}
+    after = {r for r in catalog_state(bed.root)["rows"]["item"]}
     assert len(after - before) == 1
 
 
 _register("stac-source", ["local-path", "file-url", "gdal-vsi-path"])
 
 
-def test_a_stac_source_cannot_point_at_local_files(ws: Workspace, tmp_path: Path) -> None:
+def test_a_stac_source_cannot_point_at_local_files(bed: TestBed, tmp_path: Path) -> None:
     """A (hostile) STAC API whose asset hrefs are local paths, file:// or GDAL /vsi paths."""
-    data = yaml.safe_load(ws.config.read_text())
+    data = yaml.safe_load(bed.config.read_text())
     data["source"] = {"url": "http://127.0.0.1:1/stac", "collection": "s2", "assets": ["B04"]}
     cfg_path = tmp_path / "sourced.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     cfg = load_config(cfg_path)
-    hrefs = [str(ws.good), f"file://{ws.good}", f"/vsizip/{ws.good}.zip/inner.tif"]
+    hrefs = [str(bed.good), f"file://{bed.good}", f"/vsizip/{bed.good}.zip/inner.tif"]
     cands = [
         Candidate(
             item_id=f"evil-{n}",
@@ -391,15 +391,15 @@ def test_a_stac_source_cannot_point_at_local_files(ws: Workspace, tmp_path: Path
         )
         for n, href in enumerate(hrefs)
     ]
-    before = catalog_state(ws.root)
-    cat = Catalog.open(Settings(storage_root=ws.root, schema_dir=SCHEMAS), migrate=False)
+    before = catalog_state(bed.root)
+    ws = Workspace.open(Settings(storage_root=bed.root, schema_dir=SCHEMAS), migrate=False)
     try:
-        report = ingest_from_stac(cat, cfg, actor="system", candidates=cands)
+        report = ingest_from_stac(ws, cfg, actor="system", candidates=cands)
     finally:
-        cat.close()
+        ws.close()
     assert [r.status for r in report.results] == ["failed"] * 3
     assert all("local files" in (r.error or "") for r in report.results)
-    assert catalog_state(ws.root) == before
+    assert catalog_state(bed.root) == before
 
 
 # ------------------------------------------------------------------ product configs
@@ -467,8 +467,8 @@ _register("config", [*CONFIGS, "config-is-a-directory", "config-missing"])
 
 
 @pytest.mark.parametrize("name", [*CONFIGS, "config-is-a-directory", "config-missing"])
-def test_hostile_config(name: str, ws: Workspace, tmp_path: Path, unchanged: Guard) -> None:
-    path = ws.base / "configs" / f"{name}.yaml"
+def test_hostile_config(name: str, bed: TestBed, tmp_path: Path, unchanged: Guard) -> None:
+    path = bed.base / "configs" / f"{name}.yaml"
     path.parent.mkdir(exist_ok=True)
     if name == "config-is-a-directory":
         path.mkdir(exist_ok=True)
@@ -477,11 +477,11 @@ def test_hostile_config(name: str, ws: Workspace, tmp_path: Path, unchanged: Gua
         path.write_bytes(content.encode() if isinstance(content, str) else content)
     unchanged.start()
     for argv in (
-        ["ingest", str(path), str(ws.good)],
+        ["ingest", str(path), str(bed.good)],
         ["rules", "--config", str(path)],
-        ["validate", "--config", str(path), str(ws.base / "nothing.json")],
+        ["validate", "--config", str(path), str(bed.base / "nothing.json")],
     ):
-        res = invoke(ws, argv)
+        res = invoke(bed, argv)
         assert_clean(res, (2,))
         # ours: one "error: …" line; click's own (a directory given): its usage message
         line = next(ln for ln in res.stderr.splitlines() if ln.startswith(("error: ", "Error: ")))
@@ -507,10 +507,10 @@ _register("settings", list(SETTINGS))
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))
-def test_hostile_settings(name: str, ws: Workspace, unchanged: Guard) -> None:
-    env = {k: v.format(base=ws.base) for k, v in SETTINGS[name].items()}
-    for argv in (["items", "list"], ["ingest", str(ws.config), str(ws.good)], ["doctor"]):
-        res = invoke(ws, argv, **env)
+def test_hostile_settings(name: str, bed: TestBed, unchanged: Guard) -> None:
+    env = {k: v.format(base=bed.base) for k, v in SETTINGS[name].items()}
+    for argv in (["items", "list"], ["ingest", str(bed.config), str(bed.good)], ["doctor"]):
+        res = invoke(bed, argv, **env)
         assert_clean(res, (2,))
         line = assert_one_error_line(res)
         assert "pw@" not in line
@@ -655,16 +655,16 @@ def _link_out(folder: Path, outside: Path) -> str:
     return "inside.tif"
 
 
-def _validate(ws: Workspace, path: Path) -> tuple[Result, list[dict[str, Any]]]:
-    res = invoke(ws, ["validate", "--json", "--config", str(ws.config), str(path)])
+def _validate(bed: TestBed, path: Path) -> tuple[Result, list[dict[str, Any]]]:
+    res = invoke(bed, ["validate", "--json", "--config", str(bed.config), str(path)])
     assert_clean(res, (1, 2, 3))
     (file_result,) = json.loads(res.stdout)["files"]
     return res, file_result["findings"]
 
 
 @pytest.mark.parametrize("name", list(STAC_FILES))
-def test_hostile_stac_json(name: str, ws: Workspace, unchanged: Guard) -> None:
-    folder = ws.base / "stac" / name
+def test_hostile_stac_json(name: str, bed: TestBed, unchanged: Guard) -> None:
+    folder = bed.base / "stac" / name
     folder.mkdir(parents=True)
     path = folder / "item.json"
     content, expected = STAC_FILES[name]
@@ -673,7 +673,7 @@ def test_hostile_stac_json(name: str, ws: Workspace, unchanged: Guard) -> None:
     else:
         path.write_bytes(content)
     unchanged.start()
-    _, findings = _validate(ws, path)
+    _, findings = _validate(bed, path)
     rules = {f["rule_id"] for f in findings}
     assert rules & expected, (rules, findings[:3])
     if name == "huge-50MB":  # refused by its size, before any parsing
@@ -687,19 +687,19 @@ def test_hostile_stac_json(name: str, ws: Workspace, unchanged: Guard) -> None:
 
 @pytest.mark.parametrize("name", list(ESCAPING_HREFS))
 def test_validate_never_reads_outside_the_item_folder(
-    name: str, ws: Workspace, unchanged: Guard
+    name: str, bed: TestBed, unchanged: Guard
 ) -> None:
-    outside = ws.base / "outside" / "secret.tif"
+    outside = bed.base / "outside" / "secret.tif"
     if not outside.exists():
         outside.parent.mkdir(exist_ok=True)
         _geotiff(outside)
-    folder = ws.base / "stac" / name / "items"
+    folder = bed.base / "stac" / name / "items"
     folder.mkdir(parents=True)
     path = folder / "item.json"
     path.write_bytes(_json(_item(ESCAPING_HREFS[name](folder, outside))))
     before = outside.read_bytes()
     unchanged.start()
-    _, findings = _validate(ws, path)
+    _, findings = _validate(bed, path)
     rules = {f["rule_id"] for f in findings}
     refusals = [f for f in findings if "outside the item's folder" in f["message"]]
     assert refusals, findings
@@ -709,14 +709,14 @@ def test_validate_never_reads_outside_the_item_folder(
     unchanged.check()
 
 
-def test_validate_still_reads_an_asset_inside_the_folder(ws: Workspace) -> None:
+def test_validate_still_reads_an_asset_inside_the_folder(bed: TestBed) -> None:
     """The guard is not a blanket refusal: the same raster inside the folder is read."""
-    folder = ws.base / "stac" / "inside"
+    folder = bed.base / "stac" / "inside"
     folder.mkdir(parents=True)
-    shutil.copy(ws.good, folder / "tile.tif")
+    shutil.copy(bed.good, folder / "tile.tif")
     path = folder / "item.json"
     path.write_bytes(_json(_item("tile.tif")))
-    _, findings = _validate(ws, path)
+    _, findings = _validate(bed, path)
     assert "GM-CHECKSUM-003" in {f["rule_id"] for f in findings}  # it was read and hashed
 
 
@@ -772,8 +772,8 @@ _register("item-id", [f"{c}/{i}" for c in ID_COMMANDS for i in HOSTILE_IDS])
 
 @pytest.mark.parametrize("ident", list(HOSTILE_IDS))
 @pytest.mark.parametrize("command", list(ID_COMMANDS))
-def test_hostile_item_id(command: str, ident: str, ws: Workspace, unchanged: Guard) -> None:
-    res = invoke(ws, ID_COMMANDS[command](str(ws.config), HOSTILE_IDS[ident]))
+def test_hostile_item_id(command: str, ident: str, bed: TestBed, unchanged: Guard) -> None:
+    res = invoke(bed, ID_COMMANDS[command](str(bed.config), HOSTILE_IDS[ident]))
     assert_clean(res, (2,))
     line = assert_one_error_line(res)
     assert "forged" not in line or "\\n" in line  # the newline is shown escaped
@@ -800,7 +800,7 @@ _register(
 
 
 @pytest.fixture
-def xss_catalog(settings: Settings, tmp_path: Path) -> Iterator[Catalog]:
+def xss_catalog(settings: Settings, tmp_path: Path) -> Iterator[Workspace]:
     """A product and items whose every user-supplied text is HTML/JS."""
     data = yaml.safe_load(EXAMPLE_CONFIG)
     data["ingestion"]["tile_size"] = 128
@@ -809,9 +809,9 @@ def xss_catalog(settings: Settings, tmp_path: Path) -> Iterator[Catalog]:
     cfg_path = tmp_path / "xss.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     cfg = load_config(cfg_path)
-    cat = Catalog.open(settings)
+    ws = Workspace.open(settings)
     for name, role in (("root", "admin"), ("alice", "steward"), ("bob", "steward")):
-        users.add_user(cat, actor="system", name=name, role=role)
+        users.add_user(ws, actor="system", name=name, role=role)
     folder = tmp_path / "uploads"
     folder.mkdir()
     evil = _geotiff(folder / f"{IMG}.tif")
@@ -819,7 +819,7 @@ def xss_catalog(settings: Settings, tmp_path: Path) -> Iterator[Catalog]:
     second = _geotiff(folder / f"second{IMG}.tif", transform=from_origin(545500, 4185000, 10, 10))
     gone = _geotiff(folder / f"gone{IMG}.tif", crs=None, count=2)
     tiles = [evil, nocrs, second, gone]
-    report = ingest_rasters(cat, cfg, [str(t) for t in tiles], actor="system")
+    report = ingest_rasters(ws, cfg, [str(t) for t in tiles], actor="system")
     ids = [r.item_id for r in report.results]
     assert all(ids) and [r.state for r in report.results] == [
         "validation",
@@ -827,17 +827,17 @@ def xss_catalog(settings: Settings, tmp_path: Path) -> Iterator[Catalog]:
         "validation",
         "quarantined",
     ], report.to_json()
-    with cat.transaction() as s:  # a title carried from a STAC source
+    with ws.transaction() as s:  # a title carried from a STAC source
         row = s.get(Item, ids[0])
         assert row is not None
         row.stac = {**row.stac, "properties": {**row.stac["properties"], "title": SCRIPT}}
         s.add(row)
-    governance.sign_off(cat, cfg, ids[0], actor="alice", approve=True, comment=IMG)
-    governance.sign_off(cat, cfg, ids[2], actor="bob", approve=False, comment=SCRIPT)
-    governance.promote(cat, cfg, [ids[0]], actor="alice")
-    quarantine.discard(cat, str(ids[3]), actor="alice", reason=f"bad {SCRIPT}")
-    yield cat
-    cat.close()
+    governance.sign_off(ws, cfg, ids[0], actor="alice", approve=True, comment=IMG)
+    governance.sign_off(ws, cfg, ids[2], actor="bob", approve=False, comment=SCRIPT)
+    governance.promote(ws, cfg, [ids[0]], actor="alice")
+    quarantine.discard(ws, str(ids[3]), actor="alice", reason=f"bad {SCRIPT}")
+    yield ws
+    ws.close()
 
 
 def _elements(node: Any) -> Iterator[Any]:
@@ -874,7 +874,7 @@ def _raw(text: str) -> bool:
     return bool(_RAW_TAG.search(text))
 
 
-def test_html_in_user_text_renders_as_text(xss_catalog: Catalog) -> None:
+def test_html_in_user_text_renders_as_text(xss_catalog: Workspace) -> None:
     pytest.importorskip("streamlit")
     from _app_helpers import PAGES, app_as, no_exception
 

@@ -16,23 +16,23 @@ from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import box, shape
 from sqlmodel import select
 
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import PermissionDenied
 from geomesh.hashing import sha256_file
 from geomesh.models import AuditEvent, Item, ItemState
 from geomesh.services import ingest as ingest_mod
 from geomesh.services.ingest import IngestReport, ingest_rasters
+from geomesh.workspace import Workspace
 
 SYSTEM = "system"
 
 
-def _ingest(cat: Catalog, cfg: ProductConfig, *sources: Any, **kw: Any) -> IngestReport:
-    return ingest_rasters(cat, cfg, list(sources), actor=kw.pop("actor", SYSTEM), **kw)
+def _ingest(ws: Workspace, cfg: ProductConfig, *sources: Any, **kw: Any) -> IngestReport:
+    return ingest_rasters(ws, cfg, list(sources), actor=kw.pop("actor", SYSTEM), **kw)
 
 
-def _items(cat: Catalog) -> list[Item]:
-    with cat.read() as s:
+def _items(ws: Workspace) -> list[Item]:
+    with ws.read() as s:
         return list(s.exec(select(Item)).all())
 
 
@@ -53,7 +53,7 @@ REAL = [
 
 @pytest.mark.parametrize(("name", "code", "dtype", "bands"), REAL, ids=[r[0] for r in REAL])
 def test_ingest_real_rasters(
-    catalog: Catalog,
+    workspace: Workspace,
     config: ProductConfig,
     shared_raster: Callable[[str], Path],
     pystac_offline: Any,
@@ -63,7 +63,7 @@ def test_ingest_real_rasters(
     bands: int,
 ) -> None:
     src = shared_raster(name)
-    report = _ingest(catalog, config, src, acquired=datetime(2024, 6, 1, tzinfo=UTC))
+    report = _ingest(workspace, config, src, acquired=datetime(2024, 6, 1, tzinfo=UTC))
     assert report.ok, report.to_json()
     (res,) = report.results
     assert res.status == "staged"
@@ -79,7 +79,7 @@ def test_ingest_real_rasters(
         assert props["proj:shape"] == [ds.height, ds.width]
         assert props["proj:transform"] == pytest.approx(list(ds.transform)[:6])
     asset = item["assets"]["data"]
-    with catalog.store.open_local("staging", res.object_key or "") as obj:
+    with workspace.store.open_local("staging", res.object_key or "") as obj:
         digest, size = sha256_file(obj)
         ok, errors, _ = cog_validate(str(obj), quiet=True)
         assert ok, errors
@@ -94,7 +94,7 @@ def test_ingest_real_rasters(
 
 
 def test_s2_like_tile_item_is_complete(
-    catalog: Catalog, write_config: Callable[..., Path], s2_tile: Path, pystac_offline: Any
+    workspace: Workspace, write_config: Callable[..., Path], s2_tile: Path, pystac_offline: Any
 ) -> None:
     cfg = load_config(
         write_config(
@@ -108,7 +108,7 @@ def test_s2_like_tile_item_is_complete(
             }
         )
     )
-    report = _ingest(catalog, cfg, s2_tile)
+    report = _ingest(workspace, cfg, s2_tile)
     (res,) = report.results
     item = res.item
     assert item is not None
@@ -134,18 +134,18 @@ def test_s2_like_tile_item_is_complete(
     assert any("projection/v2.0.0" in u for u in validated)
     assert any("file/v2.1.0" in u for u in validated)
     # the item JSON is stored immutably beside the object
-    stored = json.loads(catalog.store.get_bytes("staging", res.stac_key or ""))
+    stored = json.loads(workspace.store.get_bytes("staging", res.stac_key or ""))
     assert stored == item
 
 
 def test_datetime_explicit_or_missing(
-    catalog: Catalog, config: ProductConfig, make_raster: Callable[..., Path]
+    workspace: Workspace, config: ProductConfig, make_raster: Callable[..., Path]
 ) -> None:
     plain = make_raster("no-date.tif", width=128, height=128, acquired=None)
-    rep = _ingest(catalog, config, plain, acquired=datetime(2023, 5, 4, 3, 2, 1, tzinfo=UTC))
+    rep = _ingest(workspace, config, plain, acquired=datetime(2023, 5, 4, 3, 2, 1, tzinfo=UTC))
     assert rep.results[0].item["properties"]["datetime"] == "2023-05-04T03:02:01Z"  # type: ignore[index]
     other = make_raster("no-date2.tif", width=128, height=128, seed=5, acquired=None)
-    rep = _ingest(catalog, config, other)
+    rep = _ingest(workspace, config, other)
     # no datetime anywhere: recorded as null (validation quarantines it), never invented
     assert rep.results[0].item["properties"]["datetime"] is None  # type: ignore[index]
 
@@ -153,14 +153,14 @@ def test_datetime_explicit_or_missing(
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
 @pytest.mark.parametrize("nodata", [None, 0])
 def test_generated_dtypes_and_nodata(
-    catalog: Catalog,
+    workspace: Workspace,
     config: ProductConfig,
     make_raster: Callable[..., Path],
     dtype: str,
     nodata: int | None,
 ) -> None:
     src = make_raster(width=300, height=200, count=2, dtype=dtype, nodata=nodata)
-    (res,) = _ingest(catalog, config, src, acquired=datetime(2024, 1, 1, tzinfo=UTC)).results
+    (res,) = _ingest(workspace, config, src, acquired=datetime(2024, 1, 1, tzinfo=UTC)).results
     assert res.status == "staged", res.error
     bands = res.item["assets"]["data"]["raster:bands"]  # type: ignore[index]
     assert [b["data_type"] for b in bands] == [dtype, dtype]
@@ -168,18 +168,21 @@ def test_generated_dtypes_and_nodata(
 
 
 def test_clip_warps_to_domain_crs_and_envelope(
-    catalog: Catalog, write_config: Callable[..., Path], make_raster: Callable[..., Path]
+    workspace: Workspace, write_config: Callable[..., Path], make_raster: Callable[..., Path]
 ) -> None:
     cfg = load_config(
         write_config({"ingestion": {"clip": True, "tile_size": 256, "resampling": "bilinear"}})
     )
     # a UTM tile hanging over the domain's western edge (-122.5)
     src = make_raster("edge.tif", width=600, height=400, origin=(540000.0, 4185000.0), res=20.0)
-    (res,) = _ingest(catalog, cfg, src, acquired=datetime(2024, 1, 1, tzinfo=UTC)).results
+    (res,) = _ingest(workspace, cfg, src, acquired=datetime(2024, 1, 1, tzinfo=UTC)).results
     assert res.status == "staged", res.error
     item = res.item
     assert item["properties"]["proj:code"] == "EPSG:4326"  # type: ignore[index]
-    with catalog.store.open_local("staging", res.object_key or "") as obj, rasterio.open(obj) as ds:
+    with (
+        workspace.store.open_local("staging", res.object_key or "") as obj,
+        rasterio.open(obj) as ds,
+    ):
         assert ds.crs.to_epsg() == 4326
         assert ds.bounds.left >= -122.5 - 1e-9
         assert ds.block_shapes[0] == (256, 256)
@@ -187,23 +190,23 @@ def test_clip_warps_to_domain_crs_and_envelope(
 
 
 def test_clip_off_keeps_native_crs(
-    catalog: Catalog, config: ProductConfig, make_raster: Callable[..., Path]
+    workspace: Workspace, config: ProductConfig, make_raster: Callable[..., Path]
 ) -> None:
     src = make_raster("edge.tif", width=600, height=400, origin=(540000.0, 4185000.0), res=20.0)
-    (res,) = _ingest(catalog, config, src, acquired=datetime(2024, 1, 1, tzinfo=UTC)).results
+    (res,) = _ingest(workspace, config, src, acquired=datetime(2024, 1, 1, tzinfo=UTC)).results
     assert res.item["properties"]["proj:code"] == "EPSG:32610"  # type: ignore[index]
     assert shape(res.item["geometry"]).bounds[0] < -122.5  # type: ignore[index]
 
 
 def test_clip_outside_domain_is_a_clear_error(
-    catalog: Catalog, write_config: Callable[..., Path], make_raster: Callable[..., Path]
+    workspace: Workspace, write_config: Callable[..., Path], make_raster: Callable[..., Path]
 ) -> None:
     cfg = load_config(write_config({"ingestion": {"clip": True}}))
     far = make_raster("far.tif", origin=(300000.0, 4000000.0), width=64, height=64)
-    rep = _ingest(catalog, cfg, far)
+    rep = _ingest(workspace, cfg, far)
     assert not rep.ok
     assert "does not intersect the domain envelope" in (rep.results[0].error or "")
-    assert _items(catalog) == []
+    assert _items(workspace) == []
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -215,45 +218,47 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def test_dry_run_changes_nothing(
-    catalog: Catalog, config: ProductConfig, s2_tile: Path, make_raster: Callable[..., Path]
+    workspace: Workspace, config: ProductConfig, s2_tile: Path, make_raster: Callable[..., Path]
 ) -> None:
-    _ingest(catalog, config, make_raster("first.tif", width=128, height=128))  # a non-empty catalog
-    catalog.engine.dispose()  # close pooled connections so WAL files are checkpointed away
-    before = _tree(catalog.root)
-    report = _ingest(catalog, config, s2_tile, dry_run=True)
-    catalog.engine.dispose()
+    _ingest(
+        workspace, config, make_raster("first.tif", width=128, height=128)
+    )  # a non-empty catalog
+    workspace.engine.dispose()  # close pooled connections so WAL files are checkpointed away
+    before = _tree(workspace.root)
+    report = _ingest(workspace, config, s2_tile, dry_run=True)
+    workspace.engine.dispose()
     (res,) = report.results
     assert res.status == "would-stage"
     assert res.object_key and res.stac_key and res.item is not None
-    assert _tree(catalog.root) == before
+    assert _tree(workspace.root) == before
 
 
 def test_idempotent_same_bytes(
-    catalog: Catalog, config: ProductConfig, s2_tile: Path, tmp_path: Path
+    workspace: Workspace, config: ProductConfig, s2_tile: Path, tmp_path: Path
 ) -> None:
-    first = _ingest(catalog, config, s2_tile).results[0]
-    again = _ingest(catalog, config, s2_tile).results[0]
+    first = _ingest(workspace, config, s2_tile).results[0]
+    again = _ingest(workspace, config, s2_tile).results[0]
     # the same bytes from another path: the COG work runs again, the content is the same
     copy = tmp_path / "copy.tif"
     copy.write_bytes(s2_tile.read_bytes())
-    third = _ingest(catalog, config, copy).results[0]
+    third = _ingest(workspace, config, copy).results[0]
     assert first.status == "staged" and again.status == "exists" and third.status == "exists"
     assert first.item_id == again.item_id == third.item_id
-    assert len(_items(catalog)) == 1
-    assert len(list(catalog.store.list("staging", "sha256/"))) == 1
-    with catalog.read() as s:
+    assert len(_items(workspace)) == 1
+    assert len(list(workspace.store.list("staging", "sha256/"))) == 1
+    with workspace.read() as s:
         ingests = s.exec(select(AuditEvent).where(AuditEvent.action == "ingest")).all()
     assert len(ingests) == 1
 
 
 def test_changed_bytes_make_a_new_version(
-    catalog: Catalog, config: ProductConfig, make_raster: Callable[..., Path]
+    workspace: Workspace, config: ProductConfig, make_raster: Callable[..., Path]
 ) -> None:
-    v1 = _ingest(catalog, config, make_raster("tile.tif", seed=1)).results[0]
-    stored_v1 = catalog.store.get_bytes("staging", v1.stac_key or "")
-    v2 = _ingest(catalog, config, make_raster("tile.tif", seed=2)).results[0]  # same path
+    v1 = _ingest(workspace, config, make_raster("tile.tif", seed=1)).results[0]
+    stored_v1 = workspace.store.get_bytes("staging", v1.stac_key or "")
+    v2 = _ingest(workspace, config, make_raster("tile.tif", seed=2)).results[0]  # same path
     assert v1.item_id != v2.item_id
-    with catalog.read() as s:
+    with workspace.read() as s:
         old, new = s.get(Item, v1.item_id), s.get(Item, v2.item_id)
     assert old is not None and new is not None
     assert new.supersedes == old.id
@@ -261,42 +266,42 @@ def test_changed_bytes_make_a_new_version(
     assert new.stac["properties"]["version"] == "2"
     assert any(link["rel"] == "predecessor-version" for link in new.stac["links"])
     # the earlier item is never overwritten
-    assert catalog.store.get_bytes("staging", v1.stac_key or "") == stored_v1
+    assert workspace.store.get_bytes("staging", v1.stac_key or "") == stored_v1
 
 
 def test_crash_between_object_and_row_leaves_nothing_visible(
-    catalog: Catalog, config: ProductConfig, s2_tile: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: Workspace, config: ProductConfig, s2_tile: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     class Boom(Exception):
         pass
 
-    real_put_bytes = catalog.store.put_bytes
+    real_put_bytes = workspace.store.put_bytes
 
     def crash_after_item_json(*args: Any, **kwargs: Any) -> None:
         real_put_bytes(*args, **kwargs)
         raise Boom("injected crash after the object and item JSON were written")
 
-    monkeypatch.setattr(catalog.store, "put_bytes", crash_after_item_json)
+    monkeypatch.setattr(workspace.store, "put_bytes", crash_after_item_json)
     with pytest.raises(Boom):
-        _ingest(catalog, config, s2_tile)
-    assert _items(catalog) == []  # nothing half-staged is visible
+        _ingest(workspace, config, s2_tile)
+    assert _items(workspace) == []  # nothing half-staged is visible
     monkeypatch.undo()
-    rerun = _ingest(catalog, config, s2_tile).results[0]
+    rerun = _ingest(workspace, config, s2_tile).results[0]
     assert rerun.status == "staged"
     # converges to the state of an uninterrupted run in a fresh catalog
-    assert [i.id for i in _items(catalog)] == [rerun.item_id]
-    assert len(list(catalog.store.list("staging", "sha256/"))) == 1
-    assert not list(catalog.root.rglob(".tmp-*"))
+    assert [i.id for i in _items(workspace)] == [rerun.item_id]
+    assert len(list(workspace.store.list("staging", "sha256/"))) == 1
+    assert not list(workspace.root.rglob(".tmp-*"))
 
 
 def test_failures_do_not_stop_the_batch(
-    catalog: Catalog, config: ProductConfig, s2_tile: Path, tmp_path: Path
+    workspace: Workspace, config: ProductConfig, s2_tile: Path, tmp_path: Path
 ) -> None:
     junk = tmp_path / "junk.tif"
     junk.write_text("this is not a raster")
     empty = tmp_path / "empty.tif"
     empty.write_bytes(b"")
-    rep = _ingest(catalog, config, junk, s2_tile, empty, tmp_path / "missing.tif")
+    rep = _ingest(workspace, config, junk, s2_tile, empty, tmp_path / "missing.tif")
     assert [r.status for r in rep.results] == ["failed", "staged", "failed", "failed"]
     assert "junk.tif: not a readable raster" in (rep.results[0].error or "")
     assert "empty.tif: file is empty" in (rep.results[2].error or "")
@@ -305,18 +310,18 @@ def test_failures_do_not_stop_the_batch(
 
 
 def test_unknown_actor_cannot_ingest(
-    catalog: Catalog, config: ProductConfig, s2_tile: Path
+    workspace: Workspace, config: ProductConfig, s2_tile: Path
 ) -> None:
     with pytest.raises(PermissionDenied, match="unknown user 'mallory'"):
-        _ingest(catalog, config, s2_tile, actor="mallory")
-    assert _items(catalog) == []
+        _ingest(workspace, config, s2_tile, actor="mallory")
+    assert _items(workspace) == []
 
 
-def test_run_log_lines(catalog: Catalog, config: ProductConfig, s2_tile: Path) -> None:
-    rep = _ingest(catalog, config, s2_tile)
+def test_run_log_lines(workspace: Workspace, config: ProductConfig, s2_tile: Path) -> None:
+    rep = _ingest(workspace, config, s2_tile)
     lines = [
         json.loads(x)
-        for f in (catalog.root / "logs").glob("*.jsonl")
+        for f in (workspace.root / "logs").glob("*.jsonl")
         for x in f.read_text().splitlines()
     ]
     steps = {ln["step"] for ln in lines if ln["run_id"] == rep.run_id}
@@ -328,12 +333,12 @@ def test_run_log_lines(catalog: Catalog, config: ProductConfig, s2_tile: Path) -
 
 
 def test_source_digest_shortcut_skips_cog_work(
-    catalog: Catalog, config: ProductConfig, s2_tile: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: Workspace, config: ProductConfig, s2_tile: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _ingest(catalog, config, s2_tile)
+    _ingest(workspace, config, s2_tile)
 
     def must_not_run(*_: Any, **__: Any) -> None:
         raise AssertionError("prepare_tile ran for an already-ingested local source")
 
     monkeypatch.setattr(ingest_mod, "prepare_tile", must_not_run)
-    assert _ingest(catalog, config, s2_tile).results[0].status == "exists"
+    assert _ingest(workspace, config, s2_tile).results[0].status == "exists"

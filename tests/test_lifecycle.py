@@ -11,20 +11,20 @@ import pytest
 from sqlmodel import select
 
 from geomesh import lifecycle
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig
 from geomesh.errors import InvalidTransition
 from geomesh.models import AuditEvent, Item, ItemState
 from geomesh.services import governance
+from geomesh.workspace import Workspace
 
 PID = "sentinel2-msi-l2a-v2.1"
 S = ItemState
 
 
 @pytest.fixture
-def cat(catalog: Catalog) -> Catalog:
-    gs.add_users(catalog)
-    return catalog
+def ws(workspace: Workspace) -> Workspace:
+    gs.add_users(workspace)
+    return workspace
 
 
 @pytest.fixture
@@ -32,8 +32,8 @@ def tile(make_raster: Callable[..., Path]) -> Callable[..., Path]:
     return gs.tile_factory(make_raster)
 
 
-def item_events(cat: Catalog, item_id: str) -> list[tuple[str, str | None, str | None]]:
-    with cat.read() as s:
+def item_events(ws: Workspace, item_id: str) -> list[tuple[str, str | None, str | None]]:
+    with ws.read() as s:
         rows = s.exec(
             select(AuditEvent).where(AuditEvent.target == item_id).order_by(AuditEvent.seq)  # type: ignore[arg-type]
         ).all()
@@ -61,16 +61,16 @@ def test_table_covers_every_state() -> None:
 
 
 def test_every_illegal_transition_raises_and_changes_nothing(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    [iid] = gs.ingest(cat, config, [tile("a", 1)], post_stage=gs.stay_in_staging)
-    before = item_events(cat, iid)
+    [iid] = gs.ingest(ws, config, [tile("a", 1)], post_stage=gs.stay_in_staging)
+    before = item_events(ws, iid)
     illegal = [
         (a, b) for a, b in product(ItemState, ItemState) if not lifecycle.can_transition(a, b)
     ]
     assert len(illegal) > 40
     for a, b in illegal:
-        with pytest.raises(InvalidTransition) as info, cat.transaction() as s:
+        with pytest.raises(InvalidTransition) as info, ws.transaction() as s:
             item = s.get(Item, iid)
             assert item is not None
             item.state = a
@@ -81,35 +81,35 @@ def test_every_illegal_transition_raises_and_changes_nothing(
             iid,
         )
         assert iid in str(info.value)
-    assert gs.states(cat, PID)[iid] == "staging"
-    assert item_events(cat, iid) == before
+    assert gs.states(ws, PID)[iid] == "staging"
+    assert item_events(ws, iid) == before
 
 
 def test_transition_and_its_event_commit_or_roll_back_together(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    [iid] = gs.ingest(cat, config, [tile("a", 1)], post_stage=gs.stay_in_staging)
-    with pytest.raises(RuntimeError), cat.transaction() as s:
+    [iid] = gs.ingest(ws, config, [tile("a", 1)], post_stage=gs.stay_in_staging)
+    with pytest.raises(RuntimeError), ws.transaction() as s:
         item = s.get(Item, iid)
         assert item is not None
         lifecycle.transition(s, item, S.validation, actor="alice", action="route")
         raise RuntimeError("crash after the transition, before commit")
-    assert gs.states(cat, PID)[iid] == "staging"
-    assert item_events(cat, iid) == [("ingest", None, "staging")]
+    assert gs.states(ws, PID)[iid] == "staging"
+    assert item_events(ws, iid) == [("ingest", None, "staging")]
 
 
 def test_governance_drives_items_through_the_lifecycle(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    [a1] = gs.ingest(cat, config, [tile("a", 1)])
-    gs.approve(cat, config, [a1])
-    governance.promote(cat, config, actor="alice")
-    [a2] = gs.ingest(cat, config, [tile("a", 2)])
-    gs.approve(cat, config, [a2])
-    governance.promote(cat, config, actor="alice")  # a2 replaces a1
-    governance.rollback_release(cat, config, actor="bob")  # a1 back, a2 rolled back
-    governance.rollback_item(cat, config, a1, actor="bob")  # a1 out: empty 1.0.2
-    assert item_events(cat, a1) == [
+    [a1] = gs.ingest(ws, config, [tile("a", 1)])
+    gs.approve(ws, config, [a1])
+    governance.promote(ws, config, actor="alice")
+    [a2] = gs.ingest(ws, config, [tile("a", 2)])
+    gs.approve(ws, config, [a2])
+    governance.promote(ws, config, actor="alice")  # a2 replaces a1
+    governance.rollback_release(ws, config, actor="bob")  # a1 back, a2 rolled back
+    governance.rollback_item(ws, config, a1, actor="bob")  # a1 out: empty 1.0.2
+    assert item_events(ws, a1) == [
         ("ingest", None, "staging"),
         ("route.proceed", "staging", "validation"),
         ("promote", "validation", "production"),
@@ -117,11 +117,11 @@ def test_governance_drives_items_through_the_lifecycle(
         ("rollback.release", "superseded", "production"),
         ("rollback.item", "production", "rolled_back"),
     ]
-    assert item_events(cat, a2) == [
+    assert item_events(ws, a2) == [
         ("ingest", None, "staging"),
         ("route.proceed", "staging", "validation"),
         ("promote", "validation", "production"),
         ("rollback.release", "production", "rolled_back"),
     ]
-    assert [r.version for r in governance.list_releases(cat, PID)] == ["1.0.0", "1.0.1", "1.0.2"]
-    assert gs.production_ids(cat, PID) == set() == gs.manifest_ids(cat, PID)
+    assert [r.version for r in governance.list_releases(ws, PID)] == ["1.0.0", "1.0.1", "1.0.2"]
+    assert gs.production_ids(ws, PID) == set() == gs.manifest_ids(ws, PID)

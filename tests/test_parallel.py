@@ -10,22 +10,22 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig
 from geomesh.models import Item
 from geomesh.services.ingest import ingest_rasters
 from geomesh.settings import Settings
+from geomesh.workspace import Workspace
 
 WHEN = datetime(2024, 6, 12, tzinfo=UTC)
 
 
-def _snapshot(cat: Catalog) -> tuple[list[tuple[Any, ...]], list[str]]:
-    with cat.read() as s:
+def _snapshot(ws: Workspace) -> tuple[list[tuple[Any, ...]], list[str]]:
+    with ws.read() as s:
         rows = [
             (i.id, i.content_digest, i.size, i.object_key, i.state.value, i.stac)
             for i in s.exec(select(Item).order_by(Item.id)).all()
         ]
-    return rows, sorted(cat.store.list("staging"))
+    return rows, sorted(ws.store.list("staging"))
 
 
 @pytest.fixture
@@ -39,12 +39,12 @@ def tiles(make_raster: Callable[..., Path]) -> list[Path]:
 
 
 def _run(tmp: Path, config: ProductConfig, sources: list[Path], **kw: Any) -> tuple[Any, Any]:
-    cat = Catalog.open(Settings(storage_root=tmp))
+    ws = Workspace.open(Settings(storage_root=tmp))
     try:
-        report = ingest_rasters(cat, config, sources, actor="system", acquired=WHEN, **kw)
-        snap = _snapshot(cat)
+        report = ingest_rasters(ws, config, sources, actor="system", acquired=WHEN, **kw)
+        snap = _snapshot(ws)
     finally:
-        cat.close()
+        ws.close()
     return [(r.status, r.item_id) for r in report.results], snap
 
 

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
 from geomesh import releases
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import ChecksumMismatch, ConcurrentUpdate, NotFound
 from geomesh.models import Product
@@ -23,14 +22,15 @@ from geomesh.releases import Bump, Delta, Manifest, ManifestItem
 from geomesh.services import governance
 from geomesh.services.governance import _move_pointer
 from geomesh.storage import LocalStore
+from geomesh.workspace import Workspace
 
 PID = "sentinel2-msi-l2a-v2.1"
 
 
 @pytest.fixture
-def cat(catalog: Catalog) -> Catalog:
-    gs.add_users(catalog)
-    return catalog
+def ws(workspace: Workspace) -> Workspace:
+    gs.add_users(workspace)
+    return workspace
 
 
 @pytest.fixture
@@ -38,11 +38,11 @@ def tile(make_raster: Callable[..., Path]) -> Callable[..., Path]:
     return gs.tile_factory(make_raster)
 
 
-def release(cat: Catalog, config: ProductConfig, paths: list[Path]) -> str:
+def release(ws: Workspace, config: ProductConfig, paths: list[Path]) -> str:
     """Ingest, approve and promote; return the new version."""
-    ids = gs.ingest(cat, config, paths)
-    gs.approve(cat, config, ids, n=config.governance.approvals_required)
-    result = governance.promote(cat, config, actor="alice")
+    ids = gs.ingest(ws, config, paths)
+    gs.approve(ws, config, ids, n=config.governance.approvals_required)
+    result = governance.promote(ws, config, actor="alice")
     assert result.release is not None
     return result.release.version
 
@@ -157,12 +157,12 @@ def test_diff_json_lists_changed_paths() -> None:
 
 
 def test_first_release_is_1_0_0_and_stores_a_content_addressed_manifest(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    assert release(cat, config, [tile("a", 1), tile("b", 2)]) == "1.0.0"
-    [info] = governance.list_releases(cat, PID)
+    assert release(ws, config, [tile("a", 1), tile("b", 2)]) == "1.0.0"
+    [info] = governance.list_releases(ws, PID)
     assert info.current and info.parent_id is None and info.item_count == 2
-    data = cat.store.get_bytes("production", info.manifest_key)
+    data = ws.store.get_bytes("production", info.manifest_key)
     assert hashlib.sha256(data).hexdigest() == info.id
     manifest = json.loads(data)
     assert manifest["version"] == "1.0.0"
@@ -172,28 +172,28 @@ def test_first_release_is_1_0_0_and_stores_a_content_addressed_manifest(
     assert all({"id", "digest", "stac_key"} <= set(i) for i in manifest["items"])
     # the promoted objects and item JSON were copied to production
     for i in manifest["items"]:
-        assert cat.store.exists("production", i["object_key"])
-        assert cat.store.exists("production", i["stac_key"])
-    assert gs.production_ids(cat, PID) == {i["id"] for i in manifest["items"]}
+        assert ws.store.exists("production", i["object_key"])
+        assert ws.store.exists("production", i["stac_key"])
+    assert gs.production_ids(ws, PID) == {i["id"] for i in manifest["items"]}
 
 
 def test_version_bumps_minor_patch_major(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     tile: Callable[..., Path],
     write_config: Callable[..., Path],
 ) -> None:
-    assert release(cat, config, [tile("a", 1)]) == "1.0.0"
+    assert release(ws, config, [tile("a", 1)]) == "1.0.0"
     # a new tile: MINOR
-    assert release(cat, config, [tile("b", 2)]) == "1.1.0"
+    assert release(ws, config, [tile("b", 2)]) == "1.1.0"
     # the same source tile reprocessed (changed bytes): PATCH, the old version superseded
-    old = gs.manifest_ids(cat, PID)
-    plan_before = governance.plan_promotion(cat, config)
+    old = gs.manifest_ids(ws, PID)
+    plan_before = governance.plan_promotion(ws, config)
     assert plan_before.items == ()
-    assert release(cat, config, [tile("a", 3)]) == "1.1.1"
-    new = gs.manifest_ids(cat, PID)
+    assert release(ws, config, [tile("a", 3)]) == "1.1.1"
+    new = gs.manifest_ids(ws, PID)
     [gone] = old - new
-    assert gs.states(cat, PID)[gone] == "superseded"
+    assert gs.states(ws, PID)[gone] == "superseded"
     # the spatial contract changes: MAJOR
     moved = load_config(
         write_config(
@@ -207,51 +207,51 @@ def test_version_bumps_minor_patch_major(
             name="moved.yaml",
         )
     )
-    ids = gs.ingest(cat, moved, [tile("c", 4)])
-    gs.approve(cat, moved, ids)
-    plan = governance.plan_promotion(cat, moved)
+    ids = gs.ingest(ws, moved, [tile("c", 4)])
+    gs.approve(ws, moved, ids)
+    plan = governance.plan_promotion(ws, moved)
     assert plan.spatial_contract_changed and plan.bump == Bump.major
     assert plan.next_version == "2.0.0"
-    assert governance.promote(cat, moved, actor="bob").release.version == "2.0.0"  # type: ignore[union-attr]
+    assert governance.promote(ws, moved, actor="bob").release.version == "2.0.0"  # type: ignore[union-attr]
 
 
 def test_metadata_change_alone_is_minor(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     tile: Callable[..., Path],
     write_config: Callable[..., Path],
 ) -> None:
-    release(cat, config, [tile("a", 1)])
+    release(ws, config, [tile("a", 1)])
     retitled = load_config(
         write_config({"product_metadata": {"title": "SF mosaic"}}, name="t.yaml")
     )
-    ids = gs.ingest(cat, retitled, [tile("a", 2)])  # a reprocessed tile would be PATCH
-    gs.approve(cat, retitled, ids)
-    assert governance.plan_promotion(cat, retitled).next_version == "1.1.0"
+    ids = gs.ingest(ws, retitled, [tile("a", 2)])  # a reprocessed tile would be PATCH
+    gs.approve(ws, retitled, ids)
+    assert governance.plan_promotion(ws, retitled).next_version == "1.1.0"
 
 
 def test_promote_twice_with_ids_is_a_no_op(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    ids = gs.ingest(cat, config, [tile("a", 1)])
-    gs.approve(cat, config, ids)
-    first = governance.promote(cat, config, ids, actor="alice")
-    again = governance.promote(cat, config, ids, actor="alice")
+    ids = gs.ingest(ws, config, [tile("a", 1)])
+    gs.approve(ws, config, ids)
+    first = governance.promote(ws, config, ids, actor="alice")
+    again = governance.promote(ws, config, ids, actor="alice")
     assert not first.already and again.already
     assert again.release is not None and again.release.id == first.release.id  # type: ignore[union-attr]
-    assert len(governance.list_releases(cat, PID)) == 1
+    assert len(governance.list_releases(ws, PID)) == 1
     # without ids and nothing waiting: a no-op, no new release
-    assert governance.promote(cat, config, actor="alice").already
+    assert governance.promote(ws, config, actor="alice").already
 
 
 def test_manifest_tampering_is_detected(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    release(cat, config, [tile("a", 1)])
-    [info] = governance.list_releases(cat, PID)
-    gs.tamper(cat, "production", info.manifest_key, lambda b: b.replace(b'"alice"', b'"mallory"'))
+    release(ws, config, [tile("a", 1)])
+    [info] = governance.list_releases(ws, PID)
+    gs.tamper(ws, "production", info.manifest_key, lambda b: b.replace(b'"alice"', b'"mallory"'))
     with pytest.raises(ChecksumMismatch, match=info.id):
-        governance.show_release(cat, PID, info.id)
+        governance.show_release(ws, PID, info.id)
 
 
 def test_stale_pointer_move_raises_concurrent_update() -> None:
@@ -275,18 +275,18 @@ def _offline_validator(schema_dir: Path) -> JsonSchemaSTACValidator:
 
 
 def test_catalog_round_trips_through_pystac_and_validates_offline(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     tile: Callable[..., Path],
     schema_dir: Path,
     tmp_path: Path,
 ) -> None:
-    release(cat, config, [tile("a", 1), tile("b", 2)])
-    release(cat, config, [tile("c", 3)])
-    at = governance.catalog_at(cat, PID, "1.1.0")
+    release(ws, config, [tile("a", 1), tile("b", 2)])
+    release(ws, config, [tile("c", 3)])
+    at = governance.catalog_at(ws, PID, "1.1.0")
     # a local path only where the store is a local directory
-    assert (at.path is not None) == isinstance(cat.store, LocalStore)
-    published = gs.mirror(cat, "production", tmp_path / "published")
+    assert (at.path is not None) == isinstance(ws.store, LocalStore)
+    published = gs.mirror(ws, "production", tmp_path / "published")
     root = pystac.Catalog.from_file(str(published / at.key))
     validator = _offline_validator(schema_dir)
     previous = pystac.validation.RegisteredValidator.get_validator()
@@ -303,7 +303,7 @@ def test_catalog_round_trips_through_pystac_and_validates_offline(
     finally:
         pystac.validation.RegisteredValidator.set_validator(previous)
     items = list(root.get_items(recursive=True))
-    assert {i.id for i in items} == gs.manifest_ids(cat, PID, "1.1.0")
+    assert {i.id for i in items} == gs.manifest_ids(ws, PID, "1.1.0")
     for item in items:
         # asset hrefs are relative and resolve to the released object with its checksum
         href = item.assets["data"].href
@@ -325,25 +325,25 @@ def test_catalog_round_trips_through_pystac_and_validates_offline(
 @pytest.mark.filterwarnings("ignore::pystac_client.warnings.NoConformsTo")
 @pytest.mark.filterwarnings("ignore::pystac_client.warnings.FallbackToPystac")
 def test_catalog_opens_with_pystac_client(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path], tmp_path: Path
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path], tmp_path: Path
 ) -> None:
     from pystac_client import Client
 
-    release(cat, config, [tile("a", 1), tile("b", 2)])
-    at = governance.catalog_at(cat, PID)
-    published = gs.mirror(cat, "production", tmp_path / "published")
+    release(ws, config, [tile("a", 1), tile("b", 2)])
+    at = governance.catalog_at(ws, PID)
+    published = gs.mirror(ws, "production", tmp_path / "published")
     client = Client.open(str(published / at.key))
     items = list(client.get_items(recursive=True))
-    assert {i.id for i in items} == gs.manifest_ids(cat, PID)
+    assert {i.id for i in items} == gs.manifest_ids(ws, PID)
 
 
 def test_index_tracks_latest_successor_and_rollback(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    release(cat, config, [tile("a", 1)])
-    release(cat, config, [tile("b", 2)])
+    release(ws, config, [tile("a", 1)])
+    release(ws, config, [tile("b", 2)])
     key = releases.index_key(PID)
-    index = json.loads(cat.store.get_bytes("production", key))
+    index = json.loads(ws.store.get_bytes("production", key))
     by_v = {r["version"]: r for r in index["geomesh:releases"]}
     assert by_v["1.0.0"]["successor-version"] == "1.1.0"
     assert by_v["1.1.0"]["predecessor-version"] == "1.0.0"
@@ -355,8 +355,8 @@ def test_index_tracks_latest_successor_and_rollback(
             "title": "1.1.0",
         }
     ]
-    governance.rollback_release(cat, config, actor="alice")
-    index = json.loads(cat.store.get_bytes("production", key))
+    governance.rollback_release(ws, config, actor="alice")
+    index = json.loads(ws.store.get_bytes("production", key))
     assert index["geomesh:current"]["version"] == "1.0.0"
     assert {r["version"]: r["deprecated"] for r in index["geomesh:releases"]} == {
         "1.0.0": False,
@@ -367,52 +367,52 @@ def test_index_tracks_latest_successor_and_rollback(
 
 
 def test_published_catalogs_are_immutable(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    release(cat, config, [tile("a", 1)])
-    first = governance.catalog_at(cat, PID, "1.0.0")
+    release(ws, config, [tile("a", 1)])
+    first = governance.catalog_at(ws, PID, "1.0.0")
     prefix = first.key.rsplit("/", 1)[0] + "/"
-    before = gs.stored_files(cat, "production", prefix)
+    before = gs.stored_files(ws, "production", prefix)
     assert first.key in before and len(before) >= 3  # catalog, collection, item
-    release(cat, config, [tile("b", 2)])
-    governance.rollback_release(cat, config, actor="alice")
-    assert gs.stored_files(cat, "production", prefix) == before
+    release(ws, config, [tile("b", 2)])
+    governance.rollback_release(ws, config, actor="alice")
+    assert gs.stored_files(ws, "production", prefix) == before
 
 
 # ------------------------------------------------------------------ history
 
 
 def test_list_show_diff_and_catalog_at(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path], tmp_path: Path
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path], tmp_path: Path
 ) -> None:
-    release(cat, config, [tile("a", 1), tile("b", 2)])
-    v1 = gs.manifest_ids(cat, PID)
-    release(cat, config, [tile("a", 5), tile("c", 3)])
-    versions = [r.version for r in governance.list_releases(cat, PID)]
+    release(ws, config, [tile("a", 1), tile("b", 2)])
+    v1 = gs.manifest_ids(ws, PID)
+    release(ws, config, [tile("a", 5), tile("c", 3)])
+    versions = [r.version for r in governance.list_releases(ws, PID)]
     assert versions == ["1.0.0", "1.1.0"]
-    shown = governance.show_release(cat, PID, "1.0.0")
+    shown = governance.show_release(ws, PID, "1.0.0")
     assert shown["version"] == "1.0.0" and not shown["current"]
-    diff = governance.diff_releases(cat, PID, "1.0.0", "1.1.0")
+    diff = governance.diff_releases(ws, PID, "1.0.0", "1.1.0")
     assert len(diff.added) == 1 and diff.removed == ()
     [changed] = diff.changed
     assert changed.from_id in v1
     assert "assets.data.file:checksum" in changed.fields
-    old = governance.catalog_at(cat, PID, "1.0.0")
+    old = governance.catalog_at(ws, PID, "1.0.0")
     assert old.version == "1.0.0"
-    published = gs.mirror(cat, "production", tmp_path / "published")
+    published = gs.mirror(ws, "production", tmp_path / "published")
     old_root = pystac.Catalog.from_file(str(published / old.key))
     assert {i.id for i in old_root.get_items(recursive=True)} == v1
     with pytest.raises(NotFound, match="9.9.9"):
-        governance.catalog_at(cat, PID, "9.9.9")
+        governance.catalog_at(ws, PID, "9.9.9")
 
 
 def test_cli_promote_releases_and_diff(
-    cat: Catalog, config: ProductConfig, config_path: Path, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, config_path: Path, tile: Callable[..., Path]
 ) -> None:
     from geomesh.cli import cli
 
     runner = CliRunner()
-    ids = gs.ingest(cat, config, [tile("a", 1)])
+    ids = gs.ingest(ws, config, [tile("a", 1)])
     dry = runner.invoke(cli, ["promote", str(config_path), "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output
     assert json.loads(dry.output)["blocked"][ids[0]][0].startswith("signoff:")
@@ -434,17 +434,17 @@ def test_cli_promote_releases_and_diff(
 
 
 def test_a_lost_catalog_is_rematerialized_identically_from_its_manifest(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    release(cat, config, [tile("a", 1)])
-    release(cat, config, [tile("b", 2)])
-    at = governance.catalog_at(cat, PID, "1.1.0")
+    release(ws, config, [tile("a", 1)])
+    release(ws, config, [tile("b", 2)])
+    at = governance.catalog_at(ws, PID, "1.1.0")
     prefix = at.key.rsplit("/", 1)[0] + "/"
-    before = gs.stored_files(cat, "production", prefix)
+    before = gs.stored_files(ws, "production", prefix)
     assert at.key in before
     for key in before:  # e.g. a crash after the release transaction, before publication
-        cat.store.delete("production", key)
-    assert gs.stored_files(cat, "production", prefix) == {}
-    again = governance.catalog_at(cat, PID, "1.1.0")
+        ws.store.delete("production", key)
+    assert gs.stored_files(ws, "production", prefix) == {}
+    again = governance.catalog_at(ws, PID, "1.1.0")
     assert again.key == at.key
-    assert gs.stored_files(cat, "production", prefix) == before
+    assert gs.stored_files(ws, "production", prefix) == before

@@ -15,19 +15,19 @@ from sqlalchemy import event
 from sqlmodel import select
 
 from geomesh import audit
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig
 from geomesh.errors import ConcurrentUpdate, NothingToRollBack, PermissionDenied
 from geomesh.models import AuditEvent, Product
 from geomesh.services import governance
+from geomesh.workspace import Workspace
 
 PID = "sentinel2-msi-l2a-v2.1"
 
 
 @pytest.fixture
-def cat(catalog: Catalog) -> Catalog:
-    gs.add_users(catalog)
-    return catalog
+def ws(workspace: Workspace) -> Workspace:
+    gs.add_users(workspace)
+    return workspace
 
 
 @pytest.fixture
@@ -35,87 +35,87 @@ def tile(make_raster: Callable[..., Path]) -> Callable[..., Path]:
     return gs.tile_factory(make_raster)
 
 
-def release(cat: Catalog, config: ProductConfig, paths: list[Path]) -> governance.ReleaseInfo:
-    ids = gs.ingest(cat, config, paths)
-    gs.approve(cat, config, ids)
-    result = governance.promote(cat, config, actor="alice")
+def release(ws: Workspace, config: ProductConfig, paths: list[Path]) -> governance.ReleaseInfo:
+    ids = gs.ingest(ws, config, paths)
+    gs.approve(ws, config, ids)
+    result = governance.promote(ws, config, actor="alice")
     assert result.release is not None
     return result.release
 
 
-def pointer(cat: Catalog) -> tuple[str | None, int]:
-    with cat.read() as s:
+def pointer(ws: Workspace) -> tuple[str | None, int]:
+    with ws.read() as s:
         p = s.get(Product, PID)
         assert p is not None
         return p.current_release_id, p.version_counter
 
 
 def test_release_rollback_restores_exactly_the_previous_manifest(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    r1 = release(cat, config, [tile("a", 1), tile("b", 2)])
-    before = gs.states(cat, PID)
+    r1 = release(ws, config, [tile("a", 1), tile("b", 2)])
+    before = gs.states(ws, PID)
     # 1.1.0 adds c and reprocesses a (a's old version superseded)
-    r2 = release(cat, config, [tile("a", 5), tile("c", 3)])
-    assert gs.production_ids(cat, PID) == gs.manifest_ids(cat, PID, r2.id)
-    assert "superseded" in gs.states(cat, PID).values()
+    r2 = release(ws, config, [tile("a", 5), tile("c", 3)])
+    assert gs.production_ids(ws, PID) == gs.manifest_ids(ws, PID, r2.id)
+    assert "superseded" in gs.states(ws, PID).values()
 
-    result = governance.rollback_release(cat, config, actor="bob", release_id=r2.id)
+    result = governance.rollback_release(ws, config, actor="bob", release_id=r2.id)
     assert not result.already
     assert result.current_release_id == r1.id and result.current_version == "1.0.0"
-    assert pointer(cat)[0] == r1.id
-    assert gs.production_ids(cat, PID) == gs.manifest_ids(cat, PID, r1.id)
-    after = gs.states(cat, PID)
+    assert pointer(ws)[0] == r1.id
+    assert gs.production_ids(ws, PID) == gs.manifest_ids(ws, PID, r1.id)
+    after = gs.states(ws, PID)
     # every item of r1 is back in its r1 state; r2's new versions are rolled back
     assert {i: after[i] for i in before} == before
     assert {after[i] for i in set(after) - set(before)} == {"rolled_back"}
-    shown = governance.show_release(cat, PID, r2.id)
+    shown = governance.show_release(ws, PID, r2.id)
     assert shown["deprecated"] and not shown["current"]
 
 
 def test_release_rollback_twice_equals_once(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    release(cat, config, [tile("a", 1)])
-    r2 = release(cat, config, [tile("b", 2)])
-    governance.rollback_release(cat, config, actor="bob", release_id=r2.id)
-    snapshot = (gs.states(cat, PID), pointer(cat), _events(cat))
-    again = governance.rollback_release(cat, config, actor="bob", release_id=r2.id)
+    release(ws, config, [tile("a", 1)])
+    r2 = release(ws, config, [tile("b", 2)])
+    governance.rollback_release(ws, config, actor="bob", release_id=r2.id)
+    snapshot = (gs.states(ws, PID), pointer(ws), _events(ws))
+    again = governance.rollback_release(ws, config, actor="bob", release_id=r2.id)
     assert again.already and "already rolled back" in again.message
-    assert (gs.states(cat, PID), pointer(cat), _events(cat)) == snapshot
+    assert (gs.states(ws, PID), pointer(ws), _events(ws)) == snapshot
 
 
 def test_bare_release_rollback_twice_equals_once_and_going_further_names_the_release(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    r1 = release(cat, config, [tile("a", 1)])
-    r2 = release(cat, config, [tile("b", 2)])
-    r3 = release(cat, config, [tile("c", 3)])
-    first = governance.rollback_release(cat, config, actor="bob")  # undo the latest: 1.2.0
+    r1 = release(ws, config, [tile("a", 1)])
+    r2 = release(ws, config, [tile("b", 2)])
+    r3 = release(ws, config, [tile("c", 3)])
+    first = governance.rollback_release(ws, config, actor="bob")  # undo the latest: 1.2.0
     assert not first.already and first.current_release_id == r2.id
-    snapshot = (gs.states(cat, PID), pointer(cat), _events(cat))
-    second = governance.rollback_release(cat, config, actor="bob")
+    snapshot = (gs.states(ws, PID), pointer(ws), _events(ws))
+    second = governance.rollback_release(ws, config, actor="bob")
     assert second.already and second.current_release_id == r2.id
     assert "already rolled back" in second.message and "--release 1.1.0" in second.message
-    assert (gs.states(cat, PID), pointer(cat), _events(cat)) == snapshot
+    assert (gs.states(ws, PID), pointer(ws), _events(ws)) == snapshot
     # going further back is explicit: name the release that is current now
-    further = governance.rollback_release(cat, config, actor="bob", release_id="1.1.0")
+    further = governance.rollback_release(ws, config, actor="bob", release_id="1.1.0")
     assert not further.already and further.current_release_id == r1.id
-    assert gs.production_ids(cat, PID) == gs.manifest_ids(cat, PID, r1.id)
+    assert gs.production_ids(ws, PID) == gs.manifest_ids(ws, PID, r1.id)
     # a new release after the rollback is the latest again: a bare rollback undoes it
-    r4 = release(cat, config, [tile("d", 4)])
+    r4 = release(ws, config, [tile("d", 4)])
     assert r4.id not in {r1.id, r2.id, r3.id}
-    undo = governance.rollback_release(cat, config, actor="bob")
+    undo = governance.rollback_release(ws, config, actor="bob")
     assert not undo.already and undo.current_release_id == r1.id
 
 
 def test_cli_bare_release_rollback_is_idempotent(
-    cat: Catalog, config: ProductConfig, config_path: Path, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, config_path: Path, tile: Callable[..., Path]
 ) -> None:
     from geomesh.cli import cli
 
-    r1 = release(cat, config, [tile("a", 1)])
-    release(cat, config, [tile("b", 2)])
+    r1 = release(ws, config, [tile("a", 1)])
+    release(ws, config, [tile("b", 2)])
     runner = CliRunner()
     args = ["rollback", str(config_path), "--release", "--actor", "bob"]
     outs = [runner.invoke(cli, args) for _ in range(2)]
@@ -125,78 +125,78 @@ def test_cli_bare_release_rollback_is_idempotent(
         assert out.stdout.splitlines()[-1] == f"PRODUCT_ROLLBACK_COMPLETE: {r1.id}"
 
 
-def _events(cat: Catalog) -> int:
-    with cat.read() as s:
+def _events(ws: Workspace) -> int:
+    with ws.read() as s:
         return len(s.exec(select(AuditEvent.seq)).all())
 
 
 def test_rollback_of_a_non_current_release_that_never_was_rolled_back_is_refused(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    r1 = release(cat, config, [tile("a", 1)])
-    release(cat, config, [tile("b", 2)])
+    r1 = release(ws, config, [tile("a", 1)])
+    release(ws, config, [tile("b", 2)])
     with pytest.raises(ConcurrentUpdate, match="not the current release"):
-        governance.rollback_release(cat, config, actor="bob", release_id=r1.id)
+        governance.rollback_release(ws, config, actor="bob", release_id=r1.id)
 
 
 def test_first_release_cannot_be_rolled_back(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
     with pytest.raises(NothingToRollBack, match="no release"):
         # the product exists only once something was ingested
-        gs.ingest(cat, config, [tile("z", 9)], post_stage=gs.stay_in_staging)
-        governance.rollback_release(cat, config, actor="bob")
-    release(cat, config, [tile("a", 1)])
+        gs.ingest(ws, config, [tile("z", 9)], post_stage=gs.stay_in_staging)
+        governance.rollback_release(ws, config, actor="bob")
+    release(ws, config, [tile("a", 1)])
     with pytest.raises(NothingToRollBack, match="first release"):
-        governance.rollback_release(cat, config, actor="bob")
+        governance.rollback_release(ws, config, actor="bob")
 
 
 def test_item_rollback_makes_a_patch_release_without_the_item(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    r1 = release(cat, config, [tile("a", 1), tile("b", 2)])
-    bad = sorted(gs.manifest_ids(cat, PID))[0]
-    result = governance.rollback_item(cat, config, bad, actor="bob")
+    r1 = release(ws, config, [tile("a", 1), tile("b", 2)])
+    bad = sorted(gs.manifest_ids(ws, PID))[0]
+    result = governance.rollback_item(ws, config, bad, actor="bob")
     assert not result.already and result.current_version == "1.0.1"
-    assert gs.manifest_ids(cat, PID) == gs.manifest_ids(cat, PID, r1.id) - {bad}
-    assert gs.states(cat, PID)[bad] == "rolled_back"
-    assert gs.production_ids(cat, PID) == gs.manifest_ids(cat, PID)
-    snapshot = (gs.states(cat, PID), pointer(cat), _events(cat))
-    again = governance.rollback_item(cat, config, bad, actor="bob")
+    assert gs.manifest_ids(ws, PID) == gs.manifest_ids(ws, PID, r1.id) - {bad}
+    assert gs.states(ws, PID)[bad] == "rolled_back"
+    assert gs.production_ids(ws, PID) == gs.manifest_ids(ws, PID)
+    snapshot = (gs.states(ws, PID), pointer(ws), _events(ws))
+    again = governance.rollback_item(ws, config, bad, actor="bob")
     assert again.already and "already rolled back" in again.message
-    assert (gs.states(cat, PID), pointer(cat), _events(cat)) == snapshot
+    assert (gs.states(ws, PID), pointer(ws), _events(ws)) == snapshot
     # rolling back the PATCH release brings the item back
-    governance.rollback_release(cat, config, actor="bob", release_id=result.release_id)
-    assert gs.production_ids(cat, PID) == gs.manifest_ids(cat, PID, r1.id)
-    assert gs.states(cat, PID)[bad] == "production"
+    governance.rollback_release(ws, config, actor="bob", release_id=result.release_id)
+    assert gs.production_ids(ws, PID) == gs.manifest_ids(ws, PID, r1.id)
+    assert gs.states(ws, PID)[bad] == "production"
 
 
 def test_item_rollback_of_an_unreleased_item_is_refused(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    release(cat, config, [tile("a", 1)])
-    [waiting] = gs.ingest(cat, config, [tile("b", 2)])
+    release(ws, config, [tile("a", 1)])
+    [waiting] = gs.ingest(ws, config, [tile("b", 2)])
     with pytest.raises(NothingToRollBack, match="not in the current release"):
-        governance.rollback_item(cat, config, waiting, actor="bob")
+        governance.rollback_item(ws, config, waiting, actor="bob")
 
 
 def test_rollback_needs_a_role(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    release(cat, config, [tile("a", 1)])
-    release(cat, config, [tile("b", 2)])
+    release(ws, config, [tile("a", 1)])
+    release(ws, config, [tile("b", 2)])
     for actor in ("ana", "vic"):
         with pytest.raises(PermissionDenied):
-            governance.rollback_release(cat, config, actor=actor)
+            governance.rollback_release(ws, config, actor=actor)
 
 
 def test_rollback_events_are_audited_and_chain_verifies(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    release(cat, config, [tile("a", 1)])
-    r2 = release(cat, config, [tile("b", 2)])
-    governance.rollback_release(cat, config, actor="bob")
-    with cat.read() as s:
+    release(ws, config, [tile("a", 1)])
+    r2 = release(ws, config, [tile("b", 2)])
+    governance.rollback_release(ws, config, actor="bob")
+    with ws.read() as s:
         ev = s.exec(select(AuditEvent).where(AuditEvent.action == "rollback.release")).all()
         item_events = [e for e in ev if e.target != r2.id]
         [release_event] = [e for e in ev if e.target == r2.id]
@@ -211,37 +211,37 @@ def test_rollback_events_are_audited_and_chain_verifies(
 
 
 @contextmanager
-def statements(cat: Catalog) -> Iterator[list[tuple[str, Any]]]:
+def statements(ws: Workspace) -> Iterator[list[tuple[str, Any]]]:
     seen: list[tuple[str, Any]] = []
 
     def record(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
         seen.append((sql, params))
 
-    event.listen(cat.engine, "before_cursor_execute", record)
+    event.listen(ws.engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(cat.engine, "before_cursor_execute", record)
+        event.remove(ws.engine, "before_cursor_execute", record)
 
 
 def _rollback_cost(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path], n: int
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path], n: int
 ) -> list[tuple[str, Any]]:
     """Roll back a one-item release whose parent holds ``n`` items; the SQL it ran."""
-    release(cat, config, [tile(f"base{i}", 100 + i) for i in range(n)])
-    top = release(cat, config, [tile("extra", 7)])
-    with statements(cat) as seen:
-        governance.rollback_release(cat, config, actor="bob", release_id=top.id)
+    release(ws, config, [tile(f"base{i}", 100 + i) for i in range(n)])
+    top = release(ws, config, [tile("extra", 7)])
+    with statements(ws) as seen:
+        governance.rollback_release(ws, config, actor="bob", release_id=top.id)
     return seen
 
 
 def test_release_rollback_cost_does_not_grow_with_the_release_size(
-    catalog: Catalog,
+    workspace: Workspace,
     config: ProductConfig,
     tile: Callable[..., Path],
 ) -> None:
-    gs.add_users(catalog)
-    small = _rollback_cost(catalog, config, tile, 1)
+    gs.add_users(workspace)
+    small = _rollback_cost(workspace, config, tile, 1)
     # a second product in the same catalog (and so on the same backend) with 12 items
     big_config = config.model_copy(
         update={
@@ -250,7 +250,7 @@ def test_release_rollback_cost_does_not_grow_with_the_release_size(
             )
         }
     )
-    big_cat = catalog
+    big_cat = workspace
     big = _rollback_cost(big_cat, big_config, tile, 12)
 
     def shape(seen: list[tuple[str, Any]]) -> list[str]:
@@ -269,12 +269,12 @@ def test_release_rollback_cost_does_not_grow_with_the_release_size(
 
 
 def test_cli_rollback_prints_the_completion_token(
-    cat: Catalog, config: ProductConfig, config_path: Path, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, config_path: Path, tile: Callable[..., Path]
 ) -> None:
     from geomesh.cli import cli
 
-    r1 = release(cat, config, [tile("a", 1)])
-    r2 = release(cat, config, [tile("b", 2)])
+    r1 = release(ws, config, [tile("a", 1)])
+    r2 = release(ws, config, [tile("b", 2)])
     runner = CliRunner()
     args = ["rollback", str(config_path), "--release", r2.id, "--actor", "bob"]
     first = runner.invoke(cli, args)
@@ -284,7 +284,7 @@ def test_cli_rollback_prints_the_completion_token(
     assert second.exit_code == 0, second.output
     assert "already rolled back" in second.stdout
     assert second.stdout.splitlines()[-1] == f"PRODUCT_ROLLBACK_COMPLETE: {r1.id}"
-    item = sorted(gs.manifest_ids(cat, PID))[0]
+    item = sorted(gs.manifest_ids(ws, PID))[0]
     out = runner.invoke(cli, ["rollback", str(config_path), "--item", item, "--actor", "bob"])
     assert out.exit_code == 0, out.output
     assert re.fullmatch(r"PRODUCT_ROLLBACK_COMPLETE: [0-9a-f]{64}", out.stdout.splitlines()[-1])

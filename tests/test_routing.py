@@ -11,7 +11,6 @@ import pytest
 from sqlmodel import col, select
 
 from geomesh import lifecycle
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import NotFound, PermissionDenied
 from geomesh.models import (
@@ -26,6 +25,7 @@ from geomesh.models import (
 from geomesh.services import routing
 from geomesh.services.ingest import IngestReport, TileResult, ingest_rasters
 from geomesh.services.routing import route_item, validate_and_route
+from geomesh.workspace import Workspace
 
 SYSTEM = "system"
 DATED = {"TIFFTAG_DATETIME": "2024:06:12 19:03:21"}
@@ -36,23 +36,23 @@ def no_route(*_: Any) -> tuple[str | None, str | None, dict[str, int]]:
 
 
 def ingest(
-    cat: Catalog, cfg: ProductConfig, source: Path, *, post_stage: Any = routing.post_stage
+    ws: Workspace, cfg: ProductConfig, source: Path, *, post_stage: Any = routing.post_stage
 ) -> TileResult:
-    report: IngestReport = ingest_rasters(cat, cfg, [source], actor=SYSTEM, post_stage=post_stage)
+    report: IngestReport = ingest_rasters(ws, cfg, [source], actor=SYSTEM, post_stage=post_stage)
     (res,) = report.results
     assert res.status == "staged", res.error
     return res
 
 
-def get_item(cat: Catalog, item_id: str) -> Item:
-    with cat.read() as s:
+def get_item(ws: Workspace, item_id: str) -> Item:
+    with ws.read() as s:
         item = s.get(Item, item_id)
         assert item is not None
         return item
 
 
-def actions(cat: Catalog, item_id: str) -> list[str]:
-    with cat.read() as s:
+def actions(ws: Workspace, item_id: str) -> list[str]:
+    with ws.read() as s:
         rows = s.exec(
             select(AuditEvent).where(AuditEvent.target == item_id).order_by(col(AuditEvent.seq))
         ).all()
@@ -75,18 +75,18 @@ def outside(make_raster: Callable[..., Path]) -> Path:
 
 
 def test_clean_tile_warns_and_proceeds_to_validation(
-    catalog: Catalog, config: ProductConfig, inside: Path, caplog: pytest.LogCaptureFixture
+    workspace: Workspace, config: ProductConfig, inside: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level("WARNING", logger="geomesh.services.routing"):
-        res = ingest(catalog, config, inside)
+        res = ingest(workspace, config, inside)
     assert (res.state, res.route) == ("validation", "warn")
     assert res.findings["P3"] > 0 and res.findings["P1"] == res.findings["P2"] == 0
     assert any("proceeds with warnings" in r.message for r in caplog.records)
     assert res.item_id is not None
-    item = get_item(catalog, res.item_id)
+    item = get_item(workspace, res.item_id)
     assert item.state is ItemState.validation and item.worst_severity == "P3"
-    assert actions(catalog, item.id) == ["ingest", "validate", "route.proceed"]
-    with catalog.read() as s:
+    assert actions(workspace, item.id) == ["ingest", "validate", "route.proceed"]
+    with workspace.read() as s:
         (run,) = s.exec(select(ValidationRun).where(ValidationRun.item_id == item.id)).all()
         assert run.passed and run.content_digest == item.content_digest
         recs = s.exec(select(FindingRecord).where(FindingRecord.run_id == run.id)).all()
@@ -94,7 +94,7 @@ def test_clean_tile_warns_and_proceeds_to_validation(
 
 
 def test_tile_without_findings_proceeds(
-    catalog: Catalog, write_config: Callable[..., Path], inside: Path
+    workspace: Workspace, write_config: Callable[..., Path], inside: Path
 ) -> None:
     cfg = load_config(
         write_config(
@@ -107,7 +107,7 @@ def test_tile_without_findings_proceeds(
             }
         )
     )
-    res = ingest(catalog, cfg, inside)
+    res = ingest(workspace, cfg, inside)
     assert (res.state, res.route, res.findings) == (
         "validation",
         "proceed",
@@ -119,87 +119,90 @@ def test_tile_without_findings_proceeds(
 
 
 def test_tile_without_crs_is_quarantined_with_reason(
-    catalog: Catalog, config: ProductConfig, shared_raster: Callable[[str], Path], tmp_path: Path
+    workspace: Workspace,
+    config: ProductConfig,
+    shared_raster: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     src = tmp_path / "float32.tif"
     shutil.copy(shared_raster("rasterio__float32.tif"), src)  # real raster with no CRS
-    res = ingest(catalog, config, src)
+    res = ingest(workspace, config, src)
     assert (res.state, res.route) == ("quarantined", "quarantine")
     assert res.item_id is not None
-    item = get_item(catalog, res.item_id)
+    item = get_item(workspace, res.item_id)
     assert item.state is ItemState.quarantined
     assert item.quarantine_reason and "GM-CRS-001" in item.quarantine_reason
     assert item.quarantine_reason.startswith("P2:")
     assert item.quarantine_key == item.object_key
-    assert catalog.store.exists("quarantine", item.object_key)
-    assert catalog.store.exists("quarantine", item.stac_key)
-    assert actions(catalog, item.id)[-1] == "quarantine"
+    assert workspace.store.exists("quarantine", item.object_key)
+    assert workspace.store.exists("quarantine", item.stac_key)
+    assert actions(workspace, item.id)[-1] == "quarantine"
 
 
 def test_mismatched_projection_is_quarantined(
-    catalog: Catalog, config: ProductConfig, inside: Path
+    workspace: Workspace, config: ProductConfig, inside: Path
 ) -> None:
-    res = ingest(catalog, config, inside, post_stage=no_route)
+    res = ingest(workspace, config, inside, post_stage=no_route)
     assert res.item_id is not None
     # the stored item says another CRS than its COG header (e.g. edited by a broken tool)
-    with catalog.transaction() as s:
+    with workspace.transaction() as s:
         item = s.get(Item, res.item_id)
         assert item is not None
         stac = dict(item.stac)
         stac["properties"] = {**stac["properties"], "proj:code": "EPSG:32611"}
         item.stac = stac
         s.add(item)
-    out = validate_and_route(catalog, config, res.item_id, actor=SYSTEM)
+    out = validate_and_route(workspace, config, res.item_id, actor=SYSTEM)
     assert (out.action, out.state) == ("quarantine", "quarantined")
-    assert "mismatched projection" in (get_item(catalog, res.item_id).quarantine_reason or "")
+    assert "mismatched projection" in (get_item(workspace, res.item_id).quarantine_reason or "")
 
 
 # ------------------------------------------------------------------ P1: rollback
 
 
 def test_tile_outside_boundary_rolls_back_and_queues_reclip(
-    catalog: Catalog, config: ProductConfig, outside: Path
+    workspace: Workspace, config: ProductConfig, outside: Path
 ) -> None:
-    res = ingest(catalog, config, outside, post_stage=no_route)
+    res = ingest(workspace, config, outside, post_stage=no_route)
     assert res.item_id is not None
     for key in (f"previews/{res.item_id}/thumb.png", f"previews/{res.item_id}.json"):
-        catalog.store.put_bytes("meta", key, b"cached")
-    catalog.store.put_bytes("meta", f"previews/{res.item_id}-other/keep.png", b"other item")
-    out = validate_and_route(catalog, config, res.item_id, actor=SYSTEM)
+        workspace.store.put_bytes("meta", key, b"cached")
+    workspace.store.put_bytes("meta", f"previews/{res.item_id}-other/keep.png", b"other item")
+    out = validate_and_route(workspace, config, res.item_id, actor=SYSTEM)
     assert (out.action, out.state, out.worst_severity) == ("rollback", "rolled_back", "P1")
-    assert get_item(catalog, res.item_id).state is ItemState.rolled_back
+    assert get_item(workspace, res.item_id).state is ItemState.rolled_back
     assert sorted(out.invalidated) == sorted(
         [f"previews/{res.item_id}/thumb.png", f"previews/{res.item_id}.json"]
     )
-    assert list(catalog.store.list("meta", "previews/")) == [
+    assert list(workspace.store.list("meta", "previews/")) == [
         f"previews/{res.item_id}-other/keep.png"
     ]
-    with catalog.read() as s:
+    with workspace.read() as s:
         (task,) = s.exec(select(Task).where(Task.item_id == res.item_id)).all()
     assert (task.kind, task.status, task.id) == ("reclip", "queued", out.task_id)
     assert task.details["rules"] == ["GM-BOUNDARY-001"]
     # idempotent: routing again changes nothing and queues nothing
-    again = route_item(catalog, config, res.item_id, out.findings, actor=SYSTEM)
+    again = route_item(workspace, config, res.item_id, out.findings, actor=SYSTEM)
     assert (again.action, again.changed) == ("none", False)
-    with catalog.read() as s:
+    with workspace.read() as s:
         assert len(s.exec(select(Task)).all()) == 1
 
 
 def test_no_reclip_when_clipping_is_on(
-    catalog: Catalog, config: ProductConfig, outside: Path
+    workspace: Workspace, config: ProductConfig, outside: Path
 ) -> None:
-    res = ingest(catalog, config, outside, post_stage=no_route)
+    res = ingest(workspace, config, outside, post_stage=no_route)
     assert res.item_id is not None
     clip_cfg = config.model_copy(
         update={"ingestion": config.ingestion.model_copy(update={"clip": True})}
     )
-    out = validate_and_route(catalog, clip_cfg, res.item_id, actor=SYSTEM)
+    out = validate_and_route(workspace, clip_cfg, res.item_id, actor=SYSTEM)
     assert out.action == "rollback" and out.task_id is None
 
 
-def _promote_and_supersede(cat: Catalog, item_id: str) -> None:
+def _promote_and_supersede(ws: Workspace, item_id: str) -> None:
     """Test set-up: what promote + a newer release would do to an item (audited)."""
-    with cat.transaction() as s:
+    with ws.transaction() as s:
         item = s.get(Item, item_id)
         assert item is not None
         for target in (ItemState.production, ItemState.superseded):
@@ -207,66 +210,68 @@ def _promote_and_supersede(cat: Catalog, item_id: str) -> None:
 
 
 def test_rollback_restores_the_version_it_superseded(
-    catalog: Catalog, config: ProductConfig, inside: Path, outside: Path
+    workspace: Workspace, config: ProductConfig, inside: Path, outside: Path
 ) -> None:
-    first = ingest(catalog, config, inside)
+    first = ingest(workspace, config, inside)
     assert first.item_id is not None and first.state == "validation"
-    _promote_and_supersede(catalog, first.item_id)
+    _promote_and_supersede(workspace, first.item_id)
     shutil.copy(outside, inside)  # the same source now holds bad bytes
-    second = ingest(catalog, config, inside, post_stage=no_route)
+    second = ingest(workspace, config, inside, post_stage=no_route)
     assert second.item_id is not None
-    assert get_item(catalog, second.item_id).supersedes == first.item_id
-    out = validate_and_route(catalog, config, second.item_id, actor=SYSTEM)
+    assert get_item(workspace, second.item_id).supersedes == first.item_id
+    out = validate_and_route(workspace, config, second.item_id, actor=SYSTEM)
     assert out.action == "rollback" and out.restored_item_id == first.item_id
-    assert get_item(catalog, first.item_id).state is ItemState.production
-    assert actions(catalog, first.item_id)[-1] == "rollback.restore"
+    assert get_item(workspace, first.item_id).state is ItemState.production
+    assert actions(workspace, first.item_id)[-1] == "rollback.restore"
 
 
 def test_rollback_restores_a_superseded_staged_version(
-    catalog: Catalog, config: ProductConfig, inside: Path, outside: Path
+    workspace: Workspace, config: ProductConfig, inside: Path, outside: Path
 ) -> None:
-    first = ingest(catalog, config, inside)
+    first = ingest(workspace, config, inside)
     assert first.item_id is not None and first.state == "validation"
     shutil.copy(outside, inside)
-    second = ingest(catalog, config, inside)
+    second = ingest(workspace, config, inside)
     assert second.state == "rolled_back"
-    assert get_item(catalog, first.item_id).state is ItemState.validation
+    assert get_item(workspace, first.item_id).state is ItemState.validation
 
 
 # ------------------------------------------------------------------ table, permissions
 
 
 def test_routing_table_is_per_product(
-    catalog: Catalog, write_config: Callable[..., Path], make_raster: Callable[..., Path]
+    workspace: Workspace, write_config: Callable[..., Path], make_raster: Callable[..., Path]
 ) -> None:
     cfg = load_config(write_config({"validation": {"routing": {"P2": "rollback", "P3": "warn"}}}))
     res = ingest(
-        catalog, cfg, make_raster("nocrs.tif", width=64, height=64, count=1, crs=None, tags=DATED)
+        workspace, cfg, make_raster("nocrs.tif", width=64, height=64, count=1, crs=None, tags=DATED)
     )
     assert (res.route, res.state) == ("rollback", "rolled_back")
 
 
-def test_routing_checks_the_actor(catalog: Catalog, config: ProductConfig, outside: Path) -> None:
+def test_routing_checks_the_actor(
+    workspace: Workspace, config: ProductConfig, outside: Path
+) -> None:
     from geomesh.auth import create_user
 
-    res = ingest(catalog, config, outside, post_stage=no_route)
+    res = ingest(workspace, config, outside, post_stage=no_route)
     assert res.item_id is not None
-    with catalog.transaction() as s:
+    with workspace.transaction() as s:
         create_user(s, name="ana", role=Role.analyst)
     with pytest.raises(PermissionDenied):
-        validate_and_route(catalog, config, res.item_id, actor="ana")  # analysts cannot roll back
-    assert get_item(catalog, res.item_id).state is ItemState.staging
+        validate_and_route(workspace, config, res.item_id, actor="ana")  # analysts cannot roll back
+    assert get_item(workspace, res.item_id).state is ItemState.staging
     with pytest.raises(NotFound):
-        validate_and_route(catalog, config, "no-such-item", actor=SYSTEM)
+        validate_and_route(workspace, config, "no-such-item", actor=SYSTEM)
 
 
 def test_dry_run_reports_the_route_without_writing(
-    catalog: Catalog, config: ProductConfig, outside: Path
+    workspace: Workspace, config: ProductConfig, outside: Path
 ) -> None:
-    report = ingest_rasters(catalog, config, [outside], actor=SYSTEM, dry_run=True)
+    report = ingest_rasters(workspace, config, [outside], actor=SYSTEM, dry_run=True)
     (res,) = report.results
     assert res.status == "would-stage"
-    with catalog.read() as s:
+    with workspace.read() as s:
         assert s.exec(select(Item)).all() == []
     if res.route is None:
         pytest.skip("the ingest dry run is not wired to routing.dry_run_findings yet")

@@ -26,12 +26,12 @@ from _forkserver import ForkServer, Result
 from rasterio.transform import from_origin
 from sqlmodel import select
 
-from geomesh.catalog import Catalog
 from geomesh.config import load_config
 from geomesh.errors import PermissionDenied
 from geomesh.models import User
 from geomesh.services import auth_session, users
 from geomesh.settings import Settings
+from geomesh.workspace import Workspace
 
 from conftest import BACKEND, EXAMPLE_CONFIG, SHARED
 
@@ -136,15 +136,15 @@ def receiver() -> Iterator[Receiver]:
 
 def test_passwords_are_stored_only_as_argon2id_hashes(tmp_path: Path, server: ForkServer) -> None:
     root = tmp_path / "root"
-    cat = Catalog.open(Settings(storage_root=root))
-    users.add_user(cat, actor="system", name="root", role="admin", password=PASSWORD)
-    assert auth_session.sign_in(cat, "root", PASSWORD).role == "admin"
+    ws = Workspace.open(Settings(storage_root=root))
+    users.add_user(ws, actor="system", name="root", role="admin", password=PASSWORD)
+    assert auth_session.sign_in(ws, "root", PASSWORD).role == "admin"
     with pytest.raises(PermissionDenied) as wrong:
-        auth_session.sign_in(cat, "root", WRONG_PASSWORD)
+        auth_session.sign_in(ws, "root", WRONG_PASSWORD)
     assert WRONG_PASSWORD not in str(wrong.value)
     with pytest.raises(PermissionDenied):
-        auth_session.sign_in(cat, "nobody", WRONG_PASSWORD)
-    cat.close()
+        auth_session.sign_in(ws, "nobody", WRONG_PASSWORD)
+    ws.close()
     # and through the CLI, the password on stdin
     res = run(
         server,
@@ -156,10 +156,10 @@ def test_passwords_are_stored_only_as_argon2id_hashes(tmp_path: Path, server: Fo
     listed = run(server, root, ["users", "list", "--json"])
     assert listed.returncode == 0, listed.stderr
 
-    cat = Catalog.open(Settings(storage_root=root))
-    with cat.read() as s:
+    ws = Workspace.open(Settings(storage_root=root))
+    with ws.read() as s:
         rows = s.exec(select(User)).all()
-    cat.close()
+    ws.close()
     hashes = {u.name: u.password_hash for u in rows}
     assert hashes["root"] is not None and hashes["root"].startswith("$argon2id$")
     assert hashes["carol"] is not None and hashes["carol"].startswith("$argon2id$")

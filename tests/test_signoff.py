@@ -11,19 +11,19 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import select
 
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import PermissionDenied, PromotionBlocked, SignoffError
 from geomesh.models import Approval, AuditEvent, Decision, Item
 from geomesh.services import governance
+from geomesh.workspace import Workspace
 
 PID = "sentinel2-msi-l2a-v2.1"
 
 
 @pytest.fixture
-def cat(catalog: Catalog) -> Catalog:
-    gs.add_users(catalog)
-    return catalog
+def ws(workspace: Workspace) -> Workspace:
+    gs.add_users(workspace)
+    return workspace
 
 
 @pytest.fixture
@@ -32,22 +32,22 @@ def tile(make_raster: Callable[..., Path]) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def item_id(cat: Catalog, config: ProductConfig, tile: Callable[..., Path]) -> str:
-    [iid] = gs.ingest(cat, config, [tile("a", 1)])
+def item_id(ws: Workspace, config: ProductConfig, tile: Callable[..., Path]) -> str:
+    [iid] = gs.ingest(ws, config, [tile("a", 1)])
     return iid
 
 
-def gate(cat: Catalog, config: ProductConfig, iid: str, name: str) -> governance.Gate:
-    [plan] = governance.plan_promotion(cat, config, [iid]).items
+def gate(ws: Workspace, config: ProductConfig, iid: str, name: str) -> governance.Gate:
+    [plan] = governance.plan_promotion(ws, config, [iid]).items
     return next(g for g in plan.gates if g.name == name)
 
 
-def test_self_approval_is_rejected(cat: Catalog, config: ProductConfig, item_id: str) -> None:
+def test_self_approval_is_rejected(ws: Workspace, config: ProductConfig, item_id: str) -> None:
     with pytest.raises(PermissionDenied, match="submitted item .* cannot approve"):
-        governance.sign_off(cat, config, item_id, actor=gs.SUBMITTER, approve=True)
-    assert not gate(cat, config, item_id, "signoff").ok
+        governance.sign_off(ws, config, item_id, actor=gs.SUBMITTER, approve=True)
+    assert not gate(ws, config, item_id, "signoff").ok
     # an approval row by the submitter (written behind the service's back) does not count
-    with cat.transaction() as s:
+    with ws.transaction() as s:
         item = s.get(Item, item_id)
         assert item is not None
         s.add(
@@ -58,73 +58,73 @@ def test_self_approval_is_rejected(cat: Catalog, config: ProductConfig, item_id:
                 decision=Decision.approve,
             )
         )
-    assert not gate(cat, config, item_id, "signoff").ok
+    assert not gate(ws, config, item_id, "signoff").ok
 
 
 @pytest.mark.parametrize("actor", ["ana", "vic", "root", "system", "nobody"])
 def test_only_stewards_sign_off(
-    cat: Catalog, config: ProductConfig, item_id: str, actor: str
+    ws: Workspace, config: ProductConfig, item_id: str, actor: str
 ) -> None:
     with pytest.raises(PermissionDenied):
-        governance.sign_off(cat, config, item_id, actor=actor, approve=True)
-    with cat.read() as s:
+        governance.sign_off(ws, config, item_id, actor=actor, approve=True)
+    with ws.read() as s:
         assert s.exec(select(Approval)).all() == []
 
 
 def test_changed_content_invalidates_an_approval(
-    cat: Catalog, config: ProductConfig, item_id: str, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, item_id: str, tile: Callable[..., Path]
 ) -> None:
-    governance.sign_off(cat, config, item_id, actor="alice", approve=True)
-    assert gate(cat, config, item_id, "signoff").ok
+    governance.sign_off(ws, config, item_id, actor="alice", approve=True)
+    assert gate(ws, config, item_id, "signoff").ok
     # the same source tile re-staged with changed bytes: a new item version supersedes it
-    [v2] = gs.ingest(cat, config, [tile("a", 2)])
+    [v2] = gs.ingest(ws, config, [tile("a", 2)])
     assert v2 != item_id
-    assert gs.states(cat, PID)[item_id] == "superseded"
-    g = gate(cat, config, v2, "signoff")
+    assert gs.states(ws, PID)[item_id] == "superseded"
+    g = gate(ws, config, v2, "signoff")
     assert not g.ok and "0/1" in g.detail
-    plan = governance.plan_promotion(cat, config)
+    plan = governance.plan_promotion(ws, config)
     assert [p.item_id for p in plan.items] == [v2] and plan.eligible == []
     # and an approval recorded on another digest of the same item never counts
-    with cat.transaction() as s:
+    with ws.transaction() as s:
         s.add(Approval(item_id=v2, content_digest="f" * 64, actor="bob", decision=Decision.approve))
-    g = gate(cat, config, v2, "signoff")
+    g = gate(ws, config, v2, "signoff")
     assert not g.ok and "other content" in g.detail
-    governance.sign_off(cat, config, v2, actor="alice", approve=True)
-    assert gate(cat, config, v2, "signoff").ok
+    governance.sign_off(ws, config, v2, actor="alice", approve=True)
+    assert gate(ws, config, v2, "signoff").ok
 
 
 def test_two_approvals_when_configured(
-    cat: Catalog, write_config: Callable[..., Path], tile: Callable[..., Path]
+    ws: Workspace, write_config: Callable[..., Path], tile: Callable[..., Path]
 ) -> None:
     config = load_config(write_config({"governance": {"approvals_required": 2}}))
-    [iid] = gs.ingest(cat, config, [tile("a", 1)])
-    governance.sign_off(cat, config, iid, actor="alice", approve=True)
+    [iid] = gs.ingest(ws, config, [tile("a", 1)])
+    governance.sign_off(ws, config, iid, actor="alice", approve=True)
     # the same steward twice is still one approval
-    governance.sign_off(cat, config, iid, actor="alice", approve=True)
-    g = gate(cat, config, iid, "signoff")
+    governance.sign_off(ws, config, iid, actor="alice", approve=True)
+    g = gate(ws, config, iid, "signoff")
     assert not g.ok and "1/2" in g.detail
     with pytest.raises(PromotionBlocked, match="1/2"):
-        governance.promote(cat, config, [iid], actor="alice")
-    governance.sign_off(cat, config, iid, actor="bob", approve=True)
-    assert gate(cat, config, iid, "signoff").ok
-    assert governance.promote(cat, config, [iid], actor="alice").release is not None
+        governance.promote(ws, config, [iid], actor="alice")
+    governance.sign_off(ws, config, iid, actor="bob", approve=True)
+    assert gate(ws, config, iid, "signoff").ok
+    assert governance.promote(ws, config, [iid], actor="alice").release is not None
 
 
 def test_rejection_needs_a_comment_and_blocks(
-    cat: Catalog, config: ProductConfig, item_id: str
+    ws: Workspace, config: ProductConfig, item_id: str
 ) -> None:
     with pytest.raises(SignoffError, match="comment"):
-        governance.sign_off(cat, config, item_id, actor="bob", approve=False)
+        governance.sign_off(ws, config, item_id, actor="bob", approve=False)
     with pytest.raises(SignoffError, match="comment"):
-        governance.sign_off(cat, config, item_id, actor="bob", approve=False, comment="  ")
-    governance.sign_off(cat, config, item_id, actor="alice", approve=True)
-    governance.sign_off(cat, config, item_id, actor="bob", approve=False, comment="clouds")
-    g = gate(cat, config, item_id, "signoff")
+        governance.sign_off(ws, config, item_id, actor="bob", approve=False, comment="  ")
+    governance.sign_off(ws, config, item_id, actor="alice", approve=True)
+    governance.sign_off(ws, config, item_id, actor="bob", approve=False, comment="clouds")
+    g = gate(ws, config, item_id, "signoff")
     assert not g.ok and "clouds" in g.detail
     # bob changes his mind: the later decision replaces his earlier one
-    governance.sign_off(cat, config, item_id, actor="bob", approve=True)
-    assert gate(cat, config, item_id, "signoff").ok
-    with cat.read() as s:
+    governance.sign_off(ws, config, item_id, actor="bob", approve=True)
+    assert gate(ws, config, item_id, "signoff").ok
+    with ws.read() as s:
         actions = [
             e.action
             for e in s.exec(select(AuditEvent).where(AuditEvent.target == item_id)).all()
@@ -133,96 +133,100 @@ def test_rejection_needs_a_comment_and_blocks(
     assert actions == ["signoff.approve", "signoff.reject", "signoff.approve"]
 
 
-def test_repeated_decision_is_a_no_op(cat: Catalog, config: ProductConfig, item_id: str) -> None:
+def test_repeated_decision_is_a_no_op(ws: Workspace, config: ProductConfig, item_id: str) -> None:
     for _ in range(3):
-        governance.sign_off(cat, config, item_id, actor="alice", approve=True)
-    with cat.read() as s:
+        governance.sign_off(ws, config, item_id, actor="alice", approve=True)
+    with ws.read() as s:
         events = s.exec(select(AuditEvent).where(AuditEvent.action == "signoff.approve")).all()
     assert len(events) == 1
 
 
-def test_request_signoff_is_audited_once(cat: Catalog, config: ProductConfig, item_id: str) -> None:
+def test_request_signoff_is_audited_once(
+    ws: Workspace, config: ProductConfig, item_id: str
+) -> None:
     with pytest.raises(PermissionDenied):
-        governance.request_signoff(cat, config, item_id, actor="vic")
-    status = governance.request_signoff(cat, config, item_id, actor="ana")
+        governance.request_signoff(ws, config, item_id, actor="vic")
+    status = governance.request_signoff(ws, config, item_id, actor="ana")
     assert status.requested and not status.ok
-    governance.request_signoff(cat, config, item_id, actor="ana")
-    with cat.read() as s:
+    governance.request_signoff(ws, config, item_id, actor="ana")
+    with ws.read() as s:
         events = s.exec(select(AuditEvent).where(AuditEvent.action == "signoff.request")).all()
     assert [(e.actor, e.target) for e in events] == [("ana", item_id)]
 
 
 def test_signoff_refused_outside_review_states(
-    cat: Catalog, config: ProductConfig, item_id: str
+    ws: Workspace, config: ProductConfig, item_id: str
 ) -> None:
-    gs.approve(cat, config, [item_id])
-    governance.promote(cat, config, actor="alice")
+    gs.approve(ws, config, [item_id])
+    governance.promote(ws, config, actor="alice")
     with pytest.raises(SignoffError, match="production"):
-        governance.sign_off(cat, config, item_id, actor="bob", approve=True)
+        governance.sign_off(ws, config, item_id, actor="bob", approve=True)
 
 
 # ------------------------------------------------------------------ gates (a) and (b)
 
 
 def test_open_p2_finding_blocks_promotion(
-    cat: Catalog, config: ProductConfig, item_id: str
+    ws: Workspace, config: ProductConfig, item_id: str
 ) -> None:
-    gs.approve(cat, config, [item_id])
-    gs.add_finding(cat, item_id, "P2")
-    g = gate(cat, config, item_id, "validation")
+    gs.approve(ws, config, [item_id])
+    gs.add_finding(ws, item_id, "P2")
+    g = gate(ws, config, item_id, "validation")
     assert not g.ok and "GM-TEST" in g.detail
     with pytest.raises(PromotionBlocked, match="open P1/P2"):
-        governance.promote(cat, config, actor="alice")
-    assert gs.production_ids(cat, PID) == set()
+        governance.promote(ws, config, actor="alice")
+    assert gs.production_ids(ws, PID) == set()
 
 
-def test_p3_finding_does_not_block(cat: Catalog, config: ProductConfig, item_id: str) -> None:
-    gs.add_finding(cat, item_id, "P3", passed=True)
-    assert gate(cat, config, item_id, "validation").ok
+def test_p3_finding_does_not_block(ws: Workspace, config: ProductConfig, item_id: str) -> None:
+    gs.add_finding(ws, item_id, "P3", passed=True)
+    assert gate(ws, config, item_id, "validation").ok
 
 
 def test_item_without_validation_run_is_blocked(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    [iid] = gs.ingest(cat, config, [tile("a", 1)], post_stage=gs.stay_in_staging)
-    plan = governance.plan_promotion(cat, config, [iid])
+    [iid] = gs.ingest(ws, config, [tile("a", 1)], post_stage=gs.stay_in_staging)
+    plan = governance.plan_promotion(ws, config, [iid])
     reasons = " ".join(plan.items[0].reasons)
     assert "state: item is in state 'staging'" in reasons
     assert "no validation run" in reasons
     # by default only items in 'validation' are candidates
-    assert governance.plan_promotion(cat, config).items == ()
+    assert governance.plan_promotion(ws, config).items == ()
 
 
 def test_corrupt_object_fails_the_checksum_gate(
-    cat: Catalog, config: ProductConfig, item_id: str
+    ws: Workspace, config: ProductConfig, item_id: str
 ) -> None:
-    gs.approve(cat, config, [item_id])
-    assert gate(cat, config, item_id, "checksum").ok
-    with cat.read() as s:
+    gs.approve(ws, config, [item_id])
+    assert gate(ws, config, item_id, "checksum").ok
+    with ws.read() as s:
         item = s.get(Item, item_id)
         assert item is not None
-    gs.tamper(cat, "staging", item.object_key, lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]))
-    g = gate(cat, config, item_id, "checksum")
+    gs.tamper(ws, "staging", item.object_key, lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]))
+    g = gate(ws, config, item_id, "checksum")
     assert not g.ok and "hashes to" in g.detail
     with pytest.raises(PromotionBlocked, match="checksum"):
-        governance.promote(cat, config, [item_id], actor="alice")
-    assert governance.list_releases(cat, PID) == []
+        governance.promote(ws, config, [item_id], actor="alice")
+    assert governance.list_releases(ws, PID) == []
 
 
-def test_promotion_needs_a_promoter_role(cat: Catalog, config: ProductConfig, item_id: str) -> None:
-    gs.approve(cat, config, [item_id])
+def test_promotion_needs_a_promoter_role(
+    ws: Workspace, config: ProductConfig, item_id: str
+) -> None:
+    gs.approve(ws, config, [item_id])
     for actor in ("ana", "vic"):
         with pytest.raises(PermissionDenied):
-            governance.promote(cat, config, actor=actor)
-    assert governance.promote(cat, config, actor="root").release is not None
+            governance.promote(ws, config, actor=actor)
+    assert governance.promote(ws, config, actor="root").release is not None
 
 
 def test_plan_reports_every_gate_and_the_next_version(
-    cat: Catalog, config: ProductConfig, tile: Callable[..., Path]
+    ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
-    ok, blocked = gs.ingest(cat, config, [tile("a", 1), tile("b", 2)])
-    gs.approve(cat, config, [ok])
-    plan = governance.plan_promotion(cat, config)
+    ok, blocked = gs.ingest(ws, config, [tile("a", 1), tile("b", 2)])
+    gs.approve(ws, config, [ok])
+    plan = governance.plan_promotion(ws, config)
     assert [p.item_id for p in plan.eligible] == [ok]
     assert [p.item_id for p in plan.blocked] == [blocked]
     assert [g.name for g in plan.items[0].gates] == ["validation", "checksum", "signoff"]
@@ -230,12 +234,12 @@ def test_plan_reports_every_gate_and_the_next_version(
     data = plan.to_json()
     assert json.loads(json.dumps(data))["blocked"][blocked][0].startswith("signoff:")
     # default promotion releases the eligible item and leaves the blocked one waiting
-    result = governance.promote(cat, config, actor="alice")
+    result = governance.promote(ws, config, actor="alice")
     assert result.promoted == (ok,)
-    assert gs.states(cat, PID)[blocked] == "validation"
+    assert gs.states(ws, PID)[blocked] == "validation"
 
 
-def test_cli_signoff_reject_needs_comment(cat: Catalog, config_path: Path, item_id: str) -> None:
+def test_cli_signoff_reject_needs_comment(ws: Workspace, config_path: Path, item_id: str) -> None:
     from geomesh.cli import cli
 
     runner = CliRunner()
@@ -260,7 +264,7 @@ def test_cli_signoff_reject_needs_comment(cat: Catalog, config_path: Path, item_
 
 
 def test_signoff_request_and_decision_notify_the_governance_webhook(
-    cat: Catalog, write_config: Callable[..., Path], tile: Callable[..., Path]
+    ws: Workspace, write_config: Callable[..., Path], tile: Callable[..., Path]
 ) -> None:
     from geomesh.models import OutboxMessage
 
@@ -280,12 +284,12 @@ def test_signoff_request_and_decision_notify_the_governance_webhook(
             }
         )
     )
-    [iid] = gs.ingest(cat, config, [tile("a", 1)])
-    governance.request_signoff(cat, config, iid, actor="ana")
-    governance.request_signoff(cat, config, iid, actor="ana")  # idempotent: one message
-    governance.sign_off(cat, config, iid, actor="alice", approve=True)
-    governance.sign_off(cat, config, iid, actor="alice", approve=True)  # no-op: no message
-    with cat.read() as s:
+    [iid] = gs.ingest(ws, config, [tile("a", 1)])
+    governance.request_signoff(ws, config, iid, actor="ana")
+    governance.request_signoff(ws, config, iid, actor="ana")  # idempotent: one message
+    governance.sign_off(ws, config, iid, actor="alice", approve=True)
+    governance.sign_off(ws, config, iid, actor="alice", approve=True)  # no-op: no message
+    with ws.read() as s:
         rows = s.exec(
             select(OutboxMessage).where(OutboxMessage.event.startswith("signoff"))  # type: ignore[attr-defined]
         ).all()

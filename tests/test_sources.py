@@ -30,7 +30,6 @@ from rio_cogeo.profiles import cog_profiles
 from shapely.geometry import box, shape
 from sqlmodel import select
 
-from geomesh.catalog import Catalog
 from geomesh.cli import cli
 from geomesh.config import load_config
 from geomesh.errors import ConfigError, SourceError
@@ -45,6 +44,7 @@ from geomesh.sources import (
     open_client,
     search_parameters,
 )
+from geomesh.workspace import Workspace
 
 from conftest import require_service
 
@@ -225,8 +225,8 @@ def stac(
         yield StacSetup(api, files, tmp_path / "items", items, write_config, stack)
 
 
-def _items(cat: Catalog) -> list[Item]:
-    with cat.read() as s:
+def _items(ws: Workspace) -> list[Item]:
+    with ws.read() as s:
         return list(s.exec(select(Item)).all())
 
 
@@ -247,7 +247,7 @@ def _envelope_contains(outer: tuple[float, ...], inner: list[float], tol: float)
 
 
 def test_discover_and_ingest_from_stac_api(
-    stac: StacSetup, catalog: Catalog, pystac_offline: Any
+    stac: StacSetup, workspace: Workspace, pystac_offline: Any
 ) -> None:
     cfg = load_config(
         stac.config(
@@ -262,7 +262,7 @@ def test_discover_and_ingest_from_stac_api(
 
     # discover: exactly the Colorado scene (the Planetary Computer item in the same
     # collection lies elsewhere), found without reading a single pixel
-    cands = discover(catalog, cfg)
+    cands = discover(workspace, cfg)
     assert [c.item_id for c in cands] == [ES_L2A]
     (cand,) = cands
     assert cand.status == "new" and cand.asset_status == {"red": "new"}
@@ -279,7 +279,7 @@ def test_discover_and_ingest_from_stac_api(
 
     # ingest: clipped range reads of the remote COG
     stac.files.clear_log()
-    report = ingest_from_stac(catalog, cfg, actor=SYSTEM)
+    report = ingest_from_stac(workspace, cfg, actor=SYSTEM)
     assert report.ok, report.to_json()
     assert [r.status for r in report.results] == ["staged"]
     served = stac.files.bytes_served(name)
@@ -287,7 +287,7 @@ def test_discover_and_ingest_from_stac_api(
     assert gets and all(s.status == 206 for s in gets)
     assert 0 < served < cog_size / 2, (served, cog_size)
 
-    (row,) = _items(catalog)
+    (row,) = _items(workspace)
     assert row.source_item_id == f"{ES_L2A}/red"
     assert row.source_etag == cand.identities["red"]
     item = row.stac
@@ -317,20 +317,20 @@ def test_discover_and_ingest_from_stac_api(
 
     # the second run finds the scene ingested and reads nothing
     stac.files.clear_log()
-    again = discover(catalog, cfg)
+    again = discover(workspace, cfg)
     assert [(c.item_id, c.status) for c in again] == [(ES_L2A, "ingested")]
     assert again[0].ingested_items == {"red": row.id}
-    report2 = ingest_from_stac(catalog, cfg, actor=SYSTEM)
+    report2 = ingest_from_stac(workspace, cfg, actor=SYSTEM)
     assert [(r.status, r.item_id) for r in report2.results] == [("exists", row.id)]
     assert [s for s in stac.files.log() if s.method == "GET"] == []
-    assert len(_items(catalog)) == 1
-    with catalog.read() as s:
+    assert len(_items(workspace)) == 1
+    with workspace.read() as s:
         events = s.exec(select(AuditEvent).where(AuditEvent.action == "ingest")).all()
     assert [e.target for e in events] == [row.id]
 
 
 def test_planetary_computer_item_cloud_cover_and_datetime(
-    stac: StacSetup, catalog: Catalog, pystac_offline: Any
+    stac: StacSetup, workspace: Workspace, pystac_offline: Any
 ) -> None:
     pc = stac.items[PC_L2A]
     centre = shape(pc["geometry"]).representative_point()
@@ -348,23 +348,23 @@ def test_planetary_computer_item_cloud_cover_and_datetime(
         )
 
     # the API has no query/filter extension: max_cloud_cover is applied to what it returns
-    assert [c.item_id for c in discover(catalog, cfg_with())] == [PC_L2A]
-    assert discover(catalog, cfg_with(max_cloud_cover=40)) == []
-    assert [c.item_id for c in discover(catalog, cfg_with(max_cloud_cover=50))] == [PC_L2A]
+    assert [c.item_id for c in discover(workspace, cfg_with())] == [PC_L2A]
+    assert discover(workspace, cfg_with(max_cloud_cover=40)) == []
+    assert [c.item_id for c in discover(workspace, cfg_with(max_cloud_cover=50))] == [PC_L2A]
     # datetime is a server-side search parameter
-    assert discover(catalog, cfg_with(datetime="2023-01-01T00:00:00Z/2023-12-31T23:59:59Z")) == []
+    assert discover(workspace, cfg_with(datetime="2023-01-01T00:00:00Z/2023-12-31T23:59:59Z")) == []
 
     cfg = cfg_with(max_cloud_cover=50, datetime="2018-12-01T00:00:00Z/2019-01-31T00:00:00Z")
-    (cand,) = discover(catalog, cfg)
+    (cand,) = discover(workspace, cfg)
     assert cand.assets == {"B04": stac.files.url(stac.cog_name(PC_L2A, "B04"))}
     assert cand.missing_assets == ("red",)
 
     stac.files.clear_log()
-    report = ingest_from_stac(catalog, cfg, actor=SYSTEM)
+    report = ingest_from_stac(workspace, cfg, actor=SYSTEM)
     assert report.ok, report.to_json()
     name = stac.cog_name(PC_L2A, "B04")
     assert 0 < stac.files.bytes_served(name) < stac.cog_path(PC_L2A, "B04").stat().st_size / 2
-    (row,) = _items(catalog)
+    (row,) = _items(workspace)
     item = row.stac
     props = item["properties"]
     assert props["proj:code"] == "EPSG:4326"  # warped from UTM 58N to the domain CRS
@@ -383,7 +383,7 @@ def test_planetary_computer_item_cloud_cover_and_datetime(
     pystac.validation.validate_dict(item)
 
 
-def test_checksum_identity_and_reprocessed_scene(stac: StacSetup, catalog: Catalog) -> None:
+def test_checksum_identity_and_reprocessed_scene(stac: StacSetup, workspace: Workspace) -> None:
     """file:checksum identifies the asset (no HEAD); a new checksum re-ingests it, and the
     new bytes are read, not GDAL's cached copy of the old file at the same URL."""
     item = stac.items[ES_C1]
@@ -397,12 +397,12 @@ def test_checksum_identity_and_reprocessed_scene(stac: StacSetup, catalog: Catal
     name = stac.cog_name(ES_C1, "red")
     path = stac.cog_path(ES_C1, "red")
 
-    (cand,) = discover(catalog, cfg)
+    (cand,) = discover(workspace, cfg)
     assert cand.identities["red"] == "checksum:" + to_multihash(sha256_file(path)[0])
     assert stac.files.requests_for(name) == []  # identity from the item, no HEAD
-    report = ingest_from_stac(catalog, cfg, actor=SYSTEM)
+    report = ingest_from_stac(workspace, cfg, actor=SYSTEM)
     assert [r.status for r in report.results] == ["staged"], report.to_json()
-    (first,) = _items(catalog)
+    (first,) = _items(workspace)
     assert first.source_etag == cand.identities["red"]
 
     # the provider reprocesses the scene: new bytes at the same URL, new checksum
@@ -418,25 +418,25 @@ def test_checksum_identity_and_reprocessed_scene(stac: StacSetup, catalog: Catal
         )
     )
 
-    (cand2,) = discover(catalog, cfg2)
+    (cand2,) = discover(workspace, cfg2)
     assert cand2.status == "new" and cand2.asset_status == {"red": "changed"}
-    report2 = ingest_from_stac(catalog, cfg2, actor=SYSTEM)
+    report2 = ingest_from_stac(workspace, cfg2, actor=SYSTEM)
     assert [r.status for r in report2.results] == ["staged"], report2.to_json()
-    rows = {r.id: r for r in _items(catalog)}
+    rows = {r.id: r for r in _items(workspace)}
     assert len(rows) == 2
     second = rows[report2.results[0].item_id or ""]
     assert second.supersedes == first.id
     assert rows[first.id].state == ItemState.superseded
     with (
-        rasterio.Env(**catalog.store.gdal_env()),
-        rasterio.open(catalog.store.gdal_path("staging", second.object_key)) as ds,
+        rasterio.Env(**workspace.store.gdal_env()),
+        rasterio.open(workspace.store.gdal_path("staging", second.object_key)) as ds,
     ):
         data = ds.read(1, masked=True)
     assert data.count() > 0 and int(data.min()) >= 5000  # the new file's values only
-    assert discover(catalog, cfg2)[0].status == "ingested"
+    assert discover(workspace, cfg2)[0].status == "ingested"
 
 
-def test_interrupted_run_resumes_without_duplicates(stac: StacSetup, catalog: Catalog) -> None:
+def test_interrupted_run_resumes_without_duplicates(stac: StacSetup, workspace: Workspace) -> None:
     cfg = load_config(
         stac.config(
             domain_crs="EPSG:32613",
@@ -453,27 +453,27 @@ def test_interrupted_run_resumes_without_duplicates(stac: StacSetup, catalog: Ca
         raise Interrupted(res.item_id)
 
     with pytest.raises(Interrupted):
-        ingest_from_stac(catalog, cfg, actor=SYSTEM, progress=stop_after_first)
-    (done,) = _items(catalog)
+        ingest_from_stac(workspace, cfg, actor=SYSTEM, progress=stop_after_first)
+    (done,) = _items(workspace)
     assert done.source_item_id == f"{ES_L2A}/red"
 
-    (cand,) = discover(catalog, cfg)
+    (cand,) = discover(workspace, cfg)
     assert cand.status == "new" and cand.asset_status == {"red": "ingested", "nir": "new"}
     stac.files.clear_log()
-    report = ingest_from_stac(catalog, cfg, actor=SYSTEM)
+    report = ingest_from_stac(workspace, cfg, actor=SYSTEM)
     assert [r.status for r in report.results] == ["exists", "staged"], report.to_json()
     assert not [
         s for s in stac.files.requests_for(stac.cog_name(ES_L2A, "red")) if s.method == "GET"
     ]
-    rows = _items(catalog)
+    rows = _items(workspace)
     assert sorted(r.source_item_id or "" for r in rows) == [f"{ES_L2A}/nir", f"{ES_L2A}/red"]
 
-    report3 = ingest_from_stac(catalog, cfg, actor=SYSTEM)
+    report3 = ingest_from_stac(workspace, cfg, actor=SYSTEM)
     assert [r.status for r in report3.results] == ["exists", "exists"]
-    assert len(_items(catalog)) == 2
+    assert len(_items(workspace)) == 2
 
 
-def test_failed_asset_is_retried_on_the_next_run(stac: StacSetup, catalog: Catalog) -> None:
+def test_failed_asset_is_retried_on_the_next_run(stac: StacSetup, workspace: Workspace) -> None:
     cfg = load_config(
         stac.config(
             domain_crs="EPSG:32613",
@@ -483,17 +483,17 @@ def test_failed_asset_is_retried_on_the_next_run(stac: StacSetup, catalog: Catal
         )
     )
     stac.files.deny.add(stac.cog_name(ES_L2A, "nir"))  # e.g. an expired signature
-    report = ingest_from_stac(catalog, cfg, actor=SYSTEM)
+    report = ingest_from_stac(workspace, cfg, actor=SYSTEM)
     assert not report.ok
     assert [r.status for r in report.results] == ["staged", "failed"]
     assert "nir.tif" in (report.results[1].error or "")
-    assert [c.asset_status for c in discover(catalog, cfg)] == [{"red": "ingested", "nir": "new"}]
+    assert [c.asset_status for c in discover(workspace, cfg)] == [{"red": "ingested", "nir": "new"}]
 
     stac.files.deny.clear()
-    report2 = ingest_from_stac(catalog, cfg, actor=SYSTEM)
+    report2 = ingest_from_stac(workspace, cfg, actor=SYSTEM)
     assert report2.ok, report2.to_json()
     assert [r.status for r in report2.results] == ["exists", "staged"]
-    assert len(_items(catalog)) == 2
+    assert len(_items(workspace)) == 2
 
 
 # ------------------------------------------------------------------ search parameters + errors
@@ -530,7 +530,9 @@ def test_search_parameters_follow_the_apis_conformance(stac: StacSetup) -> None:
     assert p["filter_lang"] == "cql2-json"
 
 
-def test_query_or_filter_the_api_cannot_run_is_refused(stac: StacSetup, catalog: Catalog) -> None:
+def test_query_or_filter_the_api_cannot_run_is_refused(
+    stac: StacSetup, workspace: Workspace
+) -> None:
     for key, value in (
         ("filter", {"op": "=", "args": [{"property": "platform"}, "x"]}),
         ("query", {"platform": {"eq": "sentinel-2a"}}),
@@ -545,12 +547,12 @@ def test_query_or_filter_the_api_cannot_run_is_refused(stac: StacSetup, catalog:
             )
         )
         with pytest.raises(SourceError, match=rf"source\.{key} needs the STAC API") as err:
-            discover(catalog, cfg)
+            discover(workspace, cfg)
         assert stac.api_url in str(err.value)
 
 
 def test_unreachable_api_error_names_the_url_without_secrets(
-    catalog: Catalog, write_config: Callable[..., Path], no_proxy: None
+    workspace: Workspace, write_config: Callable[..., Path], no_proxy: None
 ) -> None:
     import socket
 
@@ -560,18 +562,20 @@ def test_unreachable_api_error_names_the_url_without_secrets(
     url = f"http://reader:hunter2@127.0.0.1:{port}/api?token=s3cr3t"
     cfg = load_config(write_config({"source": {"url": url, "collection": "c", "assets": ["red"]}}))
     with pytest.raises(SourceError) as err:
-        discover(catalog, cfg)
+        discover(workspace, cfg)
     msg = str(err.value)
     assert f"http://127.0.0.1:{port}/api" in msg
     assert "hunter2" not in msg and "s3cr3t" not in msg and "reader" not in msg
 
 
-def test_config_without_source_is_a_config_error(catalog: Catalog, config: Any) -> None:
+def test_config_without_source_is_a_config_error(workspace: Workspace, config: Any) -> None:
     with pytest.raises(ConfigError, match="no `source` section"):
-        discover(catalog, config)
+        discover(workspace, config)
 
 
-def test_scene_without_the_configured_assets_is_reported(stac: StacSetup, catalog: Catalog) -> None:
+def test_scene_without_the_configured_assets_is_reported(
+    stac: StacSetup, workspace: Workspace
+) -> None:
     cfg = load_config(
         stac.config(
             domain_crs="EPSG:32613",
@@ -580,18 +584,18 @@ def test_scene_without_the_configured_assets_is_reported(stac: StacSetup, catalo
             assets=["B99"],
         )
     )
-    (cand,) = discover(catalog, cfg)
+    (cand,) = discover(workspace, cfg)
     assert cand.status == "unavailable" and cand.assets == {} and "red" in cand.offered_assets
-    report = ingest_from_stac(catalog, cfg, actor=SYSTEM)
+    report = ingest_from_stac(workspace, cfg, actor=SYSTEM)
     (res,) = report.results
     assert res.status == "failed" and "B99" in (res.error or "") and "red" in (res.error or "")
-    assert _items(catalog) == []
+    assert _items(workspace) == []
 
 
 # ------------------------------------------------------------------ CLI
 
 
-def test_cli_discover_and_ingest_from_stac(stac: StacSetup, catalog: Catalog) -> None:
+def test_cli_discover_and_ingest_from_stac(stac: StacSetup, workspace: Workspace) -> None:
     path = stac.config(
         domain_crs="EPSG:32613", boundary=UTM13_DOMAIN, collection="sentinel-2-l2a", assets=["red"]
     )
@@ -605,7 +609,7 @@ def test_cli_discover_and_ingest_from_stac(stac: StacSetup, catalog: Catalog) ->
 
     dry = runner.invoke(cli, ["ingest", "--from-stac", str(path), "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert ES_L2A in dry.output and _items(catalog) == []
+    assert ES_L2A in dry.output and _items(workspace) == []
 
     out = runner.invoke(cli, ["ingest", "--from-stac", str(path), "--json"])
     assert out.exit_code == 0, out.output
@@ -625,7 +629,7 @@ def test_cli_discover_and_ingest_from_stac(stac: StacSetup, catalog: Catalog) ->
 
 
 def test_cli_discover_without_source_section_fails_clearly(
-    config_path: Path, catalog: Catalog
+    config_path: Path, workspace: Workspace
 ) -> None:
     out = CliRunner().invoke(cli, ["discover", str(config_path)])
     assert out.exit_code == 2
@@ -647,12 +651,12 @@ def test_domain_geojson_is_lon_lat(write_config: Callable[..., Path]) -> None:
 
 
 def test_cli_ingest_of_rasters_is_unchanged(
-    config_path: Path, s2_tile: Path, catalog: Catalog
+    config_path: Path, s2_tile: Path, workspace: Workspace
 ) -> None:
     """The --from-stac path leaves `geomesh ingest CONFIG RASTERS` as it was."""
     out = CliRunner().invoke(cli, ["ingest", str(config_path), str(s2_tile), "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["counts"] == {"staged": 1}
-    (row,) = _items(catalog)
+    (row,) = _items(workspace)
     assert row.source_item_id is None and row.source_etag is None
     assert _link(row.stac, "derived_from") == [row.source]

@@ -14,12 +14,12 @@ import obstore
 import pytest
 import rasterio
 
-from geomesh.catalog import make_store
 from geomesh.errors import ConfigError, StorageError, UnsafePath
 from geomesh.hashing import sha256_file
 from geomesh.s3 import S3Store, gdal_env_for, redact_url
 from geomesh.settings import Settings
 from geomesh.storage import TMP_PREFIX, LocalStore, ObjectStore, object_key
+from geomesh.workspace import make_store
 
 S3_VARS = (
     "GEOMESH_OBJECT_STORE",
@@ -48,7 +48,7 @@ def _settings(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
 def store(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> ObjectStore:
-    """The store ``Catalog.open`` would build, on each backend."""
+    """The store ``Workspace.open`` would build, on each backend."""
     env: dict[str, str] = {"GEOMESH_OBJECT_STORE": "local"}
     if request.param == "s3":
         env = request.getfixturevalue("s3_env")

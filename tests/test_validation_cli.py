@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from geomesh.catalog import Catalog
 from geomesh.cli import cli
 from geomesh.config import load_config
 from geomesh.hashing import sha256_file
 from geomesh.raster import inspect, write_cog
 from geomesh.settings import Settings
 from geomesh.stac import build_item, item_to_dict
+from geomesh.workspace import Workspace
 
 DATED = {"TIFFTAG_DATETIME": "2024:06:12 19:03:21"}
 FULL = {"platform": "sentinel-2b", "instruments": ["msi"], "processing_level": "L2A"}
@@ -169,11 +169,11 @@ def test_quarantine_commands(
     item_id = _ingest(
         config_path, make_raster("n.tif", width=64, height=64, count=1, crs=None, tags=DATED)
     )
-    cat = Catalog.open(settings)
+    ws = Workspace.open(settings)
     try:
-        validate_and_route(cat, load_config(config_path), item_id, actor="system")  # if not wired
+        validate_and_route(ws, load_config(config_path), item_id, actor="system")  # if not wired
     finally:
-        cat.close()
+        ws.close()
     listed = json.loads(invoke("quarantine", "list", "--json").output)
     assert [r["id"] for r in listed] == [item_id]
     shown = invoke("quarantine", "show", item_id)
@@ -202,9 +202,9 @@ def test_remediate_and_outbox_commands(
         {"governance": {"escalation": [{"name": "ops", "url": "http://127.0.0.1:9/none"}]}}
     )
     item_id = _ingest(cfg_path, make_raster("t.tif", width=64, height=64, count=1, tags=DATED))
-    cat = Catalog.open(settings)
+    ws = Workspace.open(settings)
     try:
-        with cat.transaction() as s:  # test set-up: a broken tool dropped proj:bbox
+        with ws.transaction() as s:  # test set-up: a broken tool dropped proj:bbox
             item = s.get(Item, item_id)
             assert item is not None
             stac = {**item.stac, "properties": dict(item.stac["properties"])}
@@ -212,7 +212,7 @@ def test_remediate_and_outbox_commands(
             item.stac = stac
             s.add(item)
     finally:
-        cat.close()
+        ws.close()
     rem = invoke("remediate", str(cfg_path), item_id, "--json")
     assert rem.exit_code == 0, rem.output
     data = json.loads(rem.output)

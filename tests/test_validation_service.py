@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import ConfigError, InvalidTransition, PermissionDenied, ValidationError
 from geomesh.models import AuditEvent, FindingRecord, Item, ItemState, Role, ValidationRun
@@ -21,6 +20,7 @@ from geomesh.services.validation import (
     remediate_item,
     validate_item,
 )
+from geomesh.workspace import Workspace
 
 SYSTEM = "system"
 DATED = {"TIFFTAG_DATETIME": "2024:06:12 19:03:21"}
@@ -30,15 +30,15 @@ def no_route(*_: Any) -> tuple[str | None, str | None, dict[str, int]]:
     return "staging", None, {}
 
 
-def staged(cat: Catalog, cfg: ProductConfig, source: Path) -> str:
-    (res,) = ingest_rasters(cat, cfg, [source], actor=SYSTEM, post_stage=no_route).results
+def staged(ws: Workspace, cfg: ProductConfig, source: Path) -> str:
+    (res,) = ingest_rasters(ws, cfg, [source], actor=SYSTEM, post_stage=no_route).results
     assert res.status == "staged" and res.item_id, res.error
     return res.item_id
 
 
-def edit_stac(cat: Catalog, item_id: str, edit: Callable[[dict[str, Any]], None]) -> None:
+def edit_stac(ws: Workspace, item_id: str, edit: Callable[[dict[str, Any]], None]) -> None:
     """Test set-up: corrupt the stored item dict the way a broken tool would."""
-    with cat.transaction() as s:
+    with ws.transaction() as s:
         item = s.get(Item, item_id)
         assert item is not None
         stac = {**item.stac, "properties": dict(item.stac["properties"])}
@@ -52,21 +52,21 @@ def tile(make_raster: Callable[..., Path]) -> Path:
     return make_raster("tile.tif", width=256, height=256, count=1, tags=DATED)
 
 
-def runs(cat: Catalog, item_id: str) -> list[ValidationRun]:
-    with cat.read() as s:
+def runs(ws: Workspace, item_id: str) -> list[ValidationRun]:
+    with ws.read() as s:
         return list(s.exec(select(ValidationRun).where(ValidationRun.item_id == item_id)).all())
 
 
 def test_validate_item_persists_and_is_idempotent(
-    catalog: Catalog, config: ProductConfig, tile: Path
+    workspace: Workspace, config: ProductConfig, tile: Path
 ) -> None:
-    item_id = staged(catalog, config, tile)
-    first = validate_item(catalog, config, item_id, actor=SYSTEM)
+    item_id = staged(workspace, config, tile)
+    first = validate_item(workspace, config, item_id, actor=SYSTEM)
     assert first and {f.severity.value for f in first} == {"P3"}
-    again = validate_item(catalog, config, item_id, actor=SYSTEM)
+    again = validate_item(workspace, config, item_id, actor=SYSTEM)
     assert again == first
-    assert len(runs(catalog, item_id)) == 1  # nothing changed: nothing new recorded
-    with catalog.read() as s:
+    assert len(runs(workspace, item_id)) == 1  # nothing changed: nothing new recorded
+    with workspace.read() as s:
         events = s.exec(
             select(AuditEvent).where(AuditEvent.target == item_id, AuditEvent.action == "validate")
         ).all()
@@ -76,14 +76,14 @@ def test_validate_item_persists_and_is_idempotent(
 
 
 def test_new_findings_close_the_old_ones(
-    catalog: Catalog, config: ProductConfig, tile: Path
+    workspace: Workspace, config: ProductConfig, tile: Path
 ) -> None:
-    item_id = staged(catalog, config, tile)
-    validate_item(catalog, config, item_id, actor=SYSTEM)
-    strict = validate_item(catalog, config, item_id, actor=SYSTEM, strict=True)
+    item_id = staged(workspace, config, tile)
+    validate_item(workspace, config, item_id, actor=SYSTEM)
+    strict = validate_item(workspace, config, item_id, actor=SYSTEM, strict=True)
     assert {f.severity.value for f in strict} == {"P2"}
-    assert len(runs(catalog, item_id)) == 2
-    with catalog.read() as s:
+    assert len(runs(workspace, item_id)) == 2
+    with workspace.read() as s:
         rows = s.exec(select(FindingRecord).where(FindingRecord.item_id == item_id)).all()
         assert sum(r.open for r in rows) == len(strict)
         assert {r.severity for r in rows if r.open} == {"P2"}
@@ -95,32 +95,32 @@ def test_new_findings_close_the_old_ones(
 
 
 def test_validate_item_checks_actor_and_product(
-    catalog: Catalog, config: ProductConfig, tile: Path, write_config: Callable[..., Path]
+    workspace: Workspace, config: ProductConfig, tile: Path, write_config: Callable[..., Path]
 ) -> None:
     from geomesh.auth import create_user
 
-    item_id = staged(catalog, config, tile)
-    with catalog.transaction() as s:
+    item_id = staged(workspace, config, tile)
+    with workspace.transaction() as s:
         create_user(s, name="vic", role=Role.viewer)
     with pytest.raises(PermissionDenied):
-        validate_item(catalog, config, item_id, actor="vic")
+        validate_item(workspace, config, item_id, actor="vic")
     other = load_config(
         write_config({"product_metadata": {"product_id": "other-product"}}, name="other.yaml")
     )
     with pytest.raises(ConfigError, match="belongs to product"):
-        validate_item(catalog, other, item_id, actor=SYSTEM)
-    assert runs(catalog, item_id) == []
+        validate_item(workspace, other, item_id, actor=SYSTEM)
+    assert runs(workspace, item_id) == []
 
 
 def test_missing_stored_object_is_a_p1_finding(
-    catalog: Catalog, config: ProductConfig, tile: Path
+    workspace: Workspace, config: ProductConfig, tile: Path
 ) -> None:
-    item_id = staged(catalog, config, tile)
-    with catalog.read() as s:
+    item_id = staged(workspace, config, tile)
+    with workspace.read() as s:
         item = s.get(Item, item_id)
         assert item is not None
-    catalog.store.delete("staging", item.object_key)
-    findings = validate_item(catalog, config, item_id, actor=SYSTEM)
+    workspace.store.delete("staging", item.object_key)
+    findings = validate_item(workspace, config, item_id, actor=SYSTEM)
     assert ("GM-CHECKSUM-003", "P1") in {(f.rule_id, f.severity.value) for f in findings}
 
 
@@ -128,19 +128,19 @@ def test_missing_stored_object_is_a_p1_finding(
 
 
 def test_remediate_derives_missing_geometry_into_a_new_version(
-    catalog: Catalog, config: ProductConfig, tile: Path
+    workspace: Workspace, config: ProductConfig, tile: Path
 ) -> None:
-    item_id = staged(catalog, config, tile)
-    edit_stac(catalog, item_id, lambda d: d["properties"].pop("proj:geometry"))
-    out = validate_and_route(catalog, config, item_id, actor=SYSTEM)
+    item_id = staged(workspace, config, tile)
+    edit_stac(workspace, item_id, lambda d: d["properties"].pop("proj:geometry"))
+    out = validate_and_route(workspace, config, item_id, actor=SYSTEM)
     assert out.action == "quarantine"
     (missing,) = [f for f in out.findings if f.rule_id == "GM-CONTRACT-001"]
     assert missing.path == "properties.proj:geometry" and missing.context["derivable"] is True
 
-    result = remediate_item(catalog, config, item_id, actor=SYSTEM)
+    result = remediate_item(workspace, config, item_id, actor=SYSTEM)
     assert result.created and result.fields == ["proj:geometry"]
     assert result.new_item_id == f"{item_id}-r1"
-    with catalog.read() as s:
+    with workspace.read() as s:
         old = s.get(Item, item_id)
         new = s.get(Item, result.new_item_id)
         assert old is not None and new is not None
@@ -159,60 +159,60 @@ def test_remediate_derives_missing_geometry_into_a_new_version(
         ("supersede", item_id),
         ("quarantine.release", item_id),
     ]
-    assert catalog.store.exists("staging", f"items/{config.product_id}/{result.new_item_id}.json")
-    routed = validate_and_route(catalog, config, result.new_item_id, actor=SYSTEM)
+    assert workspace.store.exists("staging", f"items/{config.product_id}/{result.new_item_id}.json")
+    routed = validate_and_route(workspace, config, result.new_item_id, actor=SYSTEM)
     assert (routed.action, routed.state) == ("warn", "validation")
     # idempotent: remediating the old id again returns the same new version
-    again = remediate_item(catalog, config, item_id, actor=SYSTEM)
+    again = remediate_item(workspace, config, item_id, actor=SYSTEM)
     assert (again.created, again.new_item_id) == (False, result.new_item_id)
 
 
 def test_remediate_fixes_drift_and_legacy_epsg(
-    catalog: Catalog, config: ProductConfig, tile: Path
+    workspace: Workspace, config: ProductConfig, tile: Path
 ) -> None:
-    item_id = staged(catalog, config, tile)
+    item_id = staged(workspace, config, tile)
 
     def corrupt(d: dict[str, Any]) -> None:
         d["properties"]["proj:shape"] = [1, 1]
         d["properties"]["proj:epsg"] = 32610
         del d["properties"]["proj:code"]
 
-    edit_stac(catalog, item_id, corrupt)
-    result = remediate_item(catalog, config, item_id, actor=SYSTEM)
+    edit_stac(workspace, item_id, corrupt)
+    result = remediate_item(workspace, config, item_id, actor=SYSTEM)
     assert result.fields == ["proj:code", "proj:shape"]
-    with catalog.read() as s:
+    with workspace.read() as s:
         new = s.get(Item, result.new_item_id)
         assert new is not None
     props = new.stac["properties"]
     assert props["proj:shape"] == [256, 256] and props["proj:code"] == "EPSG:32610"
     assert "proj:epsg" not in props
-    findings = validate_item(catalog, config, result.new_item_id, actor=SYSTEM)
+    findings = validate_item(workspace, config, result.new_item_id, actor=SYSTEM)
     assert {f.rule_id for f in findings} == {"GM-CONTRACT-002"}
 
 
 def test_remediate_refuses_when_nothing_is_derivable(
-    catalog: Catalog, config: ProductConfig, tile: Path
+    workspace: Workspace, config: ProductConfig, tile: Path
 ) -> None:
-    item_id = staged(catalog, config, tile)
+    item_id = staged(workspace, config, tile)
     with pytest.raises(ValidationError, match="nothing is derivable"):
-        remediate_item(catalog, config, item_id, actor=SYSTEM)
+        remediate_item(workspace, config, item_id, actor=SYSTEM)
 
 
 def test_remediate_needs_the_permission_and_a_mutable_state(
-    catalog: Catalog, config: ProductConfig, tile: Path
+    workspace: Workspace, config: ProductConfig, tile: Path
 ) -> None:
     from geomesh.auth import create_user
 
-    item_id = staged(catalog, config, tile)
-    edit_stac(catalog, item_id, lambda d: d["properties"].pop("proj:bbox"))
-    with catalog.transaction() as s:
+    item_id = staged(workspace, config, tile)
+    edit_stac(workspace, item_id, lambda d: d["properties"].pop("proj:bbox"))
+    with workspace.transaction() as s:
         create_user(s, name="ana", role=Role.analyst)
     with pytest.raises(PermissionDenied):
-        remediate_item(catalog, config, item_id, actor="ana")
-    with catalog.transaction() as s:
+        remediate_item(workspace, config, item_id, actor="ana")
+    with workspace.transaction() as s:
         item = s.get(Item, item_id)
         assert item is not None
         item.state = ItemState.production  # test set-up: a published item
         s.add(item)
     with pytest.raises(InvalidTransition):
-        remediate_item(catalog, config, item_id, actor=SYSTEM)
+        remediate_item(workspace, config, item_id, actor=SYSTEM)

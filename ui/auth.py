@@ -13,7 +13,7 @@ import streamlit as st
 from geomesh.services import auth_session
 from geomesh.services.auth_session import SignedIn
 from ui import errors
-from ui.state import K, catalog
+from ui.state import K, workspace
 
 
 def sso_configured() -> bool:
@@ -30,7 +30,7 @@ def current() -> SignedIn | None:
     if not name:
         return None
     user = auth_session.current_user(
-        catalog(), str(name), str(st.session_state.get(K.AUTH_METHOD, "password"))
+        workspace(), str(name), str(st.session_state.get(K.AUTH_METHOD, "password"))
     )
     if user is None:  # removed while signed in
         st.session_state.pop(K.USER, None)
@@ -55,7 +55,7 @@ def require_user() -> SignedIn:
     if sso_configured():
         email = _sso_identity()
         if email and st.session_state.get(K.SSO_REFUSED) != email:
-            signed = errors.attempt(auth_session.sign_in_sso, catalog(), email)
+            signed = errors.attempt(auth_session.sign_in_sso, workspace(), email)
             if signed is not None:
                 st.session_state[K.USER] = signed.name
                 st.session_state[K.AUTH_METHOD] = "sso"
@@ -81,7 +81,7 @@ def _sign_in_page() -> None:
             password = st.text_input("Password", type="password", key=K.SIGNIN_PASSWORD)
             submitted = st.form_submit_button("Sign in", type="primary")
         if submitted:
-            signed = errors.attempt(auth_session.sign_in, catalog(), name, password)
+            signed = errors.attempt(auth_session.sign_in, workspace(), name, password)
             if signed is not None:
                 st.session_state[K.USER] = signed.name
                 st.session_state[K.AUTH_METHOD] = "password"
@@ -95,6 +95,6 @@ def sign_out() -> None:
     method = st.session_state.pop(K.AUTH_METHOD, None)
     st.session_state.pop(K.SSO_REFUSED, None)
     if name:
-        auth_session.sign_out(catalog(), str(name))
+        auth_session.sign_out(workspace(), str(name))
     if method == "sso":
         st.logout()

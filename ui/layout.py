@@ -8,11 +8,11 @@ from typing import Final
 import streamlit as st
 from streamlit.navigation.page import StreamlitPage
 
-from geomesh.catalog import Catalog
 from geomesh.services import auth_session, queries
 from geomesh.services.auth_session import SignedIn
+from geomesh.workspace import Workspace
 from ui import auth
-from ui.state import K, catalog, pop_flash
+from ui.state import K, pop_flash, workspace
 
 #: (file, title, icon): every page is reachable by every role; the services decide
 PAGES: Final = (
@@ -39,7 +39,7 @@ def navigation() -> StreamlitPage:
 
 def sidebar(user: SignedIn) -> None:
     """Product picker and who is signed in."""
-    products = queries.list_products(catalog())
+    products = queries.list_products(workspace())
     with st.sidebar:
         if products:
             labels = {
@@ -60,13 +60,13 @@ def sidebar(user: SignedIn) -> None:
 
 @dataclass(frozen=True)
 class PageContext:
-    cat: Catalog
+    ws: Workspace
     user: SignedIn
     product_id: str | None
 
     def can(self, action: str) -> bool:
         """UI hint only: the service checks the role again on every call."""
-        return auth_session.can(self.cat, self.user.name, action)
+        return auth_session.can(self.ws, self.user.name, action)
 
     def role_note(self, action: str, what: str) -> None:
         if not self.can(action):
@@ -91,7 +91,7 @@ def context(title: str, caption: str | None = None) -> PageContext:
     if message:
         st.success(message)
     product = st.session_state.get(K.PRODUCT)
-    return PageContext(cat=catalog(), user=user, product_id=str(product) if product else None)
+    return PageContext(ws=workspace(), user=user, product_id=str(product) if product else None)
 
 
 def require_product(ctx: PageContext) -> str:

@@ -4,8 +4,8 @@ Keys live here so pages never scatter bare strings, and tests set them by name
 (``at.session_state[K.USER] = "steward1"``). Domain state lives in the database; the
 session holds only who is signed in and what the user is looking at.
 
-Caches: the Catalog (``st.cache_resource``, one per environment) and the map's read model
-(``st.cache_data``, keyed on the catalog's state version, so it is never stale). Nothing
+Caches: the Workspace (``st.cache_resource``, one per environment) and the map's read model
+(``st.cache_data``, keyed on the workspace's state version, so it is never stale). Nothing
 that writes is cached.
 """
 
@@ -16,9 +16,9 @@ from typing import Any, Final
 
 import streamlit as st
 
-from geomesh.catalog import Catalog
 from geomesh.services import queries
 from geomesh.settings import load_settings
+from geomesh.workspace import Workspace
 
 
 class K:
@@ -94,7 +94,7 @@ class K:
     I_INGEST: Final = "w.ingest.ingest"
 
 
-#: GEOMESH_* variables that select a different catalog (one cached Catalog per combination)
+#: GEOMESH_* variables that select a different workspace (one cached Workspace per combination)
 _CATALOG_ENV: Final = (
     "GEOMESH_STORAGE_ROOT",
     "GEOMESH_DATABASE_URL",
@@ -111,28 +111,28 @@ def _env_key() -> tuple[str, ...]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _open_catalog(env_key: tuple[str, ...]) -> Catalog:
+def _open_workspace(env_key: tuple[str, ...]) -> Workspace:
     del env_key  # only the cache key: load_settings() reads the same environment
     # an invalid GEOMESH_* value is a ConfigError naming the variable (shown by ui.errors)
-    return Catalog.open(load_settings())
+    return Workspace.open(load_settings())
 
 
-def catalog() -> Catalog:
-    """The process-wide Catalog for the current environment (opened once, migrated)."""
-    return _open_catalog(_env_key())
+def workspace() -> Workspace:
+    """The process-wide Workspace for the current environment (opened once, migrated)."""
+    return _open_workspace(_env_key())
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _map_view(
     env_key: tuple[str, ...], product_id: str, states: tuple[str, ...], version: int
 ) -> dict[str, Any]:
-    del env_key, version  # cache keys only: the catalog and its state version
-    return queries.map_view(catalog(), product_id, states=list(states))
+    del env_key, version  # cache keys only: the workspace and its state version
+    return queries.map_view(workspace(), product_id, states=list(states))
 
 
 def map_view(product_id: str, states: list[str]) -> dict[str, Any]:
-    """The map's read model, cached until the catalog changes (any audited change)."""
-    version = queries.catalog_version(catalog())
+    """The map's read model, cached until the workspace changes (any audited change)."""
+    version = queries.catalog_version(workspace())
     return _map_view(_env_key(), product_id, tuple(states), version)
 
 

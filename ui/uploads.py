@@ -14,24 +14,24 @@ from pathlib import Path
 
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from geomesh.catalog import Catalog
 from geomesh.errors import UnsafePath
+from geomesh.workspace import Workspace
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def upload_dir(cat: Catalog, user: str) -> Path:
+def upload_dir(ws: Workspace, user: str) -> Path:
     base = Path(tempfile.gettempdir()).resolve() / "geomesh-uploads" / _SAFE.sub("_", user)
-    root = cat.root.resolve()
+    root = ws.root.resolve()
     if base == root or root in base.parents:
         raise UnsafePath(f"the upload folder {base} would be inside the storage root {root}")
     base.mkdir(parents=True, exist_ok=True)
     return base
 
 
-def save(cat: Catalog, user: str, files: Iterable[UploadedFile]) -> list[Path]:
+def save(ws: Workspace, user: str, files: Iterable[UploadedFile]) -> list[Path]:
     """Write each upload as <upload dir>/<safe name> (atomically) and return the paths."""
-    folder = upload_dir(cat, user)
+    folder = upload_dir(ws, user)
     paths: list[Path] = []
     for f in files:
         name = _SAFE.sub("_", Path(f.name).name).lstrip(".") or "upload.tif"

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 import click
 
 from geomesh.auth import SYSTEM
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import GeomeshError
 from geomesh.settings import load_settings
+from geomesh.workspace import Workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,8 +59,8 @@ def resolve_actor(actor: str | None) -> str:
     return actor or os.environ.get("GEOMESH_USER") or SYSTEM
 
 
-def open_catalog(config: ProductConfig | None = None) -> Catalog:
-    return Catalog.open(load_settings(), config=config)
+def open_workspace(config: ProductConfig | None = None) -> Workspace:
+    return Workspace.open(load_settings(), config=config)
 
 
 def load(config_path: str | Path) -> ProductConfig:

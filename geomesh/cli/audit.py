@@ -7,7 +7,7 @@ from typing import TextIO
 
 import click
 
-from geomesh.cli._base import cli, errors_at_edge, json_option, load, open_catalog
+from geomesh.cli._base import cli, errors_at_edge, json_option, load, open_workspace
 from geomesh.errors import AuditChainBroken
 from geomesh.services import governance
 
@@ -23,8 +23,8 @@ def audit_group() -> None:
 def audit_verify(config: str, as_json: bool) -> None:
     """Recompute the chain; name every edited, inserted or deleted event (exit 2 if any)."""
     with errors_at_edge():
-        cat = open_catalog(load(config))
-        problems = governance.verify_audit(cat)
+        ws = open_workspace(load(config))
+        problems = governance.verify_audit(ws)
         if as_json:
             click.echo(
                 json.dumps(
@@ -64,7 +64,7 @@ def audit_export(config: str, output: TextIO, only_product: bool) -> None:
     """Every audit event as one JSON object per line, oldest first."""
     with errors_at_edge():
         cfg = load(config)
-        cat = open_catalog(cfg)
+        ws = open_workspace(cfg)
         pid = cfg.product_id if only_product else None
-        for event in governance.export_audit(cat, product_id=pid):
+        for event in governance.export_audit(ws, product_id=pid):
             click.echo(json.dumps(event, sort_keys=True), file=output)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from geomesh import demo
-from geomesh.cli._base import cli, echo_json, errors_at_edge, json_option, open_catalog
+from geomesh.cli._base import cli, echo_json, errors_at_edge, json_option, open_workspace
 
 
 @cli.group("demo")
@@ -17,7 +17,7 @@ def demo_group() -> None:
 @click.option(
     "--if-empty",
     is_flag=True,
-    help="Seed only when the catalog has no product yet (what `make run` does).",
+    help="Seed only when the workspace has no product yet (what `make run` does).",
 )
 @json_option
 def demo_seed(if_empty: bool, as_json: bool) -> None:
@@ -27,17 +27,17 @@ def demo_seed(if_empty: bool, as_json: bool) -> None:
     listed in README.md ("Demo credentials").
     """
     with errors_at_edge():
-        cat = open_catalog()
+        ws = open_workspace()
 
         def say(step: str) -> None:
             if not as_json:
                 click.echo(f"seeding: {step}", err=True)
 
-        report = demo.seed(cat, if_empty=if_empty, progress=say)
+        report = demo.seed(ws, if_empty=if_empty, progress=say)
         if as_json:
             echo_json(report.to_json())
             return
         click.echo(report.message)
         if report.seeded:
-            click.echo(f"config: {cat.root / 'demo' / 'product.yaml'}")
+            click.echo(f"config: {ws.root / 'demo' / 'product.yaml'}")
             click.echo("users:  " + ", ".join(f"{u.name} ({u.role})" for u in demo.USERS))

@@ -12,7 +12,7 @@ from geomesh.cli._base import (
     echo_json,
     errors_at_edge,
     json_option,
-    open_catalog,
+    open_workspace,
     resolve_actor,
 )
 from geomesh.doctor import run_doctor
@@ -34,7 +34,7 @@ def doctor_cmd(gc: bool, deep: bool, min_age: float, actor: str | None, as_json:
     """Check database ↔ objects ↔ manifests ↔ published catalogs; exit 1 if inconsistent."""
     with errors_at_edge():
         report = run_doctor(
-            open_catalog(), gc=gc, deep=deep, min_age_s=min_age, actor=resolve_actor(actor)
+            open_workspace(), gc=gc, deep=deep, min_age_s=min_age, actor=resolve_actor(actor)
         )
         if as_json:
             echo_json(report.to_json())

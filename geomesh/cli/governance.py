@@ -11,7 +11,7 @@ from geomesh.cli._base import (
     errors_at_edge,
     json_option,
     load,
-    open_catalog,
+    open_workspace,
     resolve_actor,
 )
 from geomesh.errors import SignoffError
@@ -47,13 +47,13 @@ def signoff_cmd(
                 "or --request"
             )
         cfg = load(config)
-        cat = open_catalog(cfg)
+        ws = open_workspace(cfg)
         who = resolve_actor(actor)
         if decision == "request":
-            status = governance.request_signoff(cat, cfg, item_id, actor=who)
+            status = governance.request_signoff(ws, cfg, item_id, actor=who)
         else:
             status = governance.sign_off(
-                cat, cfg, item_id, actor=who, approve=decision == "approve", comment=comment
+                ws, cfg, item_id, actor=who, approve=decision == "approve", comment=comment
             )
         if as_json:
             echo_json(status.to_json())
@@ -75,10 +75,10 @@ def promote_cmd(
     """Release items whose gates are met (default: every eligible item) as a new version."""
     with errors_at_edge():
         cfg = load(config)
-        cat = open_catalog(cfg)
+        ws = open_workspace(cfg)
         ids = list(item_ids) or None
         if dry_run:
-            plan = governance.plan_promotion(cat, cfg, ids)
+            plan = governance.plan_promotion(ws, cfg, ids)
             if as_json:
                 echo_json(plan.to_json())
                 return
@@ -96,7 +96,7 @@ def promote_cmd(
                 )
             )
             return
-        result = governance.promote(cat, cfg, ids, actor=resolve_actor(actor))
+        result = governance.promote(ws, cfg, ids, actor=resolve_actor(actor))
         if as_json:
             echo_json(result.to_json())
             return
@@ -133,13 +133,13 @@ def rollback_cmd(
         if (item_id is None) == (release is None):
             raise click.UsageError("give exactly one of --item ITEM_ID or --release [RELEASE]")
         cfg = load(config)
-        cat = open_catalog(cfg)
+        ws = open_workspace(cfg)
         who = resolve_actor(actor)
         if item_id is not None:
-            result = governance.rollback_item(cat, cfg, item_id, actor=who)
+            result = governance.rollback_item(ws, cfg, item_id, actor=who)
         else:
             target = None if release == _CURRENT else release
-            result = governance.rollback_release(cat, cfg, actor=who, release_id=target)
+            result = governance.rollback_release(ws, cfg, actor=who, release_id=target)
         if as_json:
             echo_json(result.to_json())
         else:
@@ -159,7 +159,7 @@ def releases_list(config: str, as_json: bool) -> None:
     """Every release of the product, oldest first."""
     with errors_at_edge():
         cfg = load(config)
-        infos = governance.list_releases(open_catalog(cfg), cfg.product_id)
+        infos = governance.list_releases(open_workspace(cfg), cfg.product_id)
         if as_json:
             echo_json([i.to_json() for i in infos])
             return
@@ -183,7 +183,7 @@ def releases_show(config: str, release: str, as_json: bool) -> None:
     """One release (id, id prefix, version or 'current') with its manifest."""
     with errors_at_edge():
         cfg = load(config)
-        shown = governance.show_release(open_catalog(cfg), cfg.product_id, release)
+        shown = governance.show_release(open_workspace(cfg), cfg.product_id, release)
         if as_json:
             echo_json(shown)
             return
@@ -204,7 +204,9 @@ def releases_diff(config: str, from_release: str, to_release: str, as_json: bool
     """Items added, removed and changed (with changed item fields) between two releases."""
     with errors_at_edge():
         cfg = load(config)
-        diff = governance.diff_releases(open_catalog(cfg), cfg.product_id, from_release, to_release)
+        diff = governance.diff_releases(
+            open_workspace(cfg), cfg.product_id, from_release, to_release
+        )
         if as_json:
             echo_json(diff.to_json())
             return
@@ -229,7 +231,7 @@ def releases_catalog(config: str, version: str, as_json: bool) -> None:
     """Where the static STAC catalog of a release is (path or key)."""
     with errors_at_edge():
         cfg = load(config)
-        at = governance.catalog_at(open_catalog(cfg), cfg.product_id, version)
+        at = governance.catalog_at(open_workspace(cfg), cfg.product_id, version)
         if as_json:
             echo_json(
                 {

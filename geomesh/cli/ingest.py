@@ -14,7 +14,7 @@ from geomesh.cli._base import (
     errors_at_edge,
     json_option,
     load,
-    open_catalog,
+    open_workspace,
     resolve_actor,
     tile_progress,
 )
@@ -114,10 +114,10 @@ def ingest_cmd(
         return
     with errors_at_edge():
         cfg = load(config)
-        cat = open_catalog(cfg)
+        ws = open_workspace(cfg)
         with tile_progress(len(rasters), enabled=not as_json and len(rasters) > 1) as tick:
             report = ingest_rasters(
-                cat,
+                ws,
                 cfg,
                 rasters,
                 actor=resolve_actor(actor),
@@ -164,8 +164,8 @@ def items_group() -> None:
 def items_list(product: str | None, state: str | None, as_json: bool) -> None:
     """List items with their state, source, checksum and findings per severity."""
     with errors_at_edge():
-        cat = open_catalog()
-        rows = queries.list_items(cat, product_id=product, state=state)
+        ws = open_workspace()
+        rows = queries.list_items(ws, product_id=product, state=state)
         if as_json:
             echo_json(rows)
             return
@@ -180,5 +180,5 @@ def items_list(product: str | None, state: str | None, as_json: bool) -> None:
 def items_show(item_id: str) -> None:
     """Print one item's STAC JSON."""
     with errors_at_edge():
-        cat = open_catalog()
-        echo_json(queries.get_item(cat, item_id)["stac"])
+        ws = open_workspace()
+        echo_json(queries.get_item(ws, item_id)["stac"])

@@ -11,7 +11,7 @@ from geomesh.cli._base import (
     errors_at_edge,
     json_option,
     load,
-    open_catalog,
+    open_workspace,
     resolve_actor,
 )
 from geomesh.cli.validate import echo_finding
@@ -30,7 +30,7 @@ def quarantine_group() -> None:
 def quarantine_list(product: str | None, as_json: bool) -> None:
     """List quarantined items with their reason."""
     with errors_at_edge():
-        rows = q.list_quarantined(open_catalog(), product_id=product)
+        rows = q.list_quarantined(open_workspace(), product_id=product)
     if as_json:
         echo_json(rows)
         return
@@ -46,7 +46,7 @@ def quarantine_list(product: str | None, as_json: bool) -> None:
 def quarantine_show(item_id: str, as_json: bool) -> None:
     """Show one item's quarantine record, open findings and history."""
     with errors_at_edge():
-        data = q.show_quarantined(open_catalog(), item_id)
+        data = q.show_quarantined(open_workspace(), item_id)
     if as_json:
         echo_json(data)
         return
@@ -74,7 +74,7 @@ def quarantine_revalidate(
     with errors_at_edge():
         cfg = load(config)
         result = q.revalidate(
-            open_catalog(cfg), cfg, item_id, actor=resolve_actor(actor), strict=strict
+            open_workspace(cfg), cfg, item_id, actor=resolve_actor(actor), strict=strict
         )
     if as_json:
         echo_json(result.to_json())
@@ -94,7 +94,7 @@ def quarantine_release(config: str, item_id: str, note: str | None, actor: str |
     """Move a re-validated quarantined item back to staging."""
     with errors_at_edge():
         cfg = load(config)
-        state = q.release(open_catalog(cfg), cfg, item_id, actor=resolve_actor(actor), note=note)
+        state = q.release(open_workspace(cfg), cfg, item_id, actor=resolve_actor(actor), note=note)
     click.echo(f"{item_id}: {state}")
 
 
@@ -105,5 +105,5 @@ def quarantine_release(config: str, item_id: str, note: str | None, actor: str |
 def quarantine_discard(item_id: str, reason: str, actor: str | None) -> None:
     """Discard a quarantined item for good."""
     with errors_at_edge():
-        state = q.discard(open_catalog(), item_id, actor=resolve_actor(actor), reason=reason)
+        state = q.discard(open_workspace(), item_id, actor=resolve_actor(actor), reason=reason)
     click.echo(f"{item_id}: {state}")

@@ -14,7 +14,7 @@ from geomesh.cli._base import (
     errors_at_edge,
     json_option,
     load,
-    open_catalog,
+    open_workspace,
     resolve_actor,
     tile_progress,
 )
@@ -64,8 +64,8 @@ def discover_cmd(config: str, as_json: bool) -> None:
     with errors_at_edge():
         cfg = load(config)
         require_source(cfg)
-        cat = open_catalog(cfg)
-        candidates = discover(cat, cfg)
+        ws = open_workspace(cfg)
+        candidates = discover(ws, cfg)
         if as_json:
             echo_json(_discover_json(cfg.product_id, candidates))
         else:
@@ -112,8 +112,8 @@ def run_ingest_from_stac(
                 )
         cfg = load(config)
         require_source(cfg)
-        cat = open_catalog(cfg)
-        candidates = discover(cat, cfg)
+        ws = open_workspace(cfg)
+        candidates = discover(ws, cfg)
         if dry_run:
             if as_json:
                 echo_json(_discover_json(cfg.product_id, candidates))
@@ -123,7 +123,7 @@ def run_ingest_from_stac(
         todo = sum(1 for c in candidates for _ in (c.assets or {"": ""}))
         with tile_progress(todo, enabled=not as_json and todo > 1) as tick:
             report: IngestReport = ingest_from_stac(
-                cat,
+                ws,
                 cfg,
                 actor=resolve_actor(actor),
                 candidates=candidates,

@@ -13,7 +13,7 @@ from geomesh.cli._base import (
     errors_at_edge,
     json_option,
     load,
-    open_catalog,
+    open_workspace,
     resolve_actor,
 )
 from geomesh.config import ProductConfig
@@ -61,9 +61,9 @@ def users_add(
             password = sys.stdin.read().rstrip("\r\n")
             if not password:
                 raise PermissionDenied("--password-stdin was given but stdin is empty")
-        cat = open_catalog(_cfg(config))
+        ws = open_workspace(_cfg(config))
         user = users.add_user(
-            cat, actor=resolve_actor(actor), name=name, role=role, password=password
+            ws, actor=resolve_actor(actor), name=name, role=role, password=password
         )
         if as_json:
             echo_json(user.model_dump(mode="json"))
@@ -77,7 +77,7 @@ def users_add(
 def users_list(config: str | None, as_json: bool) -> None:
     """Every user with its role."""
     with errors_at_edge():
-        rows = users.list_users(open_catalog(_cfg(config)))
+        rows = users.list_users(open_workspace(_cfg(config)))
         if as_json:
             echo_json([u.model_dump(mode="json") for u in rows])
             return

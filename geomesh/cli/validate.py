@@ -15,7 +15,7 @@ from geomesh.cli._base import (
     errors_at_edge,
     json_option,
     load,
-    open_catalog,
+    open_workspace,
     resolve_actor,
 )
 from geomesh.config import ProductConfig
@@ -180,12 +180,12 @@ def remediate_cmd(
     """
     with errors_at_edge():
         cfg = load(config)
-        cat = open_catalog(cfg)
+        ws = open_workspace(cfg)
         who = resolve_actor(actor)
-        result = remediate_item(cat, cfg, item_id, actor=who)
+        result = remediate_item(ws, cfg, item_id, actor=who)
         outcome = None
         if not no_route and result.created:
-            outcome = validate_and_route(cat, cfg, result.new_item_id, actor=who)
+            outcome = validate_and_route(ws, cfg, result.new_item_id, actor=who)
     if as_json:
         data: dict[str, Any] = result.to_json()
         data["route"] = outcome.to_json() if outcome else None
@@ -258,7 +258,7 @@ def outbox_group() -> None:
 def outbox_list(status: str | None, product: str | None, as_json: bool) -> None:
     """List outbox messages, newest first."""
     with errors_at_edge():
-        rows = list_outbox(open_catalog(), status=status, product_id=product)
+        rows = list_outbox(open_workspace(), status=status, product_id=product)
     if as_json:
         echo_json(rows)
         return
@@ -280,7 +280,7 @@ def outbox_retry(ids: tuple[int, ...], all_failed: bool, actor: str | None) -> N
         if not ids and not all_failed:
             raise DeliveryError("give message ids or --all", hint="see `geomesh outbox list`")
         retried = retry_outbox(
-            open_catalog(), list(ids) if ids else None, actor=resolve_actor(actor)
+            open_workspace(), list(ids) if ids else None, actor=resolve_actor(actor)
         )
     click.echo(f"{len(retried)} message(s) queued again: {', '.join(map(str, retried)) or '-'}")
 
@@ -302,8 +302,8 @@ def outbox_deliver(
     """Send the due pending messages once."""
     with errors_at_edge():
         cfgs = [load(p) for p in config_paths]
-        cat = open_catalog(cfgs[0] if cfgs else None)
-        report = deliver_outbox(cat, configs=cfgs, limit=limit, timeout=timeout)
+        ws = open_workspace(cfgs[0] if cfgs else None)
+        report = deliver_outbox(ws, configs=cfgs, limit=limit, timeout=timeout)
     if as_json:
         echo_json(report.to_json())
     else:

@@ -14,9 +14,9 @@ from typing import Final
 from sqlmodel import col, func, select
 
 from geomesh import audit, auth
-from geomesh.catalog import Catalog
 from geomesh.errors import NotFound, PermissionDenied
 from geomesh.models import User
+from geomesh.workspace import Workspace
 
 #: the actor recorded for failed sign-ins (the name typed is untrusted input)
 ANONYMOUS: Final = "anonymous"
@@ -41,8 +41,8 @@ def _public(user: User, method: str) -> SignedIn:
     )
 
 
-def _record_failure(cat: Catalog, typed: str, method: str, reason: str) -> None:
-    with cat.transaction() as session:
+def _record_failure(ws: Workspace, typed: str, method: str, reason: str) -> None:
+    with ws.transaction() as session:
         audit.append(
             session,
             actor=ANONYMOUS,
@@ -52,23 +52,23 @@ def _record_failure(cat: Catalog, typed: str, method: str, reason: str) -> None:
         )
 
 
-def sign_in(cat: Catalog, name: str, password: str) -> SignedIn:
+def sign_in(ws: Workspace, name: str, password: str) -> SignedIn:
     """Check a local user's password; audit the attempt. Raises PermissionDenied."""
     typed = name.strip().lower()
     if not typed or not password:
         raise PermissionDenied("enter a user name and a password")
-    with cat.read() as session:
+    with ws.read() as session:
         try:
             user = auth.authenticate(session, typed, password)
         except NotFound:
             user = None
     if user is None:
-        _record_failure(cat, typed, "password", "unknown user or wrong password")
+        _record_failure(ws, typed, "password", "unknown user or wrong password")
         raise PermissionDenied(
             "unknown user name or wrong password",
             hint="demo users are listed in README.md (section 'Demo credentials')",
         )
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         audit.append(
             session,
             actor=user.name,
@@ -85,7 +85,7 @@ def sso_user_name(email: str) -> str:
     return _SAFE.sub("-", local)[:64]
 
 
-def sign_in_sso(cat: Catalog, email: str | None) -> SignedIn:
+def sign_in_sso(ws: Workspace, email: str | None) -> SignedIn:
     """Map an identity-provider e-mail to a geomesh user; audit the sign-in.
 
     A user whose ``display_name`` equals the e-mail wins; otherwise the e-mail's local part
@@ -94,17 +94,17 @@ def sign_in_sso(cat: Catalog, email: str | None) -> SignedIn:
     """
     if not email or "@" not in email:
         raise PermissionDenied("the identity provider returned no e-mail address")
-    with cat.read() as session:
+    with ws.read() as session:
         user = session.exec(
             select(User).where(func.lower(col(User.display_name)) == email.strip().lower())
         ).first() or auth.get_user(session, sso_user_name(email))
     if user is None:
-        _record_failure(cat, email, "sso", "no geomesh user for this e-mail")
+        _record_failure(ws, email, "sso", "no geomesh user for this e-mail")
         raise PermissionDenied(
             f"{email} has no geomesh account",
             hint=f"ask an admin: `geomesh users add {sso_user_name(email)} --role viewer`",
         )
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         audit.append(
             session,
             actor=user.name,
@@ -115,22 +115,22 @@ def sign_in_sso(cat: Catalog, email: str | None) -> SignedIn:
     return _public(user, "sso")
 
 
-def current_user(cat: Catalog, name: str, method: str = "password") -> SignedIn | None:
+def current_user(ws: Workspace, name: str, method: str = "password") -> SignedIn | None:
     """The user as stored now (None when it was removed): roles are never cached."""
-    with cat.read() as session:
+    with ws.read() as session:
         user = auth.get_user(session, name)
         return _public(user, method) if user is not None else None
 
 
-def sign_out(cat: Catalog, name: str) -> None:
+def sign_out(ws: Workspace, name: str) -> None:
     """Record the sign-out in the audit trail."""
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         audit.append(session, actor=name, action="auth.sign_out", target=name)
 
 
-def can(cat: Catalog, name: str, action: str) -> bool:
+def can(ws: Workspace, name: str, action: str) -> bool:
     """Whether the user's role allows ``action`` (for hiding buttons; services re-check)."""
-    with cat.read() as session:
+    with ws.read() as session:
         try:
             auth.require(session, name, action)
         except PermissionDenied:

@@ -27,7 +27,6 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
 from geomesh import audit, auth, faults, lifecycle, releases
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig
 from geomesh.errors import (
     ConcurrentUpdate,
@@ -55,6 +54,7 @@ from geomesh.models import (
 )
 from geomesh.releases import Bump, Delta, Manifest, ManifestItem, ReleaseKind
 from geomesh.storage import LocalStore
+from geomesh.workspace import Workspace
 
 #: item states in which a steward may review (sign off) an item
 REVIEWABLE = frozenset({ItemState.staging, ItemState.validation})
@@ -173,7 +173,7 @@ def validation_gate(session: Session, item: Item) -> Gate:
     return Gate("validation", True, f"validation run #{run.id} passed, no open P1/P2 finding")
 
 
-def checksum_gate(cat: Catalog, item: Item) -> Gate:
+def checksum_gate(ws: Workspace, item: Item) -> Gate:
     """(b) stream the stored object and compare its SHA-256 with the item's file:checksum."""
     try:
         multihash = item.stac["assets"]["data"]["file:checksum"]
@@ -191,7 +191,7 @@ def checksum_gate(cat: Catalog, item: Item) -> Gate:
             f"({item.content_digest[:12]}…); re-ingest the source",
         )
     try:
-        with cat.store.open_local("staging", item.object_key) as path:
+        with ws.store.open_local("staging", item.object_key) as path:
             actual, _ = sha256_file(path)
     except StorageError as exc:
         return Gate("checksum", False, f"{exc}; re-ingest the source")
@@ -285,8 +285,8 @@ def _signoff_status(session: Session, item: Item, required: int) -> SignoffStatu
     )
 
 
-def signoff_status(cat: Catalog, config: ProductConfig, item_id: str) -> SignoffStatus:
-    with cat.read() as session:
+def signoff_status(ws: Workspace, config: ProductConfig, item_id: str) -> SignoffStatus:
+    with ws.read() as session:
         item = _item(session, config.product_id, item_id)
         return _signoff_status(session, item, config.governance.approvals_required)
 
@@ -295,11 +295,11 @@ def signoff_status(cat: Catalog, config: ProductConfig, item_id: str) -> Signoff
 
 
 def request_signoff(
-    cat: Catalog, config: ProductConfig, item_id: str, *, actor: str
+    ws: Workspace, config: ProductConfig, item_id: str, *, actor: str
 ) -> SignoffStatus:
     """Ask the stewards to review an item; notifies the governance webhook. Idempotent
     per content digest (a second request for the same content is a no-op)."""
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, "signoff.request")
         item = _item(session, config.product_id, item_id)
         if item.state not in REVIEWABLE:
@@ -340,7 +340,7 @@ def request_signoff(
 
 
 def sign_off(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     item_id: str,
     *,
@@ -361,7 +361,7 @@ def sign_off(
             f"rejecting item {item_id!r} needs a comment",
             hint="say what must change: --reject --comment TEXT",
         )
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, "signoff")
         item = _item(session, config.product_id, item_id)
         if decision is Decision.approve and actor == item.submitted_by:
@@ -514,10 +514,10 @@ def _manifest_item(item: Item) -> ManifestItem:
     )
 
 
-def _current_manifest(cat: Catalog, product: Product) -> Manifest | None:
+def _current_manifest(ws: Workspace, product: Product) -> Manifest | None:
     if product.current_release_id is None:
         return None
-    return releases.load_manifest(cat.store, product.id, product.current_release_id)
+    return releases.load_manifest(ws.store, product.id, product.current_release_id)
 
 
 def _highest_version(session: Session, product_id: str) -> str | None:
@@ -526,7 +526,7 @@ def _highest_version(session: Session, product_id: str) -> str | None:
 
 
 def plan_promotion(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     item_ids: Sequence[str] | None = None,
     *,
@@ -540,9 +540,9 @@ def plan_promotion(
     """
     pid = config.product_id
     required = config.governance.approvals_required
-    with cat.read() as session:
+    with ws.read() as session:
         product = _product(session, pid)
-        current = _current_manifest(cat, product)
+        current = _current_manifest(ws, product)
         if item_ids is None:
             candidates = list(
                 session.exec(
@@ -580,7 +580,7 @@ def plan_promotion(
         current_id = product.current_release_id
     for item in candidates:
         if verify_checksums:
-            gates[item.id].insert(1, checksum_gate(cat, item))
+            gates[item.id].insert(1, checksum_gate(ws, item))
         else:
             gates[item.id].insert(
                 1, Gate("checksum", True, "not checked in this plan; promote re-verifies it")
@@ -770,7 +770,7 @@ def _add_release(
 
 
 def promote(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     item_ids: Sequence[str] | None = None,
     *,
@@ -783,25 +783,25 @@ def promote(
     promoted and blocked ones are left alone. Raises PromotionBlocked when nothing can go.
     """
     pid = config.product_id
-    with cat.read() as session:
+    with ws.read() as session:
         auth.require(session, actor, "promote")
         product = _product(session, pid)
-        current = _current_manifest(cat, product)
+        current = _current_manifest(ws, product)
     if item_ids is not None:
         released = current.by_id if current else {}
         todo = [i for i in dict.fromkeys(item_ids) if i not in released]
         if not todo:
             if product.current_release_id is not None:  # finish an interrupted publication
-                publish_catalog(cat, pid, product.current_release_id)
+                publish_catalog(ws, pid, product.current_release_id)
             return PromoteResult(
                 product_id=pid,
-                release=_release_info(cat, pid, product.current_release_id),
+                release=_release_info(ws, pid, product.current_release_id),
                 promoted=(),
                 superseded=(),
                 already=True,
                 message=f"already released in {current.version if current else '-'}",
             )
-        plan = plan_promotion(cat, config, todo)
+        plan = plan_promotion(ws, config, todo)
         if plan.blocked:
             raise PromotionBlocked(
                 f"cannot promote {len(plan.blocked)} of {len(todo)} item(s) of {pid}:\n  "
@@ -810,10 +810,10 @@ def promote(
                 "eligible ones only",
             )
     else:
-        plan = plan_promotion(cat, config)
+        plan = plan_promotion(ws, config)
         if not plan.items:
             if product.current_release_id is not None:  # finish an interrupted publication
-                publish_catalog(cat, pid, product.current_release_id)
+                publish_catalog(ws, pid, product.current_release_id)
             return PromoteResult(
                 product_id=pid,
                 release=None,
@@ -843,14 +843,14 @@ def promote(
     # objects first: a crash leaves complete, unreferenced copies that a retry reuses
     for p in eligible:
         m = manifest.by_id[p.item_id]
-        cat.store.copy("staging", "production", m.object_key)
-        cat.store.copy("staging", "production", m.stac_key)
+        ws.store.copy("staging", "production", m.object_key)
+        ws.store.copy("staging", "production", m.stac_key)
     faults.point("promote.objects_copied")
-    releases.store_manifest(cat.store, manifest)
+    releases.store_manifest(ws.store, manifest)
     faults.point("promote.manifest_stored")
     superseded = tuple(c.from_id for c in plan.delta.changed)
     required = config.governance.approvals_required
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, "promote")
         product = _product(session, pid, lock=True)
         _move_pointer(
@@ -894,10 +894,10 @@ def promote(
         _add_release(session, manifest, plan.delta, kind=ReleaseKind.promote)
         session.add(product)
     faults.point("promote.committed")
-    key = publish_catalog(cat, pid, manifest.id)
+    key = publish_catalog(ws, pid, manifest.id)
     return PromoteResult(
         product_id=pid,
-        release=_release_info(cat, pid, manifest.id),
+        release=_release_info(ws, pid, manifest.id),
         promoted=tuple(p.item_id for p in eligible),
         superseded=superseded,
         already=False,
@@ -907,46 +907,46 @@ def promote(
     )
 
 
-def _release_info(cat: Catalog, product_id: str, release_id: str | None) -> ReleaseInfo | None:
+def _release_info(ws: Workspace, product_id: str, release_id: str | None) -> ReleaseInfo | None:
     if release_id is None:
         return None
-    with cat.read() as session:
+    with ws.read() as session:
         row = session.get(Release, release_id)
         product = _product(session, product_id)
         return ReleaseInfo.of(row, product.current_release_id) if row else None
 
 
-def publish_catalog(cat: Catalog, product_id: str, release_id: str) -> str:
+def publish_catalog(ws: Workspace, product_id: str, release_id: str) -> str:
     """Materialize the release's static catalog (if missing) and rewrite the index.
 
     Idempotent; called after every promote/rollback and safe to re-run after a crash.
     """
-    key = ensure_catalog(cat, product_id, release_id)
+    key = ensure_catalog(ws, product_id, release_id)
     faults.point("publish.catalog_written")
-    refresh_index(cat, product_id)
+    refresh_index(ws, product_id)
     return key
 
 
-def ensure_catalog(cat: Catalog, product_id: str, release_id: str) -> str:
+def ensure_catalog(ws: Workspace, product_id: str, release_id: str) -> str:
     """The key of the release's ``catalog.json``, materializing it from the manifest if it
     is missing (e.g. after a crash between the release transaction and publication)."""
-    with cat.read() as session:
+    with ws.read() as session:
         row = session.get(Release, release_id)
         if row is None or row.product_id != product_id:
             raise NotFound(f"release {release_id} of product {product_id!r} does not exist")
         parent = session.get(Release, row.parent_id) if row.parent_id else None
     key = releases.catalog_key(product_id, row.version)
-    if not cat.store.exists("production", key):
-        manifest = releases.load_manifest(cat.store, product_id, release_id)
+    if not ws.store.exists("production", key):
+        manifest = releases.load_manifest(ws.store, product_id, release_id)
         key = releases.materialize_catalog(
-            cat.store, manifest, predecessor_version=parent.version if parent else None
+            ws.store, manifest, predecessor_version=parent.version if parent else None
         )
     return key
 
 
-def refresh_index(cat: Catalog, product_id: str) -> str:
+def refresh_index(ws: Workspace, product_id: str) -> str:
     """Rewrite ``catalogs/<product>/latest.json`` from the release rows (O(releases))."""
-    with cat.read() as session:
+    with ws.read() as session:
         product = _product(session, product_id)
         rows = session.exec(select(Release).where(Release.product_id == product_id)).all()
         entries = [
@@ -961,7 +961,7 @@ def refresh_index(cat: Catalog, product_id: str) -> str:
             for r in rows
         ]
         current = product.current_release_id
-    return releases.write_index(cat.store, product_id, entries, current)
+    return releases.write_index(ws.store, product_id, entries, current)
 
 
 # ------------------------------------------------------------------ rollback
@@ -985,7 +985,7 @@ class RollbackResult:
 
 
 def rollback_item(
-    cat: Catalog, config: ProductConfig, item_id: str, *, actor: str
+    ws: Workspace, config: ProductConfig, item_id: str, *, actor: str
 ) -> RollbackResult:
     """Remove one failed item version from the current release: a new PATCH release.
 
@@ -993,7 +993,7 @@ def rollback_item(
     the call is a no-op that reports "already rolled back".
     """
     pid = config.product_id
-    with cat.read() as session:
+    with ws.read() as session:
         auth.require(session, actor, "rollback")
         product = _product(session, pid)
         item = _item(session, pid, item_id)
@@ -1001,11 +1001,11 @@ def rollback_item(
         current_id, counter = product.current_release_id, product.version_counter
         current_row = session.get(Release, current_id) if current_id else None
         current_version = current_row.version if current_row else None
-    current = releases.load_manifest(cat.store, pid, current_id) if current_id else None
+    current = releases.load_manifest(ws.store, pid, current_id) if current_id else None
     if current is None or item_id not in current.by_id:
         if item.state == ItemState.rolled_back:
             if current_id is not None:  # finish an interrupted publication
-                publish_catalog(cat, pid, current_id)
+                publish_catalog(ws, pid, current_id)
             return RollbackResult(
                 product_id=pid,
                 already=True,
@@ -1032,9 +1032,9 @@ def rollback_item(
         product_metadata=dict(current.product_metadata),
         items=tuple(m for m in current.items if m.id != item_id),
     )
-    releases.store_manifest(cat.store, manifest)
+    releases.store_manifest(ws.store, manifest)
     faults.point("rollback.manifest_stored")
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, "rollback")
         product = _product(session, pid, lock=True)
         _move_pointer(
@@ -1052,7 +1052,7 @@ def rollback_item(
         _add_release(session, manifest, delta, kind=ReleaseKind.item_rollback)
         session.add(product)
     faults.point("rollback.committed")
-    publish_catalog(cat, pid, manifest.id)
+    publish_catalog(ws, pid, manifest.id)
     return RollbackResult(
         product_id=pid,
         already=False,
@@ -1065,21 +1065,21 @@ def rollback_item(
 
 
 def rollback_release(
-    cat: Catalog, config: ProductConfig, *, actor: str, release_id: str | None = None
+    ws: Workspace, config: ProductConfig, *, actor: str, release_id: str | None = None
 ) -> RollbackResult:
     """Move the product's current pointer back to the parent of ``release_id``.
 
     See :func:`_rollback_release`; a retry also finishes an interrupted publication of the
     restored release (its catalog and the release index).
     """
-    result = _rollback_release(cat, config, actor=actor, release_id=release_id)
+    result = _rollback_release(ws, config, actor=actor, release_id=release_id)
     if result.already and result.current_release_id is not None:
-        publish_catalog(cat, config.product_id, result.current_release_id)
+        publish_catalog(ws, config.product_id, result.current_release_id)
     return result
 
 
 def _rollback_release(
-    cat: Catalog, config: ProductConfig, *, actor: str, release_id: str | None = None
+    ws: Workspace, config: ProductConfig, *, actor: str, release_id: str | None = None
 ) -> RollbackResult:
     """Move the product's current pointer back to the parent of ``release_id``.
 
@@ -1090,7 +1090,7 @@ def _rollback_release(
     and returns ``already=True`` without changing anything.
     """
     pid = config.product_id
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, "rollback")
         product = _product(session, pid, lock=True)
         current = product.current_release_id
@@ -1203,7 +1203,7 @@ def _rollback_release(
             items=tuple(to_rolled_back),
         )
     faults.point("rollback.committed")
-    publish_catalog(cat, pid, parent.id)
+    publish_catalog(ws, pid, parent.id)
     return result
 
 
@@ -1237,21 +1237,21 @@ def _resolve_release(session: Session, product_id: str, ref: str) -> Release:
     return row
 
 
-def list_releases(cat: Catalog, product_id: str) -> list[ReleaseInfo]:
+def list_releases(ws: Workspace, product_id: str) -> list[ReleaseInfo]:
     """Every release of the product, oldest version first."""
-    with cat.read() as session:
+    with ws.read() as session:
         product = _product(session, product_id)
         rows = session.exec(select(Release).where(Release.product_id == product_id)).all()
         infos = [ReleaseInfo.of(r, product.current_release_id) for r in rows]
     return sorted(infos, key=lambda r: releases.parse_version(r.version))
 
 
-def show_release(cat: Catalog, product_id: str, ref: str = "current") -> dict[str, Any]:
+def show_release(ws: Workspace, product_id: str, ref: str = "current") -> dict[str, Any]:
     """One release: its row (version, delta, current, deprecated) and its manifest."""
-    with cat.read() as session:
+    with ws.read() as session:
         row = _resolve_release(session, product_id, ref)
         info = ReleaseInfo.of(row, _product(session, product_id).current_release_id)
-    manifest = releases.load_manifest(cat.store, product_id, row.id)
+    manifest = releases.load_manifest(ws.store, product_id, row.id)
     return info.to_json() | {"manifest": manifest.to_dict()}
 
 
@@ -1293,18 +1293,18 @@ class ReleaseDiff:
         }
 
 
-def diff_releases(cat: Catalog, product_id: str, a: str, b: str) -> ReleaseDiff:
+def diff_releases(ws: Workspace, product_id: str, a: str, b: str) -> ReleaseDiff:
     """Items added, removed and changed (with the changed item-JSON fields) from a to b."""
-    with cat.read() as session:
+    with ws.read() as session:
         ra = _resolve_release(session, product_id, a)
         rb = _resolve_release(session, product_id, b)
-    ma = releases.load_manifest(cat.store, product_id, ra.id)
-    mb = releases.load_manifest(cat.store, product_id, rb.id)
+    ma = releases.load_manifest(ws.store, product_id, ra.id)
+    mb = releases.load_manifest(ws.store, product_id, rb.id)
     delta = releases.compute_delta(ma.items, mb.items)
     changed = []
     for c in delta.changed:
-        old = releases.load_item_json(cat.store, ma.by_id[c.from_id])
-        new = releases.load_item_json(cat.store, mb.by_id[c.to_id])
+        old = releases.load_item_json(ws.store, ma.by_id[c.from_id])
+        new = releases.load_item_json(ws.store, mb.by_id[c.to_id])
         changed.append(ItemChange(c.source_key, c.from_id, c.to_id, releases.diff_json(old, new)))
     return ReleaseDiff(
         product_id=product_id,
@@ -1328,34 +1328,34 @@ class CatalogAt:
     catalog: dict[str, Any]
 
 
-def catalog_at(cat: Catalog, product_id: str, version: str = "current") -> CatalogAt:
+def catalog_at(ws: Workspace, product_id: str, version: str = "current") -> CatalogAt:
     """The static catalog as it was published at ``version`` (or release id / 'current')."""
-    with cat.read() as session:
+    with ws.read() as session:
         row = _resolve_release(session, product_id, version)
-    key = ensure_catalog(cat, product_id, row.id)
-    path = cat.store.path("production", key) if isinstance(cat.store, LocalStore) else None
+    key = ensure_catalog(ws, product_id, row.id)
+    path = ws.store.path("production", key) if isinstance(ws.store, LocalStore) else None
     return CatalogAt(
         product_id=product_id,
         version=row.version,
         release_id=row.id,
         key=key,
         path=path,
-        catalog=json.loads(cat.store.get_bytes("production", key)),
+        catalog=json.loads(ws.store.get_bytes("production", key)),
     )
 
 
 # ------------------------------------------------------------------ audit trail
 
 
-def verify_audit(cat: Catalog) -> list[audit.ChainProblem]:
+def verify_audit(ws: Workspace) -> list[audit.ChainProblem]:
     """Recompute the audit hash chain; the problems name each edited/inserted/deleted event."""
-    with cat.read() as session:
+    with ws.read() as session:
         return audit.verify(session)
 
 
-def export_audit(cat: Catalog, *, product_id: str | None = None) -> Iterator[dict[str, Any]]:
+def export_audit(ws: Workspace, *, product_id: str | None = None) -> Iterator[dict[str, Any]]:
     """Every audit event as a JSON-ready dict, oldest first (streamed in batches)."""
-    with cat.read() as session:
+    with ws.read() as session:
         for ev in audit.iter_events(session):
             if product_id is None or ev.product_id == product_id:
                 yield audit.to_json(ev)

@@ -25,7 +25,6 @@ from typing import Any, Literal
 from sqlmodel import Session, col, select
 
 from geomesh import audit, auth, faults, lifecycle
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig
 from geomesh.errors import GeomeshError, StorageError
 from geomesh.hashing import sha256_file
@@ -41,6 +40,7 @@ from geomesh.raster import (
 )
 from geomesh.stac import build_item, is_safe_item_id, item_id_for, item_to_dict
 from geomesh.storage import TMP_PREFIX, ObjectStore, object_key
+from geomesh.workspace import Workspace
 
 Status = Literal["staged", "exists", "would-stage", "failed"]
 
@@ -133,7 +133,7 @@ class IngestReport:
 
 #: called after a tile is staged (validation + routing); set by geomesh.services.pipeline
 PostStage = Callable[
-    [Catalog, ProductConfig, str, str], tuple[str | None, str | None, dict[str, int]]
+    [Workspace, ProductConfig, str, str], tuple[str | None, str | None, dict[str, int]]
 ]
 
 
@@ -301,7 +301,7 @@ def _version_number(session: Session, product_id: str, source_key: str) -> int:
 
 
 def stage_tile(
-    cat: Catalog, config: ProductConfig, prepared: PreparedTile, *, actor: str
+    ws: Workspace, config: ProductConfig, prepared: PreparedTile, *, actor: str
 ) -> TileResult:
     """Store object + item JSON, then insert the row and its audit event in one transaction."""
     product_id = config.product_id
@@ -321,7 +321,7 @@ def stage_tile(
         cog_warnings=prepared.cog_warnings,
         cog_errors=prepared.cog_errors,
     )
-    with cat.read() as session:
+    with ws.read() as session:
         existing = session.get(Item, item_id)
         if existing is not None:
             result.status, result.state, result.item = "exists", existing.state.value, existing.stac
@@ -329,23 +329,23 @@ def stage_tile(
         previous = _previous_version(session, product_id, prepared.source_key)
         version = _version_number(session, product_id, prepared.source_key)
     predecessor = (
-        object_href(cat.store, "staging", stac_key_for(product_id, previous.id))
+        object_href(ws.store, "staging", stac_key_for(product_id, previous.id))
         if previous is not None
         else None
     )
     stac = build_stac(
         config,
         prepared,
-        asset_href=object_href(cat.store, "staging", okey),
+        asset_href=object_href(ws.store, "staging", okey),
         item_version=version,
         predecessor_href=predecessor,
     )
-    cat.store.put_file("staging", okey, prepared.cog_path)
+    ws.store.put_file("staging", okey, prepared.cog_path)
     payload = json.dumps(stac, indent=2, sort_keys=True).encode()
-    cat.store.put_bytes("staging", skey, payload)
+    ws.store.put_bytes("staging", skey, payload)
     faults.point("ingest.files_stored")
 
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, "ingest")
         register_product(session, config, actor=actor)
         if session.get(Item, item_id) is not None:  # a concurrent run staged it first
@@ -400,17 +400,17 @@ def stage_tile(
     return result
 
 
-def _find_by_source_digest(cat: Catalog, product_id: str, digest: str | None) -> Item | None:
+def _find_by_source_digest(ws: Workspace, product_id: str, digest: str | None) -> Item | None:
     if digest is None:
         return None
-    with cat.read() as session:
+    with ws.read() as session:
         return session.exec(
             select(Item).where(Item.product_id == product_id, Item.source_digest == digest)
         ).first()
 
 
-def _check_can_ingest(cat: Catalog, actor: str) -> None:
-    with cat.read() as session:
+def _check_can_ingest(ws: Workspace, actor: str) -> None:
+    with ws.read() as session:
         auth.require(session, actor, "ingest")
 
 
@@ -445,7 +445,7 @@ def iter_prepared(
 
 
 def ingest_rasters(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     sources: Iterable[str | Path],
     *,
@@ -463,11 +463,11 @@ def ingest_rasters(
     :func:`geomesh.services.pipeline.default_post_stage`.
     """
     srcs = [str(s) for s in sources]
-    _check_can_ingest(cat, actor)
+    _check_can_ingest(ws, actor)
     log = (
         None
         if dry_run
-        else RunLog(cat.root, product_id=config.product_id, stderr=cat.settings.log_stderr)
+        else RunLog(ws.root, product_id=config.product_id, stderr=ws.settings.log_stderr)
     )
     report = IngestReport(
         product_id=config.product_id, run_id=log.run_id if log else "dry-run", dry_run=dry_run
@@ -482,7 +482,7 @@ def ingest_rasters(
     done: dict[str, TileResult] = {}
     for s in srcs:
         sdigest = source_digest_for(s, config)
-        hit = _find_by_source_digest(cat, config.product_id, sdigest)
+        hit = _find_by_source_digest(ws, config.product_id, sdigest)
         if hit is not None:
             done[s] = TileResult(
                 source=hit.source,
@@ -498,7 +498,7 @@ def ingest_rasters(
         else:
             tasks.append((s, sdigest))
 
-    base = Path(tempfile.gettempdir()) if dry_run else cat.root
+    base = Path(tempfile.gettempdir()) if dry_run else ws.root
     workdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}ingest-", dir=base))
     try:
         prepared_iter = iter_prepared(
@@ -510,7 +510,7 @@ def ingest_rasters(
             if s in done:
                 res = done[s]
                 try:
-                    _run_post_stage(cat, config, res, actor=actor, post_stage=post_stage, log=log)
+                    _run_post_stage(ws, config, res, actor=actor, post_stage=post_stage, log=log)
                 except GeomeshError as exc:
                     res.status, res.error = "failed", str(exc)
             else:
@@ -520,7 +520,7 @@ def ingest_rasters(
                         if src == s:
                             break
                 res = _finish_one(
-                    cat,
+                    ws,
                     config,
                     s,
                     prepared_by_source.pop(s),
@@ -538,7 +538,7 @@ def ingest_rasters(
 
 
 def _finish_one(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     source: str,
     prepared: PreparedTile | GeomeshError,
@@ -562,12 +562,12 @@ def _finish_one(
             size=prepared.size,
         )
     if dry_run:
-        return _dry_run_result(cat, config, prepared)
+        return _dry_run_result(ws, config, prepared)
     try:
         assert log is not None
         with log.step("stage", item_id=item_id_for(config.product_id, prepared.hexdigest)):
-            res = stage_tile(cat, config, prepared, actor=actor)
-        _run_post_stage(cat, config, res, actor=actor, post_stage=post_stage, log=log)
+            res = stage_tile(ws, config, prepared, actor=actor)
+        _run_post_stage(ws, config, res, actor=actor, post_stage=post_stage, log=log)
     except GeomeshError as exc:
         return TileResult(
             source=name,
@@ -579,7 +579,7 @@ def _finish_one(
 
 
 def _run_post_stage(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     res: TileResult,
     *,
@@ -593,16 +593,16 @@ def _run_post_stage(
     if not (res.status == "staged" or (res.status == "exists" and res.state == "staging")):
         return
     with log.step("validate+route", item_id=res.item_id) as info:
-        res.state, res.route, res.findings = post_stage(cat, config, res.item_id, actor)
+        res.state, res.route, res.findings = post_stage(ws, config, res.item_id, actor)
         info["outcome"] = res.route or "ok"
 
 
-def _dry_run_result(cat: Catalog, config: ProductConfig, prepared: PreparedTile) -> TileResult:
+def _dry_run_result(ws: Workspace, config: ProductConfig, prepared: PreparedTile) -> TileResult:
     item_id = item_id_for(config.product_id, prepared.hexdigest)
     okey = object_key(prepared.hexdigest)
-    with cat.read() as session:
+    with ws.read() as session:
         exists = session.get(Item, item_id) is not None
-    stac = build_stac(config, prepared, asset_href=object_href(cat.store, "staging", okey))
+    stac = build_stac(config, prepared, asset_href=object_href(ws.store, "staging", okey))
     res = TileResult(
         source=prepared.source_name,
         status="exists" if exists else "would-stage",
@@ -617,5 +617,5 @@ def _dry_run_result(cat: Catalog, config: ProductConfig, prepared: PreparedTile)
     )
     from geomesh.services.pipeline import dry_run_findings
 
-    res.findings, res.route = dry_run_findings(cat, config, stac, prepared.cog_path)
+    res.findings, res.route = dry_run_findings(ws, config, stac, prepared.cog_path)
     return res

@@ -15,13 +15,13 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from geomesh import auth, lifecycle
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig
 from geomesh.errors import InvalidTransition, NotFound, QuarantineBlocked
 from geomesh.models import AuditEvent, Item, ItemState
 from geomesh.services.routing import route_action
 from geomesh.services.validation import finding_counts, open_findings, validate_item
 from geomesh.validation import Finding, count_by_severity, worst_severity
+from geomesh.workspace import Workspace
 
 
 def _get(session: Session, item_id: str) -> Item:
@@ -52,9 +52,9 @@ def entry_json(item: Item, counts: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def list_quarantined(cat: Catalog, *, product_id: str | None = None) -> list[dict[str, Any]]:
+def list_quarantined(ws: Workspace, *, product_id: str | None = None) -> list[dict[str, Any]]:
     """Quarantined items (oldest first) with their reason and open finding counts."""
-    with cat.read() as session:
+    with ws.read() as session:
         stmt = (
             select(Item)
             .where(Item.state == ItemState.quarantined)
@@ -67,9 +67,9 @@ def list_quarantined(cat: Catalog, *, product_id: str | None = None) -> list[dic
         return [entry_json(i, counts[i.id]) for i in items]
 
 
-def show_quarantined(cat: Catalog, item_id: str) -> dict[str, Any]:
+def show_quarantined(ws: Workspace, item_id: str) -> dict[str, Any]:
     """One item: its quarantine record, open findings and lifecycle history."""
-    with cat.read() as session:
+    with ws.read() as session:
         item = _get(session, item_id)
         findings = open_findings(session, item_id)
         history = session.exec(
@@ -116,25 +116,25 @@ class RevalidateResult:
 
 
 def revalidate(
-    cat: Catalog, config: ProductConfig, item_id: str, *, actor: str, strict: bool = False
+    ws: Workspace, config: ProductConfig, item_id: str, *, actor: str, strict: bool = False
 ) -> RevalidateResult:
     """Validate a quarantined item again (after a fix). Idempotent; the item stays put."""
-    with cat.read() as session:
+    with ws.read() as session:
         auth.require(session, actor, "quarantine")
         _require_quarantined(_get(session, item_id), ItemState.staging)
-    findings = validate_item(cat, config, item_id, actor=actor, strict=strict)
+    findings = validate_item(ws, config, item_id, actor=actor, strict=strict)
     return RevalidateResult(item_id, findings, route_action(config, findings))
 
 
 def release(
-    cat: Catalog, config: ProductConfig, item_id: str, *, actor: str, note: str | None = None
+    ws: Workspace, config: ProductConfig, item_id: str, *, actor: str, note: str | None = None
 ) -> str:
     """Move a quarantined item back to staging once its open findings allow it.
 
     Releasing an item that is already back in staging after a release is a no-op.
     Returns the item's state.
     """
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, "quarantine.release")
         item = _get(session, item_id)
         state = ItemState(item.state)
@@ -164,14 +164,14 @@ def release(
         return ItemState.staging.value
 
 
-def discard(cat: Catalog, item_id: str, *, actor: str, reason: str) -> str:
+def discard(ws: Workspace, item_id: str, *, actor: str, reason: str) -> str:
     """End a quarantined item with a reason (kept in the audit trail). Idempotent."""
     reason = reason.strip()
     if not reason:
         raise QuarantineBlocked(
             f"discarding item {item_id!r} needs a reason", hint="pass --reason 'why'"
         )
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, "quarantine.discard")
         item = _get(session, item_id)
         if ItemState(item.state) is ItemState.discarded:

@@ -1,6 +1,6 @@
 """Read models for the CLI and the app (no state changes here).
 
-Every function takes the :class:`~geomesh.catalog.Catalog` first and returns plain,
+Every function takes the :class:`~geomesh.workspace.Workspace` first and returns plain,
 JSON-ready values (dicts, lists, small dataclasses), so the app never needs sqlmodel.
 """
 
@@ -25,7 +25,6 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from geomesh import audit
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig, parse_config
 from geomesh.errors import NotFound
 from geomesh.models import (
@@ -39,6 +38,7 @@ from geomesh.models import (
     Release,
     ValidationRun,
 )
+from geomesh.workspace import Workspace
 
 SEVERITIES: Final = ("P1", "P2", "P3")
 #: items shown on the map by default (the "live" states)
@@ -95,9 +95,9 @@ def item_summary(item: Item, counts: dict[str, int] | None) -> dict[str, Any]:
 
 
 def list_items(
-    cat: Catalog, *, product_id: str | None = None, state: str | ItemState | None = None
+    ws: Workspace, *, product_id: str | None = None, state: str | ItemState | None = None
 ) -> list[dict[str, Any]]:
-    with cat.read() as session:
+    with ws.read() as session:
         stmt = select(Item).order_by(col(Item.created_at))
         if product_id:
             stmt = stmt.where(Item.product_id == product_id)
@@ -108,8 +108,8 @@ def list_items(
         return [item_summary(i, counts.get(i.id)) for i in items]
 
 
-def get_item(cat: Catalog, item_id: str) -> dict[str, Any]:
-    with cat.read() as session:
+def get_item(ws: Workspace, item_id: str) -> dict[str, Any]:
+    with ws.read() as session:
         item = session.get(Item, item_id)
         if item is None:
             raise NotFound(f"item {item_id!r} does not exist", hint="see `geomesh items list`")
@@ -142,9 +142,9 @@ def _current_version(session: Session, product: Product) -> str | None:
     return rel.version if rel is not None else None
 
 
-def list_products(cat: Catalog) -> list[dict[str, Any]]:
+def list_products(ws: Workspace) -> list[dict[str, Any]]:
     """Every registered product: id, title and current release version."""
-    with cat.read() as session:
+    with ws.read() as session:
         rows = session.exec(select(Product).order_by(col(Product.id))).all()
         out = []
         for p in rows:
@@ -159,9 +159,9 @@ def list_products(cat: Catalog) -> list[dict[str, Any]]:
         return out
 
 
-def product_config(cat: Catalog, product_id: str) -> ProductConfig:
+def product_config(ws: Workspace, product_id: str) -> ProductConfig:
     """The product's registered config (the contract the services act on)."""
-    with cat.read() as session:
+    with ws.read() as session:
         product = _product_row(session, product_id)
         data = dict(product.config_json)
     return parse_config(data, source=f"registered config of {product_id}")
@@ -186,10 +186,10 @@ def _apply(tr: Transformer, xy: Any) -> Any:
     return np.column_stack([x, y])
 
 
-def overview(cat: Catalog, product_id: str) -> dict[str, Any]:
+def overview(ws: Workspace, product_id: str) -> dict[str, Any]:
     """The product card, counts per state and severity, recent activity and KPIs."""
-    config = product_config(cat, product_id)
-    with cat.read() as session:
+    config = product_config(ws, product_id)
+    with ws.read() as session:
         product = _product_row(session, product_id)
         version = _current_version(session, product)
         states = {
@@ -342,7 +342,7 @@ _SEV_RANK: Final = {"P1": 0, "P2": 1, "P3": 2, None: 3}
 
 
 def map_layer(
-    cat: Catalog,
+    ws: Workspace,
     product_id: str,
     *,
     states: Sequence[str] = MAP_STATES,
@@ -355,7 +355,7 @@ def map_layer(
     for tooltips (folium inserts tooltip values as HTML).
     """
     wanted = [ItemState(s) for s in states]
-    with cat.read() as session:
+    with ws.read() as session:
         rows = session.execute(
             sa_select(
                 col(Item.id),
@@ -458,7 +458,7 @@ FINDING_COLUMNS: Final = (
 
 
 def findings_table(
-    cat: Catalog,
+    ws: Workspace,
     *,
     product_id: str | None = None,
     severities: Sequence[str] | None = None,
@@ -503,7 +503,7 @@ def findings_table(
     if limit is not None:
         stmt = stmt.limit(limit)
     out: dict[str, list[Any]] = {c: [] for c in FINDING_COLUMNS}
-    with cat.read() as session:
+    with ws.read() as session:
         rows = session.execute(stmt).all()
     cols = [out[c] for c in FINDING_COLUMNS]
     for row in rows:
@@ -516,12 +516,12 @@ def findings_table(
     return out
 
 
-def finding_rules(cat: Catalog, product_id: str | None = None) -> list[str]:
+def finding_rules(ws: Workspace, product_id: str | None = None) -> list[str]:
     """Rule ids that occur in the findings (for filter choices)."""
     stmt = select(FindingRecord.rule_id).distinct()
     if product_id:
         stmt = stmt.where(FindingRecord.product_id == product_id)
-    with cat.read() as session:
+    with ws.read() as session:
         return sorted(str(r) for r in session.exec(stmt).all())
 
 
@@ -545,9 +545,9 @@ def findings_json(table: dict[str, list[Any]]) -> str:
 # ------------------------------------------------------------------ one item
 
 
-def item_detail(cat: Catalog, item_id: str) -> dict[str, Any]:
+def item_detail(ws: Workspace, item_id: str) -> dict[str, Any]:
     """Everything a reviewer looks at for one item: summary, raster, findings, history."""
-    with cat.read() as session:
+    with ws.read() as session:
         item = session.get(Item, item_id)
         if item is None:
             raise NotFound(f"item {item_id!r} does not exist", hint="see `geomesh items list`")
@@ -582,7 +582,7 @@ def item_detail(cat: Catalog, item_id: str) -> dict[str, Any]:
         summary["stac"] = item.stac
         summary["derived_from"] = item.derived_from
     summary["raster"] = raster_facts(summary["stac"])
-    table = findings_table(cat, item_id=item_id, open_only=True)
+    table = findings_table(ws, item_id=item_id, open_only=True)
     summary["open_findings"] = [
         dict(zip(table, values, strict=True)) for values in zip(*table.values(), strict=True)
     ]
@@ -611,14 +611,14 @@ def raster_facts(stac: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def production_counterpart(cat: Catalog, item_id: str) -> dict[str, Any] | None:
+def production_counterpart(ws: Workspace, item_id: str) -> dict[str, Any] | None:
     """The production version of the same tile (same source_key) and the field diff.
 
     None when no version of the tile is in production.
     """
     from geomesh.releases import diff_json
 
-    with cat.read() as session:
+    with ws.read() as session:
         item = session.get(Item, item_id)
         if item is None:
             raise NotFound(f"item {item_id!r} does not exist")
@@ -642,15 +642,15 @@ def production_counterpart(cat: Catalog, item_id: str) -> dict[str, Any] | None:
         }
 
 
-def verify_item_checksum(cat: Catalog, item_id: str) -> dict[str, Any]:
+def verify_item_checksum(ws: Workspace, item_id: str) -> dict[str, Any]:
     """Stream the stored object now and compare with file:checksum (read-only)."""
     from geomesh.services.governance import checksum_gate
 
-    with cat.read() as session:
+    with ws.read() as session:
         item = session.get(Item, item_id)
         if item is None:
             raise NotFound(f"item {item_id!r} does not exist")
-    gate = checksum_gate(cat, item)
+    gate = checksum_gate(ws, item)
     return {"ok": gate.ok, "detail": gate.detail}
 
 
@@ -663,7 +663,7 @@ def _checksum_status(open_rules: set[str]) -> str:
     return "verified"
 
 
-def review_queue(cat: Catalog, product_id: str, *, verify_limit: int = 50) -> list[dict[str, Any]]:
+def review_queue(ws: Workspace, product_id: str, *, verify_limit: int = 50) -> list[dict[str, Any]]:
     """Items awaiting sign-off (state ``validation``) with findings, approvals and checksum.
 
     The checksum column streams the stored object of the first ``verify_limit`` items now
@@ -671,8 +671,8 @@ def review_queue(cat: Catalog, product_id: str, *, verify_limit: int = 50) -> li
     """
     from geomesh.services.governance import checksum_gate
 
-    config = product_config(cat, product_id)
-    with cat.read() as session:
+    config = product_config(ws, product_id)
+    with ws.read() as session:
         items = session.exec(
             select(Item)
             .where(Item.product_id == product_id, Item.state == ItemState.validation)
@@ -708,7 +708,7 @@ def review_queue(cat: Catalog, product_id: str, *, verify_limit: int = 50) -> li
             rejected = sorted({a.actor for a in current if a.decision == Decision.reject})
             c = counts.get(i.id, {"P1": 0, "P2": 0, "P3": 0})
             if len(out) < verify_limit:
-                gate = checksum_gate(cat, i)
+                gate = checksum_gate(ws, i)
                 checksum = "verified" if gate.ok else "MISMATCH"
             else:
                 checksum = _checksum_status(open_rules.get(i.id, set())) + " (last run)"
@@ -740,7 +740,7 @@ def _chunks(ids: Sequence[str], n: int = _IN_CHUNK) -> Iterable[Sequence[str]]:
 
 
 def audit_events(
-    cat: Catalog,
+    ws: Workspace,
     *,
     product_id: str | None = None,
     text: str | None = None,
@@ -764,7 +764,7 @@ def audit_events(
             | col(AuditEvent.actor).ilike(like)
             | col(AuditEvent.event_id).ilike(like)
         )
-    with cat.read() as session:
+    with ws.read() as session:
         rows = session.exec(stmt).all()
     return [
         {
@@ -782,24 +782,24 @@ def audit_events(
     ]
 
 
-def audit_facets(cat: Catalog) -> dict[str, list[str]]:
-    with cat.read() as session:
+def audit_facets(ws: Workspace) -> dict[str, list[str]]:
+    with ws.read() as session:
         actors = session.exec(select(AuditEvent.actor).distinct()).all()
         actions = session.exec(select(AuditEvent.action).distinct()).all()
     return {"actors": sorted(actors), "actions": sorted(actions)}
 
 
-def audit_chain_status(cat: Catalog) -> dict[str, Any]:
+def audit_chain_status(ws: Workspace) -> dict[str, Any]:
     """Recompute the hash chain: {"ok", "events", "problems": [str]}."""
-    with cat.read() as session:
+    with ws.read() as session:
         problems = audit.verify(session)
         n = session.exec(select(func.count()).select_from(AuditEvent)).one()
     return {"ok": not problems, "events": int(n), "problems": [str(p) for p in problems]}
 
 
-def audit_jsonl(cat: Catalog, *, product_id: str | None = None) -> str:
+def audit_jsonl(ws: Workspace, *, product_id: str | None = None) -> str:
     """The audit trail as JSON lines, oldest first (for download)."""
-    with cat.read() as session:
+    with ws.read() as session:
         lines = [
             json.dumps(audit.to_json(ev), sort_keys=True, default=str)
             for ev in audit.iter_events(session)
@@ -811,17 +811,17 @@ def audit_jsonl(cat: Catalog, *, product_id: str | None = None) -> str:
 # ------------------------------------------------------------------ users
 
 
-def user_role(cat: Catalog, name: str) -> str | None:
+def user_role(ws: Workspace, name: str) -> str | None:
     """The current role of a user (None when the user does not exist)."""
     from geomesh.auth import get_user
 
-    with cat.read() as session:
+    with ws.read() as session:
         user = get_user(session, name)
         return user.role.value if user is not None else None
 
 
-def state_counts(cat: Catalog, product_id: str) -> dict[str, int]:
-    with cat.read() as session:
+def state_counts(ws: Workspace, product_id: str) -> dict[str, int]:
+    with ws.read() as session:
         return {
             str(_val(s)): int(n)
             for s, n in session.exec(
@@ -832,7 +832,7 @@ def state_counts(cat: Catalog, product_id: str) -> dict[str, int]:
         }
 
 
-def catalog_version(cat: Catalog) -> int:
+def catalog_version(ws: Workspace) -> int:
     """A number that changes with every state change (the audit chain's last sequence).
 
     Every change appends an audit event in its own transaction, so read models computed
@@ -840,14 +840,14 @@ def catalog_version(cat: Catalog) -> int:
     """
     from geomesh.models import AuditHead
 
-    with cat.read() as session:
+    with ws.read() as session:
         head = session.get(AuditHead, 1)
         return int(head.last_seq) if head is not None else 0
 
 
-def is_empty(cat: Catalog) -> bool:
+def is_empty(ws: Workspace) -> bool:
     """True when no product is registered (the demo seeds only then with --if-empty)."""
-    with cat.read() as session:
+    with ws.read() as session:
         return session.exec(select(Product.id).limit(1)).first() is None
 
 
@@ -855,21 +855,21 @@ def is_empty(cat: Catalog) -> bool:
 
 
 def map_view(
-    cat: Catalog, product_id: str, *, states: Sequence[str] = MAP_STATES
+    ws: Workspace, product_id: str, *, states: Sequence[str] = MAP_STATES
 ) -> dict[str, Any]:
     """What the map page draws: the boundary (EPSG:4326), its bounds and the footprints."""
-    config = product_config(cat, product_id)
+    config = product_config(ws, product_id)
     boundary = boundary_geojson(config)
     return {
         "title": config.product_metadata.title or product_id,
         "boundary": boundary,
         "bounds": list(shape(boundary).bounds),
-        "layer": map_layer(cat, product_id, states=states),
+        "layer": map_layer(ws, product_id, states=states),
     }
 
 
 def rollback_impact(
-    cat: Catalog, product_id: str, *, kind: str, item_id: str | None = None
+    ws: Workspace, product_id: str, *, kind: str, item_id: str | None = None
 ) -> dict[str, Any]:
     """What a rollback would change, for the confirmation dialog (nothing is written).
 
@@ -880,7 +880,7 @@ def rollback_impact(
     from geomesh.errors import NothingToRollBack
     from geomesh.releases import Bump, Delta, highest_version, next_version
 
-    with cat.read() as session:
+    with ws.read() as session:
         product = _product_row(session, product_id)
         if product.current_release_id is None:
             raise NothingToRollBack(f"product {product_id!r} has no release to roll back")
@@ -914,10 +914,10 @@ def rollback_impact(
     }
 
 
-def review_item(cat: Catalog, item_id: str) -> dict[str, Any]:
+def review_item(ws: Workspace, item_id: str) -> dict[str, Any]:
     """One item under review: its detail, the production version of the same tile with the
     field diff (None when the tile is new), and a live checksum verification."""
-    detail = item_detail(cat, item_id)
-    detail["production"] = production_counterpart(cat, item_id)
-    detail["checksum_now"] = verify_item_checksum(cat, item_id)
+    detail = item_detail(ws, item_id)
+    detail["production"] = production_counterpart(ws, item_id)
+    detail["checksum_now"] = verify_item_checksum(ws, item_id)
     return detail

@@ -36,7 +36,6 @@ from typing import Any, Final
 from sqlmodel import Session, col, select
 
 from geomesh import audit, auth, faults, lifecycle
-from geomesh.catalog import Catalog
 from geomesh.config import EscalationTarget, ProductConfig, RouteAction, parse_config
 from geomesh.errors import ConfigError, DeliveryError, NotFound
 from geomesh.models import (
@@ -57,6 +56,7 @@ from geomesh.validation import (
     validate_document,
     worst_severity,
 )
+from geomesh.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _latest_run_id(session: Session, item_id: str) -> int | None:
 
 
 def route_item(
-    cat: Catalog,
+    ws: Workspace,
     config: ProductConfig,
     item_id: str,
     findings: list[Finding],
@@ -175,19 +175,19 @@ def route_item(
         counts=count_by_severity(findings),
         findings=findings,
     )
-    with cat.read() as session:
+    with ws.read() as session:
         auth.require(session, actor, _PERMISSION[action])
         item = _get_item(session, item_id)
         routable = ItemState(item.state) in (ItemState.staging, ItemState.validation)
         object_key, stac_key = item.object_key, item.stac_key
     if routable and action == "quarantine":
         # copies first (idempotent): the row must never point at a missing quarantine object
-        cat.store.copy("staging", "quarantine", object_key)
+        ws.store.copy("staging", "quarantine", object_key)
         faults.point("quarantine.copied")
-        if cat.store.exists("staging", stac_key):
-            cat.store.copy("staging", "quarantine", stac_key)
+        if ws.store.exists("staging", stac_key):
+            ws.store.copy("staging", "quarantine", stac_key)
 
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, _PERMISSION[action])
         item = _get_item(session, item_id)
         state = ItemState(item.state)
@@ -263,7 +263,7 @@ def route_item(
         faults.point("route.before_commit")
 
     if outcome.changed and action == "rollback":
-        outcome.invalidated = invalidate_previews(cat, item_id)
+        outcome.invalidated = invalidate_previews(ws, item_id)
     if outcome.changed and action == "warn":
         log.warning(
             "item %s proceeds with warnings: %s",
@@ -275,29 +275,29 @@ def route_item(
 
 
 def validate_and_route(
-    cat: Catalog, config: ProductConfig, item_id: str, *, actor: str, strict: bool = False
+    ws: Workspace, config: ProductConfig, item_id: str, *, actor: str, strict: bool = False
 ) -> RouteOutcome:
     """Validate a staged item (findings persisted) and route it by its worst severity."""
     from geomesh.services.validation import validate_item
 
-    findings = validate_item(cat, config, item_id, actor=actor, strict=strict)
-    return route_item(cat, config, item_id, findings, actor=actor)
+    findings = validate_item(ws, config, item_id, actor=actor, strict=strict)
+    return route_item(ws, config, item_id, findings, actor=actor)
 
 
 def post_stage(
-    cat: Catalog, config: ProductConfig, item_id: str, actor: str
+    ws: Workspace, config: ProductConfig, item_id: str, actor: str
 ) -> tuple[str | None, str | None, dict[str, int]]:
     """The ingest pipeline hook: (state, route action, counts per severity)."""
-    out = validate_and_route(cat, config, item_id, actor=actor)
+    out = validate_and_route(ws, config, item_id, actor=actor)
     return out.state, out.action, out.counts
 
 
 def dry_run_findings(
-    cat: Catalog, config: ProductConfig, stac: dict[str, Any], cog_path: Path
+    ws: Workspace, config: ProductConfig, stac: dict[str, Any], cog_path: Path
 ) -> tuple[dict[str, int], str | None]:
     """The counts and route a tile would get, without writing anything."""
     findings = validate_document(
-        stac, config=config, schema_dir=cat.schema_dir, raster_path=cog_path
+        stac, config=config, schema_dir=ws.schema_dir, raster_path=cog_path
     )
     return count_by_severity(findings), route_action(config, findings)
 
@@ -370,14 +370,14 @@ def _queue_reclip(
     return task.id
 
 
-def invalidate_previews(cat: Catalog, item_id: str) -> list[str]:
+def invalidate_previews(ws: Workspace, item_id: str) -> list[str]:
     """Delete cached previews/manifests of ``item_id`` (meta keys under previews/<item_id>)."""
     prefix = f"previews/{item_id}"
     removed: list[str] = []
-    for key in list(cat.store.list("meta", prefix)):
+    for key in list(ws.store.list("meta", prefix)):
         rest = key[len(prefix) :]
         if rest == "" or rest[0] in "/.":
-            cat.store.delete("meta", key)
+            ws.store.delete("meta", key)
             removed.append(key)
     return removed
 
@@ -495,8 +495,8 @@ class _Resolved:
     error: str | None = None
 
 
-def _product_config(cat: Catalog, product_id: str) -> ProductConfig | None:
-    with cat.read() as session:
+def _product_config(ws: Workspace, product_id: str) -> ProductConfig | None:
+    with ws.read() as session:
         product = session.get(Product, product_id)
         if product is None:
             return None
@@ -507,9 +507,9 @@ def _product_config(cat: Catalog, product_id: str) -> ProductConfig | None:
         return None
 
 
-def _resolve(cat: Catalog, msg: OutboxMessage, configs: Mapping[str, ProductConfig]) -> _Resolved:
+def _resolve(ws: Workspace, msg: OutboxMessage, configs: Mapping[str, ProductConfig]) -> _Resolved:
     given = configs.get(msg.product_id)
-    cfg = given or _product_config(cat, msg.product_id)
+    cfg = given or _product_config(ws, msg.product_id)
     if cfg is None:
         return _Resolved(None, None, 5, f"no config for product {msg.product_id!r}")
     attempts = cfg.governance.webhook_max_attempts
@@ -549,7 +549,7 @@ def _aware(ts: datetime) -> datetime:
 
 
 def deliver_outbox(
-    cat: Catalog,
+    ws: Workspace,
     *,
     configs: Mapping[str, ProductConfig] | Iterable[ProductConfig] | None = None,
     now: datetime | None = None,
@@ -574,7 +574,7 @@ def deliver_outbox(
         cfgs = {c.product_id: c for c in configs}
     now = _aware(now) if now is not None else utcnow()
     report = DeliveryReport()
-    with cat.read() as session:
+    with ws.read() as session:
         auth.require(session, actor, "outbox.retry")
         stmt = (
             select(OutboxMessage.id)
@@ -588,7 +588,7 @@ def deliver_outbox(
         due = [i for i in session.exec(stmt).all() if i is not None]
     lease = timedelta(seconds=timeout * 2 + 1)
     for msg_id in due:
-        with cat.transaction() as session:  # claim
+        with ws.transaction() as session:  # claim
             msg = session.get(OutboxMessage, msg_id)
             if (
                 msg is None
@@ -599,7 +599,7 @@ def deliver_outbox(
             msg.next_attempt_at = now + lease
             session.add(msg)
             snapshot = OutboxMessage(**msg.model_dump())  # detached copy for the send
-        resolved = _resolve(cat, snapshot, cfgs)
+        resolved = _resolve(ws, snapshot, cfgs)
         error = resolved.error
         if error is None:
             body = envelope_bytes(snapshot)
@@ -613,7 +613,7 @@ def deliver_outbox(
                 headers[SIGNATURE_HEADER] = sign(resolved.secret, body)
             error = _post(snapshot.url, body, headers, timeout)
             faults.point("outbox.sent")
-        with cat.transaction() as session:
+        with ws.transaction() as session:
             msg = session.get(OutboxMessage, msg_id)
             if msg is None or msg.status != OutboxStatus.pending:
                 continue
@@ -686,14 +686,14 @@ def outbox_to_json(msg: OutboxMessage) -> dict[str, Any]:
 
 
 def list_outbox(
-    cat: Catalog,
+    ws: Workspace,
     *,
     status: str | None = None,
     product_id: str | None = None,
     limit: int = 200,
 ) -> list[dict[str, Any]]:
     """Outbox messages, newest first (no secrets: they are never stored)."""
-    with cat.read() as session:
+    with ws.read() as session:
         stmt = select(OutboxMessage).order_by(col(OutboxMessage.id).desc()).limit(limit)
         if status is not None:
             try:
@@ -709,10 +709,10 @@ def list_outbox(
         return [outbox_to_json(m) for m in session.exec(stmt).all()]
 
 
-def retry_outbox(cat: Catalog, ids: Iterable[int] | None = None, *, actor: str) -> list[int]:
+def retry_outbox(ws: Workspace, ids: Iterable[int] | None = None, *, actor: str) -> list[int]:
     """Put failed messages back in the queue (all failed ones without ``ids``). Idempotent."""
     wanted = list(ids) if ids is not None else None
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, "outbox.retry")
         stmt = select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.failed)
         if wanted is not None:

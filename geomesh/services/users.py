@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlmodel import col, select
 
 from geomesh import audit, auth
-from geomesh.catalog import Catalog
 from geomesh.errors import AlreadyExists, PermissionDenied
 from geomesh.models import Role, User, UserPublic
+from geomesh.workspace import Workspace
 
 
 def _public(user: User) -> UserPublic:
@@ -15,7 +15,7 @@ def _public(user: User) -> UserPublic:
 
 
 def add_user(
-    cat: Catalog, *, actor: str, name: str, role: Role | str, password: str | None = None
+    ws: Workspace, *, actor: str, name: str, role: Role | str, password: str | None = None
 ) -> UserPublic:
     """Create a user. Only admins (or the built-in system principal, to bootstrap) may.
 
@@ -27,7 +27,7 @@ def add_user(
     except ValueError as exc:
         allowed = ", ".join(r.value for r in Role)
         raise PermissionDenied(f"{role!r} is not a role; use one of: {allowed}") from exc
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, "users.manage")
         existing = auth.get_user(session, name)
         if existing is not None:
@@ -49,6 +49,6 @@ def add_user(
         return _public(user)
 
 
-def list_users(cat: Catalog) -> list[UserPublic]:
-    with cat.read() as session:
+def list_users(ws: Workspace) -> list[UserPublic]:
+    with ws.read() as session:
         return [_public(u) for u in session.exec(select(User).order_by(col(User.name))).all()]

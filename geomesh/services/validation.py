@@ -25,7 +25,6 @@ from pystac.extensions.projection import ProjectionExtension
 from sqlmodel import Session, col, select
 
 from geomesh import audit, auth, lifecycle
-from geomesh.catalog import Catalog
 from geomesh.config import ProductConfig
 from geomesh.errors import ConfigError, InvalidTransition, NotFound, StacError, ValidationError
 from geomesh.models import FindingRecord, Item, ItemState, Severity, ValidationRun, utcnow
@@ -43,6 +42,7 @@ from geomesh.validation import (
     worst_severity,
 )
 from geomesh.validation.rules import CRS_FIELDS, REQUIRED_PROJ, Subject, check_crs, check_drift
+from geomesh.workspace import Workspace
 
 PROJECTION_V2: Final = ProjectionExtension.get_schema_uri()
 _LEGACY_PROJECTION = re.compile(r"^https://stac-extensions\.github\.io/projection/v1\.")
@@ -70,7 +70,7 @@ def _check_product(config: ProductConfig, item: Item) -> None:
 
 
 @contextlib.contextmanager
-def stored_raster(cat: Catalog, item: Item) -> Iterator[tuple[Path | None, list[Finding]]]:
+def stored_raster(ws: Workspace, item: Item) -> Iterator[tuple[Path | None, list[Finding]]]:
     """The item's stored COG as a local file (staging, else its quarantine copy).
 
     A missing object is not an exception here: it is a GM-CHECKSUM-003 finding.
@@ -79,8 +79,8 @@ def stored_raster(cat: Catalog, item: Item) -> Iterator[tuple[Path | None, list[
     if item.quarantine_key:
         candidates.append(("quarantine", item.quarantine_key))
     for area, key in candidates:
-        if cat.store.exists(area, key):
-            with cat.store.open_local(area, key) as path:
+        if ws.store.exists(area, key):
+            with ws.store.open_local(area, key) as path:
                 yield path, []
             return
     missing = make_finding(
@@ -88,7 +88,7 @@ def stored_raster(cat: Catalog, item: Item) -> Iterator[tuple[Path | None, list[
         item_id=item.id,
         path="assets.data.href",
         message=f"the stored object {item.object_key} of item {item.id} is missing from "
-        f"{cat.store.describe()}",
+        f"{ws.store.describe()}",
         remediation="ingest the source again; `geomesh doctor` lists other missing objects",
         context={"object_key": item.object_key},
     )
@@ -96,15 +96,15 @@ def stored_raster(cat: Catalog, item: Item) -> Iterator[tuple[Path | None, list[
 
 
 def run_rules(
-    cat: Catalog, config: ProductConfig, item: Item, *, strict: bool = False
+    ws: Workspace, config: ProductConfig, item: Item, *, strict: bool = False
 ) -> list[Finding]:
     """The findings of ``item`` (no database writes)."""
-    with stored_raster(cat, item) as (raster, problems):
+    with stored_raster(ws, item) as (raster, problems):
         return validate_document(
             dict(item.stac),
             item_id=item.id,
             config=config,
-            schema_dir=cat.schema_dir,
+            schema_dir=ws.schema_dir,
             raster_path=raster,
             raster_findings=problems,
             raster_label=f"object {item.object_key}",
@@ -119,17 +119,17 @@ def _same_findings(previous: Iterable[FindingRecord], findings: Iterable[Finding
 
 
 def validate_item(
-    cat: Catalog, config: ProductConfig, item_id: str, *, actor: str, strict: bool = False
+    ws: Workspace, config: ProductConfig, item_id: str, *, actor: str, strict: bool = False
 ) -> list[Finding]:
     """Validate a stored item and persist the run; returns the findings, worst first."""
     strict = strict or config.validation.strict
     Policy.from_config(config)  # an unknown rule id in the config fails before any work
-    with cat.read() as session:
+    with ws.read() as session:
         auth.require(session, actor, "validate")
         item = _get_item(session, item_id)
         _check_product(config, item)
-    findings = run_rules(cat, config, item, strict=strict)
-    with cat.transaction() as session:
+    findings = run_rules(ws, config, item, strict=strict)
+    with ws.transaction() as session:
         auth.require(session, actor, "validate")
         item = _get_item(session, item_id)
         previous = session.exec(
@@ -314,7 +314,7 @@ def _next_revision_id(session: Session, item_id: str) -> str:
 
 
 def remediate_item(
-    cat: Catalog, config: ProductConfig, item_id: str, *, actor: str
+    ws: Workspace, config: ProductConfig, item_id: str, *, actor: str
 ) -> RemediationResult:
     """Derive missing/drifted proj:* fields into a new item version; the old one is superseded.
 
@@ -322,7 +322,7 @@ def remediate_item(
     """
     from geomesh.services.ingest import object_href, stac_key_for
 
-    with cat.read() as session:
+    with ws.read() as session:
         auth.require(session, actor, "remediate")
         old = _get_item(session, item_id)
         _check_product(config, old)
@@ -331,7 +331,7 @@ def remediate_item(
             return RemediationResult(item_id, done.id, [], False, ItemState(old.state).value)
         if ItemState(old.state) not in REMEDIABLE_STATES:
             raise InvalidTransition(ItemState(old.state).value, "superseded", item_id=item_id)
-    with stored_raster(cat, old) as (raster, problems):
+    with stored_raster(ws, old) as (raster, problems):
         if raster is None:
             raise ValidationError(
                 f"item {item_id!r} cannot be remediated: {problems[0].message}",
@@ -350,23 +350,23 @@ def remediate_item(
         raise StacError(
             f"item {item_id!r}: its STAC JSON cannot be read by pystac ({exc})"
         ) from exc
-    with cat.read() as session:
+    with ws.read() as session:
         new_id = _next_revision_id(session, item_id)
     item.id = new_id
     _apply_projection(item, fields)
     item.add_link(
         pystac.Link(
             "derived_from",
-            object_href(cat.store, "staging", old.stac_key),
+            object_href(ws.store, "staging", old.stac_key),
             media_type="application/geo+json",
             title=f"remediated from {item_id}",
         )
     )
     stac = item_to_dict(item)
     skey = stac_key_for(old.product_id, new_id)
-    cat.store.put_bytes("staging", skey, json.dumps(stac, indent=2, sort_keys=True).encode())
+    ws.store.put_bytes("staging", skey, json.dumps(stac, indent=2, sort_keys=True).encode())
 
-    with cat.transaction() as session:
+    with ws.transaction() as session:
         auth.require(session, actor, "remediate")
         old = _get_item(session, item_id)
         done = session.exec(select(Item).where(Item.derived_from == item_id)).first()

@@ -1,4 +1,8 @@
-"""The catalog context every service call receives: settings, database and object store."""
+"""The workspace every service call receives: settings, database and object store.
+
+Not a STAC catalog: a workspace is where a deployment keeps its database and objects; the
+published STAC catalogs of releases live inside its object store (see `geomesh.releases`).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,8 @@ from geomesh.storage import LocalStore, ObjectStore
 
 
 @dataclass
-class Catalog:
-    """Open once per process (``Catalog.open()``) and pass to service functions."""
+class Workspace:
+    """Open once per process (``Workspace.open()``) and pass to service functions."""
 
     settings: Settings
     root: Path
@@ -35,7 +39,7 @@ class Catalog:
         *,
         config: ProductConfig | None = None,
         migrate: bool = True,
-    ) -> Catalog:
+    ) -> Workspace:
         settings = settings or load_settings()
         root = settings.resolved_storage_root(config.storage.root if config else None)
         try:
@@ -48,7 +52,7 @@ class Catalog:
         url = settings.resolved_database_url(root, config.storage.database_url if config else None)
         engine = db.make_engine(url)
         store = make_store(settings, root)
-        cat = cls(
+        ws = cls(
             settings=settings,
             root=root,
             engine=engine,
@@ -57,8 +61,8 @@ class Catalog:
         )
         if migrate:
             db.migrate(engine)
-            cat._migrated = True
-        return cat
+            ws._migrated = True
+        return ws
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
