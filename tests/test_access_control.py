@@ -33,7 +33,7 @@ from geomesh.config import ProductConfig, load_config
 from geomesh.doctor import run_doctor
 from geomesh.errors import PermissionDenied
 from geomesh.models import AuditEvent, Item, ItemState, Role
-from geomesh.services import governance, quarantine, routing, users, validation
+from geomesh.services import governance, outbox, quarantine, users, validation
 from geomesh.services.ingest import ingest_rasters
 from geomesh.settings import Settings
 from geomesh.workspace import Workspace
@@ -146,7 +146,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     assert quarantine.revalidate(ws, load_config(relaxed_path), quarantined, actor="alice")
     awaiting, approved = ingest(_tile(work, "c.tif", 4), _tile(work, "d.tif", 5))
     governance.sign_off(ws, cfg, approved, actor="alice", approve=True)
-    report = routing.deliver_outbox(ws, configs=[cfg], actor=SYSTEM, timeout=2.0)
+    report = outbox.deliver_outbox(ws, configs=[cfg], actor=SYSTEM, timeout=2.0)
     assert report.failed, "the quarantine webhook should have failed"
     ingest(_tile(work, "nocrs2.tif", 7, crs=None))  # its webhook stays pending
     stale = root / "staging" / ".tmp-left-by-a-crash"
@@ -239,10 +239,10 @@ CALLS: dict[str, tuple[str, Callable[[Case, str], Any]]] = {
         "users.manage",
         lambda c, a: users.add_user(c.ws, actor=a, name="newbie", role="viewer"),
     ),
-    "retry_outbox": ("outbox.retry", lambda c, a: routing.retry_outbox(c.ws, actor=a)),
+    "retry_outbox": ("outbox.retry", lambda c, a: outbox.retry_outbox(c.ws, actor=a)),
     "deliver_outbox": (
         "outbox.retry",
-        lambda c, a: routing.deliver_outbox(c.ws, configs=[c.config], actor=a, timeout=2.0),
+        lambda c, a: outbox.deliver_outbox(c.ws, configs=[c.config], actor=a, timeout=2.0),
     ),
     "doctor --gc": ("doctor.gc", lambda c, a: run_doctor(c.ws, gc=True, min_age_s=0, actor=a)),
 }

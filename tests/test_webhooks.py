@@ -25,12 +25,8 @@ from sqlmodel import select
 from geomesh.config import ProductConfig, load_config
 from geomesh.models import AuditEvent, OutboxMessage, OutboxStatus, Product, utcnow
 from geomesh.services.ingest import ingest_rasters
-from geomesh.services.routing import (
-    deliver_outbox,
-    list_outbox,
-    retry_outbox,
-    validate_and_route,
-)
+from geomesh.services.outbox import deliver_outbox, list_outbox, retry_outbox
+from geomesh.services.routing import validate_and_route
 from geomesh.workspace import Workspace
 
 SYSTEM = "system"
@@ -398,7 +394,7 @@ def test_crash_in_the_routing_transaction_loses_and_duplicates_nothing(
     # crash after the POST, before it is marked delivered: resent later with the same key
     deliver = (
         "from geomesh.workspace import Workspace\n"
-        "from geomesh.services.routing import deliver_outbox\n"
+        "from geomesh.services.outbox import deliver_outbox\n"
         "deliver_outbox(Workspace.open())\n"
     )
     proc = _run_crashing(deliver, "outbox.sent#1")

@@ -20,7 +20,8 @@ from geomesh.cli._base import (
 )
 from geomesh.config import ProductConfig
 from geomesh.errors import DeliveryError, ValidationError
-from geomesh.services.routing import deliver_outbox, list_outbox, retry_outbox, validate_and_route
+from geomesh.services.outbox import deliver_outbox, list_outbox, retry_outbox
+from geomesh.services.routing import validate_and_route
 from geomesh.services.validation import remediate_item
 from geomesh.settings import load_settings
 from geomesh.validation import (

@@ -53,6 +53,7 @@ from geomesh.models import (
     utcnow,
 )
 from geomesh.releases import Bump, Delta, Manifest, ManifestItem, ReleaseKind
+from geomesh.services.outbox import enqueue_escalations
 from geomesh.storage import LocalStore
 from geomesh.workspace import Workspace
 
@@ -117,8 +118,6 @@ def _notify(
     key: str,
 ) -> None:
     """Queue the governance webhook (outbox rows, in the caller's transaction)."""
-    from geomesh.services.routing import enqueue_escalations
-
     enqueue_escalations(session, config, event=event, item=item, key=key, payload=payload)
 
 
