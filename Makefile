@@ -38,6 +38,7 @@ browser:
 lint: install
 	$(VENV)/bin/ruff check geomesh tests pages ui app.py bench
 	$(VENV)/bin/ruff format --check geomesh tests pages ui app.py bench
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -95,9 +95,10 @@ def build_catalog(base: Path, n_items: int, findings_per_item: int) -> Path:
 
     from geomesh.models import FindingRecord, Item, ItemState, Severity, ValidationRun
     from geomesh.services import users
-    from geomesh.services.ingest import ingest_rasters, stac_key_for
+    from geomesh.services.pipeline import ingest_rasters
     from geomesh.stac import item_id_for
     from geomesh.storage import object_key
+    from geomesh.tiles import stac_key_for
     from geomesh.validation import RULES as RULE_TABLE
 
     root = base / "root"
@@ -155,7 +156,6 @@ def build_catalog(base: Path, n_items: int, findings_per_item: int) -> Path:
                     "state": states[i % len(states)],
                     "worst_severity": severities[(i // 4) % len(severities)],
                     "submitted_by": USER,
-                    "lock_version": 0,
                     "created_at": now - timedelta(minutes=n_items - i),
                     "updated_at": now - timedelta(minutes=n_items - i),
                 }

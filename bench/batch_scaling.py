@@ -30,7 +30,7 @@ WORKERS = 2
 
 
 def _ingest(sources: list[str], root: Path, config: object, workers: int) -> float:
-    from geomesh.services.ingest import ingest_rasters
+    from geomesh.services.pipeline import ingest_rasters
 
     ws = open_workspace(root)
     try:

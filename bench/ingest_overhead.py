@@ -86,13 +86,13 @@ def _probe(module: Any, name: str, spent: dict[str, float]) -> None:
 def measure_side(side: str, src: str, out_dir: str, warm_src: str) -> Measured:
     """Runs in a fresh spawn worker: warm up, then measure one ingest or one cog_translate."""
     import geomesh.raster as raster
-    import geomesh.services.ingest as ingest
     import geomesh.services.pipeline as pipeline
+    import geomesh.tiles as tiles
 
     out = Path(out_dir)
     config = product_config(out)
     # the same warm-up on both sides, so both workers hold the same modules and caches
-    warm = ingest.ingest_rasters(open_workspace(out / "warm"), config, [warm_src], actor="system")
+    warm = pipeline.ingest_rasters(open_workspace(out / "warm"), config, [warm_src], actor="system")
     if not warm.ok:
         raise RuntimeError(f"warm-up ingest failed: {warm.to_json()}")
     baseline_cog(warm_src, str(out / "warm.tif"))
@@ -109,12 +109,13 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str) -> Measured:
     spent: dict[str, float] = {}
     _probe(raster, "cog_translate", spent)
     _probe(raster, "validate_cog", spent)
-    for name in ("inspect", "sha256_file", "band_statistics", "stage_tile"):
-        _probe(ingest, name, spent)
-    _probe(pipeline, "default_post_stage", spent)
+    for name in ("inspect", "sha256_file", "band_statistics"):
+        _probe(tiles, name, spent)
+    _probe(pipeline, "stage_tile", spent)
+    _probe(pipeline, "validate_and_route_staged", spent)
     before, c0 = rss_mib(), cpu_seconds()
     t0 = time.perf_counter()
-    report = ingest.ingest_rasters(ws, config, [src], actor="system")
+    report = pipeline.ingest_rasters(ws, config, [src], actor="system")
     seconds = time.perf_counter() - t0
     cpu = cpu_seconds() - c0
     peak = peak_rss_mib()

@@ -5,7 +5,7 @@ marked validated (a passing validation run + the real lifecycle transition, as r
 does for a clean item) and approved by a steward with ``sign_off``; then N released items
 built in bulk from the first tile's real STAC item (new digests and ids): item JSON files
 in the production area, ``Item`` rows in state ``production``, and release 1.0.0 with its
-content-addressed manifest, added with governance's own ``_add_release`` and made current.
+content-addressed manifest, added with publication's own ``_add_release`` and made current.
 
 Measured, in this order, with the real service functions (A, B, C, D: the new tiles):
 
@@ -15,13 +15,13 @@ Measured, in this order, with the real service functions (A, B, C, D: the new ti
 
 Each call is split by timing probes: the pointer-move transaction (``Workspace.transaction``:
 role check, optimistic pointer move, item states, audit events, commit), the release-index
-rewrite (``governance.refresh_index``), and the rest (manifest loads, promotion plan,
+rewrite (``publication.refresh_index``), and the rest (manifest loads, promotion plan,
 checksum gate, manifest write).
 
 The release materialization (``releases.materialize_catalog``: a full static STAC catalog
 per release, one item JSON file per item) is reported separately: during the calls above
 it is replaced by a recorder at every size (it does not scale to 100k items within this
-benchmark's budget), and it is measured for real with ``governance.publish_catalog`` of
+benchmark's budget), and it is measured for real with ``publication.publish_catalog`` of
 release 1.0.0 at the smallest size and at a quarter of it; the growth between the two
 gives the exponent used to extrapolate.
 
@@ -130,12 +130,12 @@ class OpTime:
 
 def measure(ws: Any, fn: Callable[[], Any]) -> tuple[OpTime, Any]:
     from geomesh import releases
-    from geomesh.services import governance
+    from geomesh.services import publication
 
     probe = Probe()
     undo = [
         probe.wrap_transaction(ws),
-        probe.wrap(governance, "refresh_index", "index"),
+        probe.wrap(publication, "refresh_index", "index"),
         probe.wrap(releases, "load_manifest", "manifests"),
     ]
     try:
@@ -190,10 +190,11 @@ def build_fixture(base: Path, n: int, *, item_files: bool) -> Fixture:
     from geomesh import releases
     from geomesh.models import Item, ItemState, Product
     from geomesh.releases import Delta, Manifest, ManifestItem, ReleaseKind
-    from geomesh.services import governance, users
-    from geomesh.services.ingest import ingest_rasters, stac_key_for
+    from geomesh.services import promotion, publication, signoff, users
+    from geomesh.services.pipeline import ingest_rasters
     from geomesh.stac import item_id_for
     from geomesh.storage import object_key
+    from geomesh.tiles import stac_key_for
 
     t0 = time.perf_counter()
     config = product_config(base)
@@ -218,7 +219,7 @@ def build_fixture(base: Path, n: int, *, item_files: bool) -> Fixture:
         raise RuntimeError(f"fixture ingest failed: {report.to_json()}")
     template_id, *new_items = [r.item_id for r in report.results if r.item_id]
     for iid in new_items:
-        governance.sign_off(ws, config, iid, actor=STEWARD, approve=True)
+        signoff.sign_off(ws, config, iid, actor=STEWARD, approve=True)
     pid = config.product_id
     with ws.read() as session:
         template = session.get(Item, template_id)
@@ -254,7 +255,6 @@ def build_fixture(base: Path, n: int, *, item_files: bool) -> Fixture:
                 "stac": json.loads(text),
                 "state": ItemState.production,
                 "submitted_by": SUBMITTER,
-                "lock_version": 0,
                 "created_at": now,
                 "updated_at": now,
             }
@@ -272,14 +272,14 @@ def build_fixture(base: Path, n: int, *, item_files: bool) -> Fixture:
         created_at=releases.now_iso(),
         kind=ReleaseKind.promote.value,
         spatial_contract=config.spatial_contract(),
-        product_metadata=governance._product_metadata(config),
+        product_metadata=promotion._product_metadata(config),
         items=tuple(mitems),
     )
     releases.store_manifest(ws.store, manifest)
     with ws.transaction() as session:
         for c in range(0, len(rows), 5000):
             session.execute(insert(Item), rows[c : c + 5000])
-        governance._add_release(
+        publication._add_release(
             session, manifest, Delta(added=tuple(m.id for m in mitems)), kind=ReleaseKind.promote
         )
         product = session.get(Product, pid)
@@ -346,10 +346,10 @@ class SizeResult:
 
 def _materialize(fx: Fixture) -> tuple[float, float, int]:
     """publish_catalog of release 1.0.0: built in bulk, so its catalog was never written."""
-    from geomesh.services import governance
+    from geomesh.services import publication
 
     c0, t0 = cpu_seconds(), time.perf_counter()
-    governance.publish_catalog(fx.ws, fx.config.product_id, fx.first_release)
+    publication.publish_catalog(fx.ws, fx.config.product_id, fx.first_release)
     return time.perf_counter() - t0, cpu_seconds() - c0, len(fx.base_ids)
 
 
@@ -362,7 +362,7 @@ def materialization_only(base: Path, n: int) -> tuple[float, float, int]:
 
 
 def run_size(base: Path, n: int, *, with_reference: bool, materialize: bool) -> SizeResult:
-    from geomesh.services import governance
+    from geomesh.services import promotion, rollback
 
     fx = build_fixture(base, n, item_files=materialize)
     ws, config = fx.ws, fx.config
@@ -372,7 +372,7 @@ def run_size(base: Path, n: int, *, with_reference: bool, materialize: bool) -> 
     recorded: list[str] = []
 
     def promote(iid: str) -> None:
-        t, res = measure(ws, lambda: governance.promote(ws, config, [iid], actor=ADMIN))
+        t, res = measure(ws, lambda: promotion.promote(ws, config, [iid], actor=ADMIN))
         if res.already or iid not in res.promoted:
             raise RuntimeError(f"promote({iid}) did not release it: {res.message}")
         promotes.append(t)
@@ -383,7 +383,7 @@ def run_size(base: Path, n: int, *, with_reference: bool, materialize: bool) -> 
             promote(first)
             for iid in others:
                 promote(iid)
-                t, rr = measure(ws, lambda: governance.rollback_release(ws, config, actor=ADMIN))
+                t, rr = measure(ws, lambda: rollback.rollback_release(ws, config, actor=ADMIN))
                 if rr.already:
                     raise RuntimeError(f"rollback_release was a no-op: {rr.message}")
                 rollbacks.append(t)
@@ -391,7 +391,7 @@ def run_size(base: Path, n: int, *, with_reference: bool, materialize: bool) -> 
                 victim = fx.base_ids[k * len(fx.base_ids) // 3]
                 t, ri = measure(
                     ws,
-                    lambda v=victim: governance.rollback_item(ws, config, v, actor=ADMIN),
+                    lambda v=victim: rollback.rollback_item(ws, config, v, actor=ADMIN),
                 )
                 if ri.already:
                     raise RuntimeError(f"rollback_item was a no-op: {ri.message}")
@@ -528,7 +528,7 @@ def run(smoke: bool) -> list[Row]:
             1.0,
             "— (info)",
             None,
-            "bulk Item rows + item JSON + release 1.0.0 through governance._add_release",
+            "bulk Item rows + item JSON + release 1.0.0 through publication._add_release",
         )
     )
     return rows

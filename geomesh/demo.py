@@ -53,18 +53,13 @@ from geomesh.config import ProductConfig, loads_config
 from geomesh.errors import GeomeshError
 from geomesh.hashing import sha256_file
 from geomesh.models import Item, ItemState, Product, Release
-from geomesh.services import governance, routing, users, validation
-from geomesh.services.ingest import (
-    IngestReport,
-    build_stac,
-    ingest_rasters,
-    object_href,
-    prepare_tile,
-    register_product,
-    stac_key_for,
-)
+from geomesh.services import history, pipeline, promotion, signoff, users, validation
+from geomesh.services.ingest import IngestReport
+from geomesh.services.pipeline import ingest_rasters
+from geomesh.services.products import register_product
 from geomesh.stac import item_id_for
 from geomesh.storage import TMP_PREFIX, object_key
+from geomesh.tiles import build_stac, object_href, prepare_tile, stac_key_for
 from geomesh.workspace import Workspace
 
 PRODUCT_ID: Final = "sf-sentinel2-l2a"
@@ -326,20 +321,20 @@ def seed(
         for iid in ids:
             if _state(ws, iid) not in ("staging", "validation"):
                 continue  # already released on an earlier run
-            governance.request_signoff(ws, config, iid, actor=INGEST_ACTOR)
-            governance.sign_off(ws, config, iid, actor=who, approve=True, comment=comment)
+            signoff.request_signoff(ws, config, iid, actor=INGEST_ACTOR)
+            signoff.sign_off(ws, config, iid, actor=who, approve=True, comment=comment)
 
     progress("release 1.0.0")
     first = ingest(RELEASE_1)
     if _release_count(ws) < 1:
         approve(first, steward, "Cloud-free, inside the city; radiometry looks right.")
-        governance.promote(ws, config, first, actor=steward)
+        promotion.promote(ws, config, first, actor=steward)
 
     progress("release 1.1.0")
     second = ingest((*RELEASE_2_NEW, REPROCESSED_1))
     if _release_count(ws) < 2:
         approve(second, steward2, "New eastern tiles and the reprocessed r1c1 checked.")
-        governance.promote(ws, config, second, actor=steward)
+        promotion.promote(ws, config, second, actor=steward)
 
     progress("review queue")
     pending = ingest((*PENDING, REPROCESSED_2, CORRUPTED))
@@ -363,7 +358,7 @@ def seed(
     ]
     ids = [*first, *second, *pending, *bad, wrong]
     report.items = dict(zip(names, ids, strict=True))
-    report.releases = [r.version for r in governance.list_releases(ws, PRODUCT_ID)]
+    report.releases = [r.version for r in history.list_releases(ws, PRODUCT_ID)]
     report.seconds = round(time.monotonic() - start, 2)
     report.message = f"seeded {PRODUCT_ID}: {len(ids)} tiles, releases {', '.join(report.releases)}"
     return report
@@ -481,5 +476,5 @@ def _stage_with_provider_metadata(
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    routing.validate_and_route(ws, config, item_id, actor=INGEST_ACTOR)
+    pipeline.validate_and_route(ws, config, item_id, actor=INGEST_ACTOR)
     return item_id

@@ -121,3 +121,10 @@ class SignoffError(GeomeshError):
 
 class NothingToRollBack(GeomeshError):
     """There is no earlier release (or no release at all) to roll back to."""
+
+
+class NotCurrentRelease(GeomeshError):
+    """A release that is not the product's current one was named where only the current
+    release is allowed (e.g. rolling back a release that was never rolled back)."""
+
+    hint = "only the current release can be rolled back; see `geomesh releases list`"

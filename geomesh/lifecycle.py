@@ -16,9 +16,12 @@ S = ItemState
 TRANSITIONS: Final[dict[ItemState, frozenset[ItemState]]] = {
     S.staging: frozenset({S.validation, S.quarantined, S.rolled_back, S.superseded}),
     S.validation: frozenset({S.production, S.staging, S.quarantined, S.rolled_back, S.superseded}),
-    S.production: frozenset({S.rolled_back, S.superseded, S.deprecated}),
+    S.production: frozenset({S.withdrawn, S.superseded, S.deprecated}),
     S.quarantined: frozenset({S.staging, S.discarded}),
-    S.rolled_back: frozenset({S.production, S.staging}),
+    # a P1-routed tile may be staged again (never released as it was)
+    S.rolled_back: frozenset({S.staging}),
+    # a withdrawn release item returns when a release that holds it is current again
+    S.withdrawn: frozenset({S.production}),
     # a P1 rollback restores the version a failed re-ingest superseded, wherever it was
     S.superseded: frozenset({S.production, S.staging, S.validation}),
     S.deprecated: frozenset(),
@@ -44,7 +47,6 @@ def transition(
     if not can_transition(current, target):
         raise InvalidTransition(current.value, target.value, item_id=item.id)
     item.state = target
-    item.lock_version += 1
     item.updated_at = utcnow()
     session.add(item)
     audit.append(

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint
+from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
 
@@ -30,11 +31,16 @@ class Role(StrEnum):
 
 
 class ItemState(StrEnum):
+    """One item version's place in the lifecycle (``geomesh.lifecycle.TRANSITIONS``)."""
+
     staging = "staging"
     validation = "validation"
     production = "production"
     quarantined = "quarantined"
+    #: a staged tile the P1 route (``rollback``) took out of the pipeline; never released
     rolled_back = "rolled_back"
+    #: a released item taken out of production by an item or release rollback
+    withdrawn = "withdrawn"
     superseded = "superseded"
     deprecated = "deprecated"
     discarded = "discarded"
@@ -102,7 +108,13 @@ class Item(SQLModel, table=True):
     #: storage key of the item JSON (immutable)
     stac_key: str = Field(max_length=255)
     stac: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    state: ItemState = Field(default=ItemState.staging, index=True)
+    #: stored as text (not a native enum), so a new state needs no ALTER TYPE
+    state: ItemState = Field(
+        default=ItemState.staging,
+        sa_column=Column(
+            SAEnum(ItemState, native_enum=False, length=32), index=True, nullable=False
+        ),
+    )
     submitted_by: str = Field(max_length=64)
     #: item id this version replaces (same source, changed bytes)
     supersedes: str | None = Field(default=None, max_length=160)
@@ -114,7 +126,6 @@ class Item(SQLModel, table=True):
     #: source STAC item id + asset key (issue 6), used for incremental discovery
     source_item_id: str | None = Field(default=None, index=True, max_length=255)
     source_etag: str | None = Field(default=None, max_length=255)
-    lock_version: int = Field(default=0)
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
 

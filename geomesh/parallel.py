@@ -1,6 +1,6 @@
 """Parallel file work for batches: a local process pool, or a Dask cluster.
 
-Only :func:`geomesh.services.ingest.prepare_tile` (inspect, COG, hash) runs remotely; staging
+Only :func:`geomesh.tiles.prepare_tile` (inspect, COG, hash) runs remotely; staging
 (object store + one transaction per tile) stays in the calling process, so the results, the
 objects and the rows are the same as a serial run's.
 """
@@ -13,13 +13,11 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from geomesh.config import ProductConfig
 from geomesh.errors import GeomeshError
-
-if TYPE_CHECKING:
-    from geomesh.services.ingest import PreparedTile
+from geomesh.tiles import PreparedTile, prepare_tile
 
 
 def _prepare_safe(
@@ -30,8 +28,6 @@ def _prepare_safe(
     source_digest: str | None,
 ) -> PreparedTile | GeomeshError:
     """Run in a worker: a GeomeshError is returned (picklable), never raised."""
-    from geomesh.services.ingest import prepare_tile
-
     try:
         return prepare_tile(config, source, workdir, acquired=acquired, source_digest=source_digest)
     except GeomeshError as exc:
@@ -109,3 +105,31 @@ def _map_dask(
         ]
         for (src, _), fut in zip(tasks, futures, strict=True):
             yield src, fut.result()
+
+
+def iter_prepared(
+    config: ProductConfig,
+    tasks: Sequence[tuple[str, str | None]],
+    workdir: Path,
+    *,
+    acquired: datetime | None,
+    workers: int = 1,
+    scheduler: str | None = None,
+) -> Iterator[tuple[str, PreparedTile | GeomeshError]]:
+    """Run :func:`prepare_tile` for each (source, source_digest), serially or in parallel.
+
+    Results come back in input order. A GeomeshError for one tile is returned, not raised.
+    """
+    if scheduler or workers > 1:
+        yield from map_prepare(
+            config, tasks, workdir, acquired=acquired, workers=workers, scheduler=scheduler
+        )
+        return
+    for source, sdigest in tasks:
+        try:
+            yield (
+                source,
+                prepare_tile(config, source, workdir, acquired=acquired, source_digest=sdigest),
+            )
+        except GeomeshError as exc:
+            yield source, exc

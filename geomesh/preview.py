@@ -71,7 +71,7 @@ def _locations(item: Item) -> list[tuple[Area, str]]:
     out: list[tuple[Area, str]] = []
     if state is ItemState.quarantined or item.quarantine_key:
         out.append(("quarantine", item.quarantine_key or item.object_key))
-    if state in (ItemState.production, ItemState.superseded, ItemState.rolled_back):
+    if state in (ItemState.production, ItemState.superseded, ItemState.withdrawn):
         out.append(("production", item.object_key))
     out += [("staging", item.object_key), ("production", item.object_key)]
     return list(dict.fromkeys(out))

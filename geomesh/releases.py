@@ -12,7 +12,8 @@ half a catalog). Published catalogs are immutable, so they can only point *backw
 succeeds another, which were rolled back — lives in one small, rewritten index,
 ``catalogs/<product>/latest.json`` (see :func:`write_index`).
 
-No database access here: ``geomesh.services.governance`` owns the transactions.
+No database access here: ``geomesh.services.promotion`` and ``geomesh.services.rollback``
+own the transactions.
 """
 
 from __future__ import annotations

@@ -23,7 +23,15 @@ severities = c2.multiselect("Severity", ["P1", "P2", "P3"], key=K.F_SEVERITY)
 rules = c3.multiselect("Rule", queries.finding_rules(ctx.ws, product), key=K.F_RULE)
 states = c4.multiselect(
     "Item state",
-    ["staging", "validation", "quarantined", "production", "rolled_back", "superseded"],
+    [
+        "staging",
+        "validation",
+        "quarantined",
+        "production",
+        "rolled_back",
+        "withdrawn",
+        "superseded",
+    ],
     key=K.F_STATE,
 )
 include_closed = st.toggle("Include closed findings (fixed by a later validation run)", key=K.F_ALL)

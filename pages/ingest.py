@@ -4,7 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from geomesh.services import queries
-from geomesh.services.ingest import TileResult, ingest_rasters
+from geomesh.services.ingest import TileResult
+from geomesh.services.pipeline import ingest_rasters
 from ui import errors, layout, uploads
 from ui.state import K
 

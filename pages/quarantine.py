@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from geomesh.services import quarantine, queries, routing
+from geomesh.services import pipeline, quarantine, queries
 from ui import errors, layout, widgets
 from ui.fmt import file_name, short_id
 from ui.state import K, flash
@@ -19,7 +19,7 @@ if staged:
     st.info(f"{len(staged)} released item(s) wait in staging for validation and routing.")
     if st.button("Validate and route released items", key=K.Q_ROUTE):
         outcomes = [
-            errors.attempt(routing.validate_and_route, ctx.ws, config, i, actor=ctx.user.name)
+            errors.attempt(pipeline.validate_and_route, ctx.ws, config, i, actor=ctx.user.name)
             for i in staged
         ]
         routed = [o for o in outcomes if o is not None]

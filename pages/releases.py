@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from geomesh.services import governance, queries
+from geomesh.services import history, queries, rollback
 from ui import errors, layout
 from ui.fmt import short_id
 from ui.state import K, flash
@@ -13,26 +13,26 @@ pid = layout.require_product(ctx)
 config = queries.product_config(ctx.ws, pid)
 ctx.role_note("rollback", "roll back")
 
-rels = governance.list_releases(ctx.ws, pid)
+rels = history.list_releases(ctx.ws, pid)
 if not rels:
     st.info("No release yet: promote items from the review queue.")
     st.stop()
 
-history = [
+history_rows = [
     {"version": r.version, "current": r.current, "rolled back": r.deprecated, "kind": r.kind,
      "items": r.item_count, "added": len(r.delta.get("added", [])),
      "removed": len(r.delta.get("removed", [])), "changed": len(r.delta.get("changed", [])),
      "by": r.actor, "at": r.created_at[:19], "release id": r.id}
     for r in reversed(rels)
 ]  # fmt: skip
-st.dataframe(pd.DataFrame(history), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(history_rows), hide_index=True, width="stretch")
 
 st.subheader("Compare two releases")
 versions = [r.version for r in rels]
 c1, c2 = st.columns(2)
 a = c1.selectbox("From", versions, index=max(len(versions) - 2, 0), key=K.REL_A)
 b = c2.selectbox("To", versions, index=len(versions) - 1, key=K.REL_B)
-diff = governance.diff_releases(ctx.ws, pid, a, b)
+diff = history.diff_releases(ctx.ws, pid, a, b)
 st.markdown(
     f"**{diff.from_version} → {diff.to_version}**: {len(diff.added)} added, "
     f"{len(diff.removed)} removed, {len(diff.changed)} changed"
@@ -56,7 +56,7 @@ current = next((r for r in rels if r.current), None)
 if current is None:
     st.caption("The product has no current release.")
     st.stop()
-items = governance.show_release(ctx.ws, pid, current.id)["manifest"]["items"]
+items = history.show_release(ctx.ws, pid, current.id)["manifest"]["items"]
 c1, c2 = st.columns(2)
 with c1:
     st.markdown(f"Current release **{current.version}**; its parent comes back.")
@@ -84,10 +84,10 @@ def confirm(pending: dict[str, str]) -> None:
     if impact["kind"] == "release":
         st.markdown(
             f"Release **{impact['version']}** stops being current; **{impact['restores'] or 'nothing'}** "
-            f"is current again. {len(impact['rolled_back'])} item(s) become rolled_back, "
+            f"is current again. {len(impact['withdrawn'])} item(s) become withdrawn, "
             f"{len(impact['restored'])} return to production."
         )
-        st.dataframe(pd.DataFrame({"rolled back": impact["rolled_back"]}), hide_index=True)
+        st.dataframe(pd.DataFrame({"withdrawn": impact["withdrawn"]}), hide_index=True)
         if not impact["possible"]:
             st.warning(f"{impact['version']} is the first release: there is nothing to go back to.")
     else:
@@ -99,7 +99,7 @@ def confirm(pending: dict[str, str]) -> None:
     if ok.button("Roll back", key=K.REL_CONFIRM, type="primary", disabled=not impact["possible"]):
         if impact["kind"] == "release":
             result = errors.attempt(
-                governance.rollback_release,
+                rollback.rollback_release,
                 ctx.ws,
                 config,
                 actor=ctx.user.name,
@@ -107,7 +107,7 @@ def confirm(pending: dict[str, str]) -> None:
             )
         else:
             result = errors.attempt(
-                governance.rollback_item, ctx.ws, config, impact["item_id"], actor=ctx.user.name
+                rollback.rollback_item, ctx.ws, config, impact["item_id"], actor=ctx.user.name
             )
         if result is not None:
             _cancel()

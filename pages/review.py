@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from geomesh.services import governance, queries
+from geomesh.services import promotion, queries, signoff
 from ui import errors, layout, widgets
 from ui.fmt import md_escape, short_id
 from ui.state import K, flash
@@ -64,7 +64,7 @@ else:
     reject = r.button("Reject", key=K.R_REJECT)
     if approve or reject:
         status = errors.attempt(
-            governance.sign_off,
+            signoff.sign_off,
             ctx.ws,
             config,
             item_id,
@@ -90,7 +90,7 @@ else:
                 i
                 for i in chosen
                 if errors.attempt(
-                    governance.sign_off,
+                    signoff.sign_off,
                     ctx.ws,
                     config,
                     i,
@@ -105,7 +105,7 @@ else:
                 st.rerun()
 
 st.subheader("Promote")
-plan = governance.plan_promotion(ctx.ws, config, verify_checksums=len(queue) <= 50)
+plan = promotion.plan_promotion(ctx.ws, config, verify_checksums=len(queue) <= 50)
 if plan.eligible:
     st.markdown(
         f"Next release: **{plan.next_version}** ({plan.bump.value if plan.bump else '-'}; current "
@@ -128,7 +128,7 @@ if plan.eligible and plan.next_version:
     )
     if st.button("Promote", key=K.R_PROMOTE, type="primary", disabled=not sure):
         result = errors.attempt(
-            governance.promote,
+            promotion.promote,
             ctx.ws,
             config,
             [p.item_id for p in plan.eligible],

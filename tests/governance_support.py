@@ -1,7 +1,7 @@
 """Shared helpers for the governance tests (sign-off, releases, rollback, audit, stateful).
 
 Items come in through the real pipeline: ``ingest_rasters`` (real COGs, real object
-store) followed by ``routing.post_stage`` (real validation, findings persisted, severity
+store) followed by ``pipeline.validate_and_route_staged`` (real validation, findings persisted, severity
 routing: a clean tile moves staging → validation).
 """
 
@@ -16,8 +16,8 @@ from sqlmodel import select
 
 from geomesh.config import ProductConfig
 from geomesh.models import FindingRecord, Item, Severity, ValidationRun
-from geomesh.services import governance, routing, users
-from geomesh.services.ingest import ingest_rasters
+from geomesh.services import history, pipeline, signoff, users
+from geomesh.services.pipeline import ingest_rasters
 from geomesh.storage import Area
 from geomesh.workspace import Workspace
 
@@ -52,7 +52,7 @@ def ingest(
     paths: Iterable[Path],
     *,
     actor: str = SUBMITTER,
-    post_stage: Callable[..., Any] = routing.post_stage,
+    post_stage: Callable[..., Any] = pipeline.validate_and_route_staged,
 ) -> list[str]:
     report = ingest_rasters(ws, config, [str(p) for p in paths], actor=actor, post_stage=post_stage)
     assert report.ok, report.to_json()
@@ -92,7 +92,7 @@ def add_finding(ws: Workspace, item_id: str, severity: str = "P2", *, passed: bo
 def approve(ws: Workspace, config: ProductConfig, item_ids: Iterable[str], n: int = 1) -> None:
     for item_id in item_ids:
         for steward in STEWARDS[:n]:
-            governance.sign_off(ws, config, item_id, actor=steward, approve=True)
+            signoff.sign_off(ws, config, item_id, actor=steward, approve=True)
 
 
 def states(ws: Workspace, product_id: str) -> dict[str, str]:
@@ -106,7 +106,7 @@ def production_ids(ws: Workspace, product_id: str) -> set[str]:
 
 
 def manifest_ids(ws: Workspace, product_id: str, ref: str = "current") -> set[str]:
-    shown = governance.show_release(ws, product_id, ref)
+    shown = history.show_release(ws, product_id, ref)
     return {i["id"] for i in shown["manifest"]["items"]}
 
 

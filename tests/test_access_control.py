@@ -33,8 +33,17 @@ from geomesh.config import ProductConfig, load_config
 from geomesh.doctor import run_doctor
 from geomesh.errors import PermissionDenied
 from geomesh.models import AuditEvent, Item, ItemState, Role
-from geomesh.services import governance, outbox, quarantine, users, validation
-from geomesh.services.ingest import ingest_rasters
+from geomesh.services import (
+    outbox,
+    promotion,
+    quarantine,
+    remediation,
+    rollback,
+    signoff,
+    users,
+    validation,
+)
+from geomesh.services.pipeline import ingest_rasters
 from geomesh.settings import Settings
 from geomesh.workspace import Workspace
 
@@ -136,8 +145,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
 
     def release(tile: Path) -> str:
         (item_id,) = ingest(tile)
-        governance.sign_off(ws, cfg, item_id, actor="alice", approve=True)
-        assert governance.promote(ws, cfg, actor="alice").release is not None
+        signoff.sign_off(ws, cfg, item_id, actor="alice", approve=True)
+        assert promotion.promote(ws, cfg, actor="alice").release is not None
         return item_id
 
     release(_tile(work, "a.tif", 1))
@@ -145,7 +154,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     (quarantined,) = ingest(_tile(work, "nocrs.tif", 3, crs=None))
     assert quarantine.revalidate(ws, load_config(relaxed_path), quarantined, actor="alice")
     awaiting, approved = ingest(_tile(work, "c.tif", 4), _tile(work, "d.tif", 5))
-    governance.sign_off(ws, cfg, approved, actor="alice", approve=True)
+    signoff.sign_off(ws, cfg, approved, actor="alice", approve=True)
     report = outbox.deliver_outbox(ws, configs=[cfg], actor=SYSTEM, timeout=2.0)
     assert report.failed, "the quarantine webhook should have failed"
     ingest(_tile(work, "nocrs2.tif", 7, crs=None))  # its webhook stays pending
@@ -216,24 +225,24 @@ CALLS: dict[str, tuple[str, Callable[[Case, str], Any]]] = {
     ),
     "request_signoff": (
         "signoff.request",
-        lambda c, a: governance.request_signoff(c.ws, c.config, c.p.awaiting, actor=a),
+        lambda c, a: signoff.request_signoff(c.ws, c.config, c.p.awaiting, actor=a),
     ),
     "sign_off": (
         "signoff",
-        lambda c, a: governance.sign_off(c.ws, c.config, c.p.awaiting, actor=a, approve=True),
+        lambda c, a: signoff.sign_off(c.ws, c.config, c.p.awaiting, actor=a, approve=True),
     ),
-    "promote": ("promote", lambda c, a: governance.promote(c.ws, c.config, actor=a)),
+    "promote": ("promote", lambda c, a: promotion.promote(c.ws, c.config, actor=a)),
     "rollback_item": (
         "rollback",
-        lambda c, a: governance.rollback_item(c.ws, c.config, c.p.released, actor=a),
+        lambda c, a: rollback.rollback_item(c.ws, c.config, c.p.released, actor=a),
     ),
     "rollback_release": (
         "rollback",
-        lambda c, a: governance.rollback_release(c.ws, c.config, actor=a, release_id="1.1.0"),
+        lambda c, a: rollback.rollback_release(c.ws, c.config, actor=a, release_id="1.1.0"),
     ),
     "remediate_item": (
         "remediate",
-        lambda c, a: validation.remediate_item(c.ws, c.config, c.p.quarantined, actor=a),
+        lambda c, a: remediation.remediate_item(c.ws, c.config, c.p.quarantined, actor=a),
     ),
     "users.add_user": (
         "users.manage",
@@ -294,20 +303,20 @@ def test_the_submitter_cannot_approve_even_as_a_steward(case: Case) -> None:
         mine = s.exec(select(Item).where(Item.submitted_by == "stew")).one()
     before = state_of(case.ws)
     with pytest.raises(PermissionDenied, match="cannot approve"):
-        governance.sign_off(case.ws, case.config, mine.id, actor="stew", approve=True)
+        signoff.sign_off(case.ws, case.config, mine.id, actor="stew", approve=True)
     assert state_of(case.ws) == before
 
 
 def test_a_role_change_takes_effect_on_the_next_call(case: Case) -> None:
     """Roles are read from the database on every call, never cached."""
     with pytest.raises(PermissionDenied):
-        governance.promote(case.ws, case.config, actor="vic")
+        promotion.promote(case.ws, case.config, actor="vic")
     with case.ws.transaction() as s:
         user = auth.get_user(s, "vic")
         assert user is not None
         user.role = Role.steward
         s.add(user)
-    assert governance.promote(case.ws, case.config, actor="vic").release is not None
+    assert promotion.promote(case.ws, case.config, actor="vic").release is not None
 
 
 def test_refusals_leave_no_trace_in_the_audit_trail(case: Case) -> None:

@@ -12,8 +12,8 @@ from sqlmodel import select
 from streamlit.testing.v1 import AppTest
 
 from geomesh.models import AuditEvent, Item, ItemState
-from geomesh.services import governance, queries
-from geomesh.services.ingest import register_product
+from geomesh.services import history, queries, signoff
+from geomesh.services.products import register_product
 from geomesh.workspace import Workspace
 
 pytest_plugins = ("_app_fixtures",)
@@ -136,7 +136,7 @@ def test_steward_approves_an_item_through_the_review_page(demo_workspace: Worksp
     no_exception(at)
     assert any(t.startswith(f"Approved {item}") for t in texts(at.success)), texts(at.error)
     config = queries.product_config(demo_workspace, PID)
-    status = governance.signoff_status(demo_workspace, config, item)
+    status = signoff.signoff_status(demo_workspace, config, item)
     assert status.approved_by == ("steward",) and status.ok
 
 
@@ -150,7 +150,7 @@ def test_reject_needs_a_comment_and_records_it(demo_workspace: Workspace) -> Non
     at.button(key=K.R_REJECT).click().run()
     no_exception(at)
     assert any("Rejected" in t for t in texts(at.success))
-    status = governance.signoff_status(
+    status = signoff.signoff_status(
         demo_workspace, queries.product_config(demo_workspace, PID), item
     )
     assert status.rejected_by == (("steward2", "clouds over the Presidio"),)
@@ -169,7 +169,7 @@ def test_analyst_and_viewer_are_refused_by_the_service(
     errors = texts(at.error)
     assert any(f"role '{user}'" in t and "signoff" in t for t in errors), errors
     assert not any(t.startswith("Approved") for t in texts(at.success))
-    status = governance.signoff_status(
+    status = signoff.signoff_status(
         demo_workspace, queries.product_config(demo_workspace, PID), item
     )
     assert status.approved_by == () and status.rejected_by == ()
@@ -184,7 +184,7 @@ def test_bulk_approve_signs_off_each_selected_item(demo_workspace: Workspace) ->
     assert any("Approved 2 of 2" in t for t in texts(at.success)), texts(at.error)
     config = queries.product_config(demo_workspace, PID)
     for item in items:
-        assert governance.signoff_status(demo_workspace, config, item).ok
+        assert signoff.signoff_status(demo_workspace, config, item).ok
 
 
 # ------------------------------------------------------------------ promote
@@ -204,7 +204,7 @@ def test_promote_shows_the_computed_version_then_releases_it(demo_workspace: Wor
     at.button(key=K.R_PROMOTE).click().run()
     no_exception(at)
     assert f"Released {PID} 1.2.0." in texts(at.success)
-    current = [r for r in governance.list_releases(demo_workspace, PID) if r.current]
+    current = [r for r in history.list_releases(demo_workspace, PID) if r.current]
     assert [r.version for r in current] == ["1.2.0"]
     assert state(demo_workspace, item) == "production"
     assert state(demo_workspace, corrupt) == "validation"  # the checksum gate held it back
@@ -212,7 +212,7 @@ def test_promote_shows_the_computed_version_then_releases_it(demo_workspace: Wor
 
 def test_promote_is_refused_for_an_analyst(demo_workspace: Workspace) -> None:
     item = queued(demo_workspace, "r2c0")
-    governance.sign_off(
+    signoff.sign_off(
         demo_workspace, queries.product_config(demo_workspace, PID), item, actor="steward",
         approve=True,
     )  # fmt: skip
@@ -221,7 +221,7 @@ def test_promote_is_refused_for_an_analyst(demo_workspace: Workspace) -> None:
     at.button(key=K.R_PROMOTE).click().run()
     no_exception(at)
     assert any("analyst" in t and "promote" in t for t in texts(at.error))
-    assert [r.version for r in governance.list_releases(demo_workspace, PID)] == ["1.0.0", "1.1.0"]
+    assert [r.version for r in history.list_releases(demo_workspace, PID)] == ["1.0.0", "1.1.0"]
 
 
 # ------------------------------------------------------------------ rollback
@@ -235,15 +235,13 @@ def test_release_rollback_shows_the_impact_and_needs_confirmation(
     no_exception(at)
     impact = " ".join(texts(at.markdown))
     assert "Release **1.1.0** stops being current; **1.0.0** is current again" in impact
-    assert "3 item(s) become rolled_back, 1 return to production" in impact
+    assert "3 item(s) become withdrawn, 1 return to production" in impact
     # nothing happened yet
-    assert [r.version for r in governance.list_releases(demo_workspace, PID) if r.current] == [
-        "1.1.0"
-    ]
+    assert [r.version for r in history.list_releases(demo_workspace, PID) if r.current] == ["1.1.0"]
     at.button(key=K.REL_CONFIRM).click().run()
     no_exception(at)
     assert any("current is 1.0.0 again" in t for t in texts(at.success)), texts(at.error)
-    rels = {r.version: r for r in governance.list_releases(demo_workspace, PID)}
+    rels = {r.version: r for r in history.list_releases(demo_workspace, PID)}
     assert rels["1.0.0"].current and rels["1.1.0"].deprecated
 
 
@@ -253,9 +251,7 @@ def test_cancelled_rollback_changes_nothing(demo_workspace: Workspace) -> None:
     at.button(key=K.REL_CANCEL).click().run()
     no_exception(at)
     assert K.REL_CONFIRM not in [b.key for b in at.button]
-    assert [r.version for r in governance.list_releases(demo_workspace, PID) if r.current] == [
-        "1.1.0"
-    ]
+    assert [r.version for r in history.list_releases(demo_workspace, PID) if r.current] == ["1.1.0"]
 
 
 def test_item_rollback_publishes_a_patch_release_without_it(demo_workspace: Workspace) -> None:
@@ -267,8 +263,8 @@ def test_item_rollback_publishes_a_patch_release_without_it(demo_workspace: Work
     at.button(key=K.REL_CONFIRM).click().run()
     no_exception(at)
     assert any("rolled back item" in t for t in texts(at.success)), texts(at.error)
-    assert state(demo_workspace, item) == "rolled_back"
-    current = [r for r in governance.list_releases(demo_workspace, PID) if r.current][0]
+    assert state(demo_workspace, item) == "withdrawn"
+    current = [r for r in history.list_releases(demo_workspace, PID) if r.current][0]
     assert current.version == "1.1.1" and current.item_count == 5
 
 
@@ -278,9 +274,7 @@ def test_rollback_is_refused_for_an_analyst(demo_workspace: Workspace) -> None:
     at.button(key=K.REL_CONFIRM).click().run()
     no_exception(at)
     assert any("analyst" in t and "rollback" in t for t in texts(at.error))
-    assert [r.version for r in governance.list_releases(demo_workspace, PID) if r.current] == [
-        "1.1.0"
-    ]
+    assert [r.version for r in history.list_releases(demo_workspace, PID) if r.current] == ["1.1.0"]
 
 
 def test_release_diff_lists_added_and_changed_items(demo_workspace: Workspace) -> None:

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from geomesh.models import FindingRecord, Item, ValidationRun
 from geomesh.services import queries
-from geomesh.services.ingest import ingest_rasters
+from geomesh.services.pipeline import ingest_rasters
 from geomesh.workspace import Workspace
 from ui import maps
 

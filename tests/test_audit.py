@@ -16,7 +16,7 @@ from geomesh import audit
 from geomesh.config import ProductConfig
 from geomesh.errors import AlreadyExists, PermissionDenied
 from geomesh.models import AuditEvent, Role
-from geomesh.services import governance, users
+from geomesh.services import history, promotion, rollback, users
 from geomesh.workspace import Workspace
 
 
@@ -28,8 +28,8 @@ def ws(workspace: Workspace, config: ProductConfig, make_raster: Callable[..., P
     for n, name in enumerate(("a", "b")):
         ids = gs.ingest(workspace, config, [tile(name, n)])
         gs.approve(workspace, config, ids)
-        governance.promote(workspace, config, actor="alice")
-    governance.rollback_release(workspace, config, actor="bob")
+        promotion.promote(workspace, config, actor="alice")
+    rollback.rollback_release(workspace, config, actor="bob")
     return workspace
 
 
@@ -44,7 +44,7 @@ def raw(ws: Workspace, sql: str, **params: object) -> None:
 
 
 def test_history_verifies_and_covers_every_change(ws: Workspace) -> None:
-    assert governance.verify_audit(ws) == []
+    assert history.verify_audit(ws) == []
     actions = {e.action for e in events(ws)}
     assert {
         "user.add",
@@ -60,7 +60,7 @@ def test_history_verifies_and_covers_every_change(ws: Workspace) -> None:
 def test_edited_event_is_named(ws: Workspace) -> None:
     victim = next(e for e in events(ws) if e.action == "signoff.approve")
     raw(ws, "UPDATE auditevent SET actor = 'mallory' WHERE seq = :s", s=victim.seq)
-    problems = governance.verify_audit(ws)
+    problems = history.verify_audit(ws)
     assert [(p.seq, p.event_id) for p in problems] == [(victim.seq, victim.event_id)]
     assert "edited" in problems[0].problem
 
@@ -69,7 +69,7 @@ def test_deleted_event_is_named(ws: Workspace) -> None:
     evs = events(ws)
     victim = evs[5]
     raw(ws, "DELETE FROM auditevent WHERE seq = :s", s=victim.seq)
-    problems = governance.verify_audit(ws)
+    problems = history.verify_audit(ws)
     assert problems, "a deleted event must be detected"
     assert problems[0].seq == evs[6].seq
     assert f"#{victim.seq}" in problems[0].problem and "deleted" in problems[0].problem
@@ -78,7 +78,7 @@ def test_deleted_event_is_named(ws: Workspace) -> None:
 def test_deleted_newest_event_is_detected(ws: Workspace) -> None:
     last = events(ws)[-1]
     raw(ws, "DELETE FROM auditevent WHERE seq = :s", s=last.seq)
-    problems = governance.verify_audit(ws)
+    problems = history.verify_audit(ws)
     assert problems and "newest events were deleted" in problems[-1].problem
 
 
@@ -105,7 +105,7 @@ def test_inserted_event_is_named(ws: Workspace) -> None:
     forged.hash = audit.event_hash(forged)
     with ws.transaction() as s:
         s.add(forged)
-    problems = governance.verify_audit(ws)
+    problems = history.verify_audit(ws)
     named = {p.event_id for p in problems}
     assert after.event_id in named
     first = next(p for p in problems if p.event_id == after.event_id)

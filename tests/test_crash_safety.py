@@ -47,8 +47,8 @@ from geomesh.models import (
     Release,
     ValidationRun,
 )
-from geomesh.services import governance, quarantine, users
-from geomesh.services.ingest import ingest_rasters
+from geomesh.services import promotion, quarantine, signoff, users
+from geomesh.services.pipeline import ingest_rasters
 from geomesh.settings import Settings
 from geomesh.workspace import Workspace
 
@@ -319,8 +319,8 @@ class Pre:
     def release(self, *tiles: Path) -> list[str]:
         ids = self.ingest(*tiles)
         for item_id in ids:
-            governance.sign_off(self.ws, self.config, item_id, actor="alice", approve=True)
-        result = governance.promote(self.ws, self.config, actor="alice")
+            signoff.sign_off(self.ws, self.config, item_id, actor="alice", approve=True)
+        result = promotion.promote(self.ws, self.config, actor="alice")
         assert result.release is not None
         return ids
 
@@ -375,7 +375,7 @@ def _discard(root: Path, work: Path) -> list[str]:
 def _promote(root: Path, work: Path) -> list[str]:
     pre = Pre(root, work)
     for item_id in pre.ingest(_tile(work, "a.tif", 1), _tile(work, "b.tif", 2)):
-        governance.sign_off(pre.ws, pre.config, item_id, actor="alice", approve=True)
+        signoff.sign_off(pre.ws, pre.config, item_id, actor="alice", approve=True)
     pre.done()
     return ["promote", str(pre.config_path), "--actor", "bob"]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from _concurrency import WorkerFailed, hammer
+from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
@@ -19,7 +20,7 @@ from sqlmodel import Session, SQLModel, col, select
 import geomesh.models  # noqa: F401  (registers the tables)
 from geomesh import audit, db
 from geomesh.errors import ConfigError
-from geomesh.models import AuditEvent
+from geomesh.models import AuditEvent, Item, ItemState
 
 WORKERS = 4
 EVENTS_PER_WORKER = 25
@@ -255,3 +256,109 @@ def fail_in_worker_one(index: int) -> int:
     if index == 1:
         raise RuntimeError("worker one fails on purpose")
     return index
+
+
+# ------------------------------------------------------------------ data migrations
+
+
+def _upgrade(engine: Engine, revision: str) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def test_0002_moves_withdrawn_release_items_out_of_rolled_back(engine: Engine) -> None:
+    """A database at 0001 with both meanings of ``rolled_back`` upgrades to head with each in
+    its own state; a P1-routed tile keeps ``rolled_back``; ``lock_version`` is gone."""
+    _upgrade(engine, "0001")
+    with engine.begin() as conn:
+        # the 0001 schema as deployed before 0002: a native enum on PostgreSQL, lock_version
+        if engine.dialect.name == "postgresql":
+            states = "', '".join(
+                s
+                for s in (
+                    "staging",
+                    "validation",
+                    "production",
+                    "quarantined",
+                    "rolled_back",
+                    "superseded",
+                    "deprecated",
+                    "discarded",
+                )
+            )
+            conn.execute(text(f"CREATE TYPE itemstate AS ENUM ('{states}')"))
+            conn.execute(
+                text("ALTER TABLE item ALTER COLUMN state TYPE itemstate USING state::itemstate")
+            )
+        conn.execute(text("ALTER TABLE item ADD COLUMN lock_version INTEGER NOT NULL DEFAULT 0"))
+        conn.execute(
+            text(
+                "INSERT INTO product (id, config_json, config_digest, version_counter, created_at, "
+                "updated_at) VALUES ('p', '{}', 'd', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+        for item_id, state in (
+            ("routed", "rolled_back"),
+            ("removed", "rolled_back"),
+            ("restored", "production"),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO item (id, product_id, source, source_key, content_digest, size,"
+                    " object_key, stac_key, stac, state, submitted_by, created_at, updated_at)"
+                    " VALUES (:id, 'p', 's', 'k', :id, 1, 'o', 's', '{}', :state, 'a',"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {"id": item_id, "state": state},
+            )
+        story = [  # (target, action, before, after)
+            ("routed", "rollback", "staging", "rolled_back"),
+            ("removed", "promote", "validation", "production"),
+            ("removed", "rollback.item", "production", "rolled_back"),
+            ("restored", "promote", "validation", "production"),
+            ("restored", "rollback.release", "production", "rolled_back"),
+            ("restored", "rollback.release", "rolled_back", "production"),
+        ]
+        for seq, (target, action, before, after) in enumerate(story, start=1):
+            conn.execute(
+                text(
+                    "INSERT INTO auditevent (seq, event_id, timestamp, actor, action, product_id,"
+                    " target, state_before, state_after, details, prev_hash, hash) VALUES"
+                    " (:seq, :eid, CURRENT_TIMESTAMP, 'a', :action, 'p', :target, :before,"
+                    " :after, '{}', 'x', :hash)"
+                ),
+                {
+                    "seq": seq,
+                    "eid": f"e{seq}",
+                    "action": action,
+                    "target": target,
+                    "before": before,
+                    "after": after,
+                    "hash": f"h{seq}",
+                },
+            )
+    db.migrate(engine)
+    with engine.connect() as conn:
+        states = dict(conn.execute(text("SELECT id, state FROM item")).all())
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == (
+            _head_revision()
+        )
+    assert states == {"routed": "rolled_back", "removed": "withdrawn", "restored": "production"}
+    assert "lock_version" not in {c["name"] for c in inspect(engine).get_columns("item")}
+    with Session(engine) as session:  # the ORM reads every state back
+        assert {i.id: i.state for i in session.exec(select(Item)).all()}["removed"] is (
+            ItemState.withdrawn
+        )
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    """``alembic check``: a database migrated to head has exactly the models' schema."""
+    db.migrate(engine)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.check(cfg)  # raises AutogenerateDiffsDetected on any drift

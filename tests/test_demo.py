@@ -18,7 +18,7 @@ from geomesh.cli import cli
 from geomesh.errors import PermissionDenied, RasterError
 from geomesh.models import AuditEvent, Release
 from geomesh.preview import item_preview
-from geomesh.services import auth_session, governance, queries
+from geomesh.services import auth_session, history, promotion, queries
 from geomesh.workspace import Workspace
 
 pytest_plugins = ("_app_fixtures",)
@@ -55,7 +55,7 @@ def test_seed_builds_every_case_the_app_shows(workspace: Workspace) -> None:
     assert ("GM-BOUNDARY-001", "P1") in _rules(workspace, items["outside"])
     assert ("GM-CHECKSUM-003", "P1") in _rules(workspace, items["corrupted"])
     # the corrupted tile is approved, but the promotion gates hold it back
-    plan = governance.plan_promotion(workspace, demo.demo_config(), [items["corrupted"]])
+    plan = promotion.plan_promotion(workspace, demo.demo_config(), [items["corrupted"]])
     reasons = " ".join(plan.items[0].reasons)
     assert "checksum" in reasons and "signoff" not in reasons
     # a reprocessed tile awaits review against its production version
@@ -63,7 +63,7 @@ def test_seed_builds_every_case_the_app_shows(workspace: Workspace) -> None:
         workspace, items["pending:S2B_MSIL2A_20240612_T10SEG_r0c0"]
     )
     assert counterpart is not None and "assets.data.file:checksum" in counterpart["changes"]
-    diff = governance.diff_releases(workspace, PID, "1.0.0", "1.1.0")
+    diff = history.diff_releases(workspace, PID, "1.0.0", "1.1.0")
     assert len(diff.added) == 2 and len(diff.changed) == 1
 
 

@@ -49,7 +49,7 @@ from geomesh.models import (
     Severity,
     ValidationRun,
 )
-from geomesh.services import governance, routing
+from geomesh.services import history, pipeline, promotion, rollback, signoff
 from geomesh.settings import Settings
 from geomesh.workspace import Workspace
 
@@ -85,7 +85,7 @@ def with_open_p2(
     ws: Workspace, config: ProductConfig, item_id: str, actor: str
 ) -> tuple[str | None, str | None, dict[str, int]]:
     """Post-stage for a tile that passes routing, then fails a later re-validation (P2)."""
-    out = routing.post_stage(ws, config, item_id, actor)
+    out = pipeline.validate_and_route_staged(ws, config, item_id, actor)
     gs.add_finding(ws, item_id, "P2")
     return out
 
@@ -209,7 +209,10 @@ class Governance(RuleBasedStateMachine):
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(raster_bytes(source, variant))
         gs.ingest(
-            self.ws, self.config, [path], post_stage=routing.post_stage if clean else with_open_p2
+            self.ws,
+            self.config,
+            [path],
+            post_stage=pipeline.validate_and_route_staged if clean else with_open_p2,
         )
 
     @precondition(lambda self: self.has(ItemState.staging, ItemState.validation))
@@ -223,7 +226,7 @@ class Governance(RuleBasedStateMachine):
         if not ids:
             return
         iid = data.draw(st.sampled_from(ids))
-        governance.sign_off(
+        signoff.sign_off(
             self.ws,
             self.config,
             iid,
@@ -234,7 +237,7 @@ class Governance(RuleBasedStateMachine):
 
     def approve_everything_waiting(self, steward: str) -> None:
         for item in self.items(ItemState.validation):
-            governance.sign_off(self.ws, self.config, item.id, actor=steward, approve=True)
+            signoff.sign_off(self.ws, self.config, item.id, actor=steward, approve=True)
 
     @precondition(lambda self: self.has(ItemState.staging, ItemState.validation))
     @rule(data=st.data())
@@ -245,7 +248,7 @@ class Governance(RuleBasedStateMachine):
         iid = data.draw(st.sampled_from(ids))
         before = self.snapshot()
         try:
-            governance.sign_off(self.ws, self.config, iid, actor=gs.SUBMITTER, approve=True)
+            signoff.sign_off(self.ws, self.config, iid, actor=gs.SUBMITTER, approve=True)
         except PermissionDenied:
             pass
         else:
@@ -275,7 +278,7 @@ class Governance(RuleBasedStateMachine):
         expected = self.oracle_eligible()
         waiting = self.items(ItemState.validation)
         try:
-            result = governance.promote(self.ws, self.config, actor="alice")
+            result = promotion.promote(self.ws, self.config, actor="alice")
         except NotFound:
             assert not self.items(), "the product is registered by its first ingest"
             return
@@ -296,15 +299,13 @@ class Governance(RuleBasedStateMachine):
         if current is None:
             return
         try:
-            first = governance.rollback_release(
-                self.ws, self.config, actor="bob", release_id=current
-            )
+            first = rollback.rollback_release(self.ws, self.config, actor="bob", release_id=current)
         except NothingToRollBack:
             return
         assert not first.already
         event("rollback: release")
         once = self.snapshot()
-        second = governance.rollback_release(self.ws, self.config, actor="bob", release_id=current)
+        second = rollback.rollback_release(self.ws, self.config, actor="bob", release_id=current)
         assert second.already
         assert self.snapshot() == once
 
@@ -315,11 +316,11 @@ class Governance(RuleBasedStateMachine):
         if not released:
             return
         iid = data.draw(st.sampled_from(released))
-        first = governance.rollback_item(self.ws, self.config, iid, actor="bob")
+        first = rollback.rollback_item(self.ws, self.config, iid, actor="bob")
         assert not first.already
         event("rollback: item")
         once = self.snapshot()
-        second = governance.rollback_item(self.ws, self.config, iid, actor="bob")
+        second = rollback.rollback_item(self.ws, self.config, iid, actor="bob")
         assert second.already
         assert self.snapshot() == once
 
@@ -346,7 +347,7 @@ class Governance(RuleBasedStateMachine):
 
     @invariant()
     def audit_chain_verifies(self) -> None:
-        assert governance.verify_audit(self.ws) == []
+        assert history.verify_audit(self.ws) == []
 
     @invariant()
     def only_legal_states(self) -> None:

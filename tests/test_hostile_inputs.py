@@ -39,10 +39,11 @@ from sqlmodel import SQLModel
 from geomesh.cli import cli
 from geomesh.config import load_config
 from geomesh.models import Item
-from geomesh.services import governance, quarantine, users
-from geomesh.services.ingest import ingest_rasters
+from geomesh.remote import Candidate
+from geomesh.services import promotion, quarantine, signoff, users
+from geomesh.services.pipeline import ingest_rasters
+from geomesh.services.sources import ingest_from_stac
 from geomesh.settings import Settings
-from geomesh.sources import Candidate, ingest_from_stac
 from geomesh.workspace import Workspace
 
 from conftest import BACKEND, EXAMPLE_CONFIG, SHARED
@@ -832,9 +833,9 @@ def xss_catalog(settings: Settings, tmp_path: Path) -> Iterator[Workspace]:
         assert row is not None
         row.stac = {**row.stac, "properties": {**row.stac["properties"], "title": SCRIPT}}
         s.add(row)
-    governance.sign_off(ws, cfg, ids[0], actor="alice", approve=True, comment=IMG)
-    governance.sign_off(ws, cfg, ids[2], actor="bob", approve=False, comment=SCRIPT)
-    governance.promote(ws, cfg, [ids[0]], actor="alice")
+    signoff.sign_off(ws, cfg, ids[0], actor="alice", approve=True, comment=IMG)
+    signoff.sign_off(ws, cfg, ids[2], actor="bob", approve=False, comment=SCRIPT)
+    promotion.promote(ws, cfg, [ids[0]], actor="alice")
     quarantine.discard(ws, str(ids[3]), actor="alice", reason=f"bad {SCRIPT}")
     yield ws
     ws.close()

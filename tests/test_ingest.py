@@ -16,12 +16,13 @@ from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import box, shape
 from sqlmodel import select
 
+from geomesh import parallel as parallel_mod
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import PermissionDenied
 from geomesh.hashing import sha256_file
 from geomesh.models import AuditEvent, Item, ItemState
-from geomesh.services import ingest as ingest_mod
-from geomesh.services.ingest import IngestReport, ingest_rasters
+from geomesh.services.ingest import IngestReport
+from geomesh.services.pipeline import ingest_rasters
 from geomesh.workspace import Workspace
 
 SYSTEM = "system"
@@ -340,5 +341,5 @@ def test_source_digest_shortcut_skips_cog_work(
     def must_not_run(*_: Any, **__: Any) -> None:
         raise AssertionError("prepare_tile ran for an already-ingested local source")
 
-    monkeypatch.setattr(ingest_mod, "prepare_tile", must_not_run)
+    monkeypatch.setattr(parallel_mod, "prepare_tile", must_not_run)
     assert _ingest(workspace, config, s2_tile).results[0].status == "exists"

@@ -14,7 +14,7 @@ from geomesh import lifecycle
 from geomesh.config import ProductConfig
 from geomesh.errors import InvalidTransition
 from geomesh.models import AuditEvent, Item, ItemState
-from geomesh.services import governance
+from geomesh.services import history, promotion, rollback
 from geomesh.workspace import Workspace
 
 PID = "sentinel2-msi-l2a-v2.1"
@@ -51,10 +51,13 @@ def test_table_covers_every_state() -> None:
     # the main line and its exits
     assert lifecycle.can_transition(S.staging, S.validation)
     assert lifecycle.can_transition(S.validation, S.production)
-    for end in (S.rolled_back, S.superseded, S.deprecated):
+    for end in (S.withdrawn, S.superseded, S.deprecated):
         assert lifecycle.can_transition(S.production, end)
-    # rollback restores: rolled_back / superseded → production
-    assert lifecycle.can_transition(S.rolled_back, S.production)
+    # rollback restores: withdrawn / superseded → production
+    assert lifecycle.can_transition(S.withdrawn, S.production)
+    # each state means one thing: a P1-routed tile was never released, so never returns there
+    assert not lifecycle.can_transition(S.rolled_back, S.production)
+    assert not lifecycle.can_transition(S.production, S.rolled_back)
     assert lifecycle.can_transition(S.superseded, S.production)
     # never straight from staging to production
     assert not lifecycle.can_transition(S.staging, S.production)
@@ -103,25 +106,25 @@ def test_governance_drives_items_through_the_lifecycle(
 ) -> None:
     [a1] = gs.ingest(ws, config, [tile("a", 1)])
     gs.approve(ws, config, [a1])
-    governance.promote(ws, config, actor="alice")
+    promotion.promote(ws, config, actor="alice")
     [a2] = gs.ingest(ws, config, [tile("a", 2)])
     gs.approve(ws, config, [a2])
-    governance.promote(ws, config, actor="alice")  # a2 replaces a1
-    governance.rollback_release(ws, config, actor="bob")  # a1 back, a2 rolled back
-    governance.rollback_item(ws, config, a1, actor="bob")  # a1 out: empty 1.0.2
+    promotion.promote(ws, config, actor="alice")  # a2 replaces a1
+    rollback.rollback_release(ws, config, actor="bob")  # a1 back, a2 rolled back
+    rollback.rollback_item(ws, config, a1, actor="bob")  # a1 out: empty 1.0.2
     assert item_events(ws, a1) == [
         ("ingest", None, "staging"),
         ("route.proceed", "staging", "validation"),
         ("promote", "validation", "production"),
         ("supersede", "production", "superseded"),
         ("rollback.release", "superseded", "production"),
-        ("rollback.item", "production", "rolled_back"),
+        ("rollback.item", "production", "withdrawn"),
     ]
     assert item_events(ws, a2) == [
         ("ingest", None, "staging"),
         ("route.proceed", "staging", "validation"),
         ("promote", "validation", "production"),
-        ("rollback.release", "production", "rolled_back"),
+        ("rollback.release", "production", "withdrawn"),
     ]
-    assert [r.version for r in governance.list_releases(ws, PID)] == ["1.0.0", "1.0.1", "1.0.2"]
+    assert [r.version for r in history.list_releases(ws, PID)] == ["1.0.0", "1.0.1", "1.0.2"]
     assert gs.production_ids(ws, PID) == set() == gs.manifest_ids(ws, PID)

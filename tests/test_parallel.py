@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from geomesh.config import ProductConfig
 from geomesh.models import Item
-from geomesh.services.ingest import ingest_rasters
+from geomesh.services.pipeline import ingest_rasters
 from geomesh.settings import Settings
 from geomesh.workspace import Workspace
 

@@ -12,9 +12,9 @@ from sqlmodel import col, select
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import InvalidTransition, NotFound, PermissionDenied, QuarantineBlocked
 from geomesh.models import AuditEvent, Item, ItemState, Role
+from geomesh.services import pipeline
 from geomesh.services import quarantine as q
-from geomesh.services import routing
-from geomesh.services.ingest import ingest_rasters
+from geomesh.services.pipeline import ingest_rasters
 from geomesh.workspace import Workspace
 
 SYSTEM = "system"
@@ -28,7 +28,7 @@ def quarantined(
     """An item quarantined by routing because its raster has no CRS (P2)."""
     src = make_raster("nocrs.tif", width=64, height=64, count=1, crs=None, tags=DATED)
     (res,) = ingest_rasters(
-        workspace, config, [src], actor=SYSTEM, post_stage=routing.post_stage
+        workspace, config, [src], actor=SYSTEM, post_stage=pipeline.validate_and_route_staged
     ).results
     assert res.state == "quarantined" and res.item_id
     return res.item_id
@@ -107,7 +107,7 @@ def test_release_is_blocked_until_revalidated_clean(
         ev.details["note"] == "CRS-less is fine" and "GM-CRS-001" in ev.details["quarantine_reason"]
     )
     # released items continue through routing like fresh ones
-    out = routing.validate_and_route(workspace, fixed, quarantined, actor=SYSTEM)
+    out = pipeline.validate_and_route(workspace, fixed, quarantined, actor=SYSTEM)
     assert (out.action, out.state) == ("warn", "validation")
 
 

@@ -19,8 +19,8 @@ from geomesh.config import ProductConfig, load_config
 from geomesh.errors import ChecksumMismatch, ConcurrentUpdate, NotFound
 from geomesh.models import Product
 from geomesh.releases import Bump, Delta, Manifest, ManifestItem
-from geomesh.services import governance
-from geomesh.services.governance import _move_pointer
+from geomesh.services import history, promotion, rollback
+from geomesh.services.publication import _move_pointer
 from geomesh.storage import LocalStore
 from geomesh.workspace import Workspace
 
@@ -42,7 +42,7 @@ def release(ws: Workspace, config: ProductConfig, paths: list[Path]) -> str:
     """Ingest, approve and promote; return the new version."""
     ids = gs.ingest(ws, config, paths)
     gs.approve(ws, config, ids, n=config.governance.approvals_required)
-    result = governance.promote(ws, config, actor="alice")
+    result = promotion.promote(ws, config, actor="alice")
     assert result.release is not None
     return result.release.version
 
@@ -160,7 +160,7 @@ def test_first_release_is_1_0_0_and_stores_a_content_addressed_manifest(
     ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
     assert release(ws, config, [tile("a", 1), tile("b", 2)]) == "1.0.0"
-    [info] = governance.list_releases(ws, PID)
+    [info] = history.list_releases(ws, PID)
     assert info.current and info.parent_id is None and info.item_count == 2
     data = ws.store.get_bytes("production", info.manifest_key)
     assert hashlib.sha256(data).hexdigest() == info.id
@@ -188,7 +188,7 @@ def test_version_bumps_minor_patch_major(
     assert release(ws, config, [tile("b", 2)]) == "1.1.0"
     # the same source tile reprocessed (changed bytes): PATCH, the old version superseded
     old = gs.manifest_ids(ws, PID)
-    plan_before = governance.plan_promotion(ws, config)
+    plan_before = promotion.plan_promotion(ws, config)
     assert plan_before.items == ()
     assert release(ws, config, [tile("a", 3)]) == "1.1.1"
     new = gs.manifest_ids(ws, PID)
@@ -209,10 +209,10 @@ def test_version_bumps_minor_patch_major(
     )
     ids = gs.ingest(ws, moved, [tile("c", 4)])
     gs.approve(ws, moved, ids)
-    plan = governance.plan_promotion(ws, moved)
+    plan = promotion.plan_promotion(ws, moved)
     assert plan.spatial_contract_changed and plan.bump == Bump.major
     assert plan.next_version == "2.0.0"
-    assert governance.promote(ws, moved, actor="bob").release.version == "2.0.0"  # type: ignore[union-attr]
+    assert promotion.promote(ws, moved, actor="bob").release.version == "2.0.0"  # type: ignore[union-attr]
 
 
 def test_metadata_change_alone_is_minor(
@@ -227,7 +227,7 @@ def test_metadata_change_alone_is_minor(
     )
     ids = gs.ingest(ws, retitled, [tile("a", 2)])  # a reprocessed tile would be PATCH
     gs.approve(ws, retitled, ids)
-    assert governance.plan_promotion(ws, retitled).next_version == "1.1.0"
+    assert promotion.plan_promotion(ws, retitled).next_version == "1.1.0"
 
 
 def test_promote_twice_with_ids_is_a_no_op(
@@ -235,23 +235,23 @@ def test_promote_twice_with_ids_is_a_no_op(
 ) -> None:
     ids = gs.ingest(ws, config, [tile("a", 1)])
     gs.approve(ws, config, ids)
-    first = governance.promote(ws, config, ids, actor="alice")
-    again = governance.promote(ws, config, ids, actor="alice")
+    first = promotion.promote(ws, config, ids, actor="alice")
+    again = promotion.promote(ws, config, ids, actor="alice")
     assert not first.already and again.already
     assert again.release is not None and again.release.id == first.release.id  # type: ignore[union-attr]
-    assert len(governance.list_releases(ws, PID)) == 1
+    assert len(history.list_releases(ws, PID)) == 1
     # without ids and nothing waiting: a no-op, no new release
-    assert governance.promote(ws, config, actor="alice").already
+    assert promotion.promote(ws, config, actor="alice").already
 
 
 def test_manifest_tampering_is_detected(
     ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
     release(ws, config, [tile("a", 1)])
-    [info] = governance.list_releases(ws, PID)
+    [info] = history.list_releases(ws, PID)
     gs.tamper(ws, "production", info.manifest_key, lambda b: b.replace(b'"alice"', b'"mallory"'))
     with pytest.raises(ChecksumMismatch, match=info.id):
-        governance.show_release(ws, PID, info.id)
+        history.show_release(ws, PID, info.id)
 
 
 def test_stale_pointer_move_raises_concurrent_update() -> None:
@@ -283,7 +283,7 @@ def test_catalog_round_trips_through_pystac_and_validates_offline(
 ) -> None:
     release(ws, config, [tile("a", 1), tile("b", 2)])
     release(ws, config, [tile("c", 3)])
-    at = governance.catalog_at(ws, PID, "1.1.0")
+    at = history.catalog_at(ws, PID, "1.1.0")
     # a local path only where the store is a local directory
     assert (at.path is not None) == isinstance(ws.store, LocalStore)
     published = gs.mirror(ws, "production", tmp_path / "published")
@@ -330,7 +330,7 @@ def test_catalog_opens_with_pystac_client(
     from pystac_client import Client
 
     release(ws, config, [tile("a", 1), tile("b", 2)])
-    at = governance.catalog_at(ws, PID)
+    at = history.catalog_at(ws, PID)
     published = gs.mirror(ws, "production", tmp_path / "published")
     client = Client.open(str(published / at.key))
     items = list(client.get_items(recursive=True))
@@ -355,7 +355,7 @@ def test_index_tracks_latest_successor_and_rollback(
             "title": "1.1.0",
         }
     ]
-    governance.rollback_release(ws, config, actor="alice")
+    rollback.rollback_release(ws, config, actor="alice")
     index = json.loads(ws.store.get_bytes("production", key))
     assert index["geomesh:current"]["version"] == "1.0.0"
     assert {r["version"]: r["deprecated"] for r in index["geomesh:releases"]} == {
@@ -370,12 +370,12 @@ def test_published_catalogs_are_immutable(
     ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
     release(ws, config, [tile("a", 1)])
-    first = governance.catalog_at(ws, PID, "1.0.0")
+    first = history.catalog_at(ws, PID, "1.0.0")
     prefix = first.key.rsplit("/", 1)[0] + "/"
     before = gs.stored_files(ws, "production", prefix)
     assert first.key in before and len(before) >= 3  # catalog, collection, item
     release(ws, config, [tile("b", 2)])
-    governance.rollback_release(ws, config, actor="alice")
+    rollback.rollback_release(ws, config, actor="alice")
     assert gs.stored_files(ws, "production", prefix) == before
 
 
@@ -388,22 +388,22 @@ def test_list_show_diff_and_catalog_at(
     release(ws, config, [tile("a", 1), tile("b", 2)])
     v1 = gs.manifest_ids(ws, PID)
     release(ws, config, [tile("a", 5), tile("c", 3)])
-    versions = [r.version for r in governance.list_releases(ws, PID)]
+    versions = [r.version for r in history.list_releases(ws, PID)]
     assert versions == ["1.0.0", "1.1.0"]
-    shown = governance.show_release(ws, PID, "1.0.0")
+    shown = history.show_release(ws, PID, "1.0.0")
     assert shown["version"] == "1.0.0" and not shown["current"]
-    diff = governance.diff_releases(ws, PID, "1.0.0", "1.1.0")
+    diff = history.diff_releases(ws, PID, "1.0.0", "1.1.0")
     assert len(diff.added) == 1 and diff.removed == ()
     [changed] = diff.changed
     assert changed.from_id in v1
     assert "assets.data.file:checksum" in changed.fields
-    old = governance.catalog_at(ws, PID, "1.0.0")
+    old = history.catalog_at(ws, PID, "1.0.0")
     assert old.version == "1.0.0"
     published = gs.mirror(ws, "production", tmp_path / "published")
     old_root = pystac.Catalog.from_file(str(published / old.key))
     assert {i.id for i in old_root.get_items(recursive=True)} == v1
     with pytest.raises(NotFound, match="9.9.9"):
-        governance.catalog_at(ws, PID, "9.9.9")
+        history.catalog_at(ws, PID, "9.9.9")
 
 
 def test_cli_promote_releases_and_diff(
@@ -438,13 +438,13 @@ def test_a_lost_catalog_is_rematerialized_identically_from_its_manifest(
 ) -> None:
     release(ws, config, [tile("a", 1)])
     release(ws, config, [tile("b", 2)])
-    at = governance.catalog_at(ws, PID, "1.1.0")
+    at = history.catalog_at(ws, PID, "1.1.0")
     prefix = at.key.rsplit("/", 1)[0] + "/"
     before = gs.stored_files(ws, "production", prefix)
     assert at.key in before
     for key in before:  # e.g. a crash after the release transaction, before publication
         ws.store.delete("production", key)
     assert gs.stored_files(ws, "production", prefix) == {}
-    again = governance.catalog_at(ws, PID, "1.1.0")
+    again = history.catalog_at(ws, PID, "1.1.0")
     assert again.key == at.key
     assert gs.stored_files(ws, "production", prefix) == before

@@ -16,9 +16,9 @@ from sqlmodel import select
 
 from geomesh import audit
 from geomesh.config import ProductConfig
-from geomesh.errors import ConcurrentUpdate, NothingToRollBack, PermissionDenied
+from geomesh.errors import NotCurrentRelease, NothingToRollBack, PermissionDenied
 from geomesh.models import AuditEvent, Product
-from geomesh.services import governance
+from geomesh.services import history, promotion, rollback
 from geomesh.workspace import Workspace
 
 PID = "sentinel2-msi-l2a-v2.1"
@@ -35,10 +35,10 @@ def tile(make_raster: Callable[..., Path]) -> Callable[..., Path]:
     return gs.tile_factory(make_raster)
 
 
-def release(ws: Workspace, config: ProductConfig, paths: list[Path]) -> governance.ReleaseInfo:
+def release(ws: Workspace, config: ProductConfig, paths: list[Path]) -> history.ReleaseInfo:
     ids = gs.ingest(ws, config, paths)
     gs.approve(ws, config, ids)
-    result = governance.promote(ws, config, actor="alice")
+    result = promotion.promote(ws, config, actor="alice")
     assert result.release is not None
     return result.release
 
@@ -60,16 +60,16 @@ def test_release_rollback_restores_exactly_the_previous_manifest(
     assert gs.production_ids(ws, PID) == gs.manifest_ids(ws, PID, r2.id)
     assert "superseded" in gs.states(ws, PID).values()
 
-    result = governance.rollback_release(ws, config, actor="bob", release_id=r2.id)
+    result = rollback.rollback_release(ws, config, actor="bob", release_id=r2.id)
     assert not result.already
     assert result.current_release_id == r1.id and result.current_version == "1.0.0"
     assert pointer(ws)[0] == r1.id
     assert gs.production_ids(ws, PID) == gs.manifest_ids(ws, PID, r1.id)
     after = gs.states(ws, PID)
-    # every item of r1 is back in its r1 state; r2's new versions are rolled back
+    # every item of r1 is back in its r1 state; r2's new versions are withdrawn
     assert {i: after[i] for i in before} == before
-    assert {after[i] for i in set(after) - set(before)} == {"rolled_back"}
-    shown = governance.show_release(ws, PID, r2.id)
+    assert {after[i] for i in set(after) - set(before)} == {"withdrawn"}
+    shown = history.show_release(ws, PID, r2.id)
     assert shown["deprecated"] and not shown["current"]
 
 
@@ -78,9 +78,9 @@ def test_release_rollback_twice_equals_once(
 ) -> None:
     release(ws, config, [tile("a", 1)])
     r2 = release(ws, config, [tile("b", 2)])
-    governance.rollback_release(ws, config, actor="bob", release_id=r2.id)
+    rollback.rollback_release(ws, config, actor="bob", release_id=r2.id)
     snapshot = (gs.states(ws, PID), pointer(ws), _events(ws))
-    again = governance.rollback_release(ws, config, actor="bob", release_id=r2.id)
+    again = rollback.rollback_release(ws, config, actor="bob", release_id=r2.id)
     assert again.already and "already rolled back" in again.message
     assert (gs.states(ws, PID), pointer(ws), _events(ws)) == snapshot
 
@@ -91,21 +91,21 @@ def test_bare_release_rollback_twice_equals_once_and_going_further_names_the_rel
     r1 = release(ws, config, [tile("a", 1)])
     r2 = release(ws, config, [tile("b", 2)])
     r3 = release(ws, config, [tile("c", 3)])
-    first = governance.rollback_release(ws, config, actor="bob")  # undo the latest: 1.2.0
+    first = rollback.rollback_release(ws, config, actor="bob")  # undo the latest: 1.2.0
     assert not first.already and first.current_release_id == r2.id
     snapshot = (gs.states(ws, PID), pointer(ws), _events(ws))
-    second = governance.rollback_release(ws, config, actor="bob")
+    second = rollback.rollback_release(ws, config, actor="bob")
     assert second.already and second.current_release_id == r2.id
     assert "already rolled back" in second.message and "--release 1.1.0" in second.message
     assert (gs.states(ws, PID), pointer(ws), _events(ws)) == snapshot
     # going further back is explicit: name the release that is current now
-    further = governance.rollback_release(ws, config, actor="bob", release_id="1.1.0")
+    further = rollback.rollback_release(ws, config, actor="bob", release_id="1.1.0")
     assert not further.already and further.current_release_id == r1.id
     assert gs.production_ids(ws, PID) == gs.manifest_ids(ws, PID, r1.id)
     # a new release after the rollback is the latest again: a bare rollback undoes it
     r4 = release(ws, config, [tile("d", 4)])
     assert r4.id not in {r1.id, r2.id, r3.id}
-    undo = governance.rollback_release(ws, config, actor="bob")
+    undo = rollback.rollback_release(ws, config, actor="bob")
     assert not undo.already and undo.current_release_id == r1.id
 
 
@@ -135,8 +135,8 @@ def test_rollback_of_a_non_current_release_that_never_was_rolled_back_is_refused
 ) -> None:
     r1 = release(ws, config, [tile("a", 1)])
     release(ws, config, [tile("b", 2)])
-    with pytest.raises(ConcurrentUpdate, match="not the current release"):
-        governance.rollback_release(ws, config, actor="bob", release_id=r1.id)
+    with pytest.raises(NotCurrentRelease, match="not the current release"):
+        rollback.rollback_release(ws, config, actor="bob", release_id=r1.id)
 
 
 def test_first_release_cannot_be_rolled_back(
@@ -145,10 +145,10 @@ def test_first_release_cannot_be_rolled_back(
     with pytest.raises(NothingToRollBack, match="no release"):
         # the product exists only once something was ingested
         gs.ingest(ws, config, [tile("z", 9)], post_stage=gs.stay_in_staging)
-        governance.rollback_release(ws, config, actor="bob")
+        rollback.rollback_release(ws, config, actor="bob")
     release(ws, config, [tile("a", 1)])
     with pytest.raises(NothingToRollBack, match="first release"):
-        governance.rollback_release(ws, config, actor="bob")
+        rollback.rollback_release(ws, config, actor="bob")
 
 
 def test_item_rollback_makes_a_patch_release_without_the_item(
@@ -156,17 +156,17 @@ def test_item_rollback_makes_a_patch_release_without_the_item(
 ) -> None:
     r1 = release(ws, config, [tile("a", 1), tile("b", 2)])
     bad = sorted(gs.manifest_ids(ws, PID))[0]
-    result = governance.rollback_item(ws, config, bad, actor="bob")
+    result = rollback.rollback_item(ws, config, bad, actor="bob")
     assert not result.already and result.current_version == "1.0.1"
     assert gs.manifest_ids(ws, PID) == gs.manifest_ids(ws, PID, r1.id) - {bad}
-    assert gs.states(ws, PID)[bad] == "rolled_back"
+    assert gs.states(ws, PID)[bad] == "withdrawn"
     assert gs.production_ids(ws, PID) == gs.manifest_ids(ws, PID)
     snapshot = (gs.states(ws, PID), pointer(ws), _events(ws))
-    again = governance.rollback_item(ws, config, bad, actor="bob")
+    again = rollback.rollback_item(ws, config, bad, actor="bob")
     assert again.already and "already rolled back" in again.message
     assert (gs.states(ws, PID), pointer(ws), _events(ws)) == snapshot
     # rolling back the PATCH release brings the item back
-    governance.rollback_release(ws, config, actor="bob", release_id=result.release_id)
+    rollback.rollback_release(ws, config, actor="bob", release_id=result.release_id)
     assert gs.production_ids(ws, PID) == gs.manifest_ids(ws, PID, r1.id)
     assert gs.states(ws, PID)[bad] == "production"
 
@@ -177,7 +177,7 @@ def test_item_rollback_of_an_unreleased_item_is_refused(
     release(ws, config, [tile("a", 1)])
     [waiting] = gs.ingest(ws, config, [tile("b", 2)])
     with pytest.raises(NothingToRollBack, match="not in the current release"):
-        governance.rollback_item(ws, config, waiting, actor="bob")
+        rollback.rollback_item(ws, config, waiting, actor="bob")
 
 
 def test_rollback_needs_a_role(
@@ -187,7 +187,7 @@ def test_rollback_needs_a_role(
     release(ws, config, [tile("b", 2)])
     for actor in ("ana", "vic"):
         with pytest.raises(PermissionDenied):
-            governance.rollback_release(ws, config, actor=actor)
+            rollback.rollback_release(ws, config, actor=actor)
 
 
 def test_rollback_events_are_audited_and_chain_verifies(
@@ -195,14 +195,14 @@ def test_rollback_events_are_audited_and_chain_verifies(
 ) -> None:
     release(ws, config, [tile("a", 1)])
     r2 = release(ws, config, [tile("b", 2)])
-    governance.rollback_release(ws, config, actor="bob")
+    rollback.rollback_release(ws, config, actor="bob")
     with ws.read() as s:
         ev = s.exec(select(AuditEvent).where(AuditEvent.action == "rollback.release")).all()
         item_events = [e for e in ev if e.target != r2.id]
         [release_event] = [e for e in ev if e.target == r2.id]
         assert release_event.actor == "bob" and release_event.details["restored_version"] == "1.0.0"
         assert [(e.state_before, e.state_after) for e in item_events] == [
-            ("production", "rolled_back")
+            ("production", "withdrawn")
         ]
         assert audit.verify(s) == []
 
@@ -231,7 +231,7 @@ def _rollback_cost(
     release(ws, config, [tile(f"base{i}", 100 + i) for i in range(n)])
     top = release(ws, config, [tile("extra", 7)])
     with statements(ws) as seen:
-        governance.rollback_release(ws, config, actor="bob", release_id=top.id)
+        rollback.rollback_release(ws, config, actor="bob", release_id=top.id)
     return seen
 
 
@@ -264,7 +264,7 @@ def test_release_rollback_cost_does_not_grow_with_the_release_size(
         assert not re.search(r"FROM item WHERE item\.product_id", sql), sql
     # (the guard above does match how a whole-product read looks)
     with statements(big_cat) as seen:
-        governance.plan_promotion(big_cat, big_config)
+        promotion.plan_promotion(big_cat, big_config)
     assert any(re.search(r"FROM item WHERE item\.product_id", sql) for sql in shape(seen))
 
 

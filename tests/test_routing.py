@@ -22,9 +22,10 @@ from geomesh.models import (
     Task,
     ValidationRun,
 )
-from geomesh.services import routing
-from geomesh.services.ingest import IngestReport, TileResult, ingest_rasters
-from geomesh.services.routing import route_item, validate_and_route
+from geomesh.services import pipeline
+from geomesh.services.ingest import IngestReport, TileResult
+from geomesh.services.pipeline import ingest_rasters, validate_and_route
+from geomesh.services.routing import route_item
 from geomesh.workspace import Workspace
 
 SYSTEM = "system"
@@ -36,7 +37,11 @@ def no_route(*_: Any) -> tuple[str | None, str | None, dict[str, int]]:
 
 
 def ingest(
-    ws: Workspace, cfg: ProductConfig, source: Path, *, post_stage: Any = routing.post_stage
+    ws: Workspace,
+    cfg: ProductConfig,
+    source: Path,
+    *,
+    post_stage: Any = pipeline.validate_and_route_staged,
 ) -> TileResult:
     report: IngestReport = ingest_rasters(ws, cfg, [source], actor=SYSTEM, post_stage=post_stage)
     (res,) = report.results
@@ -273,6 +278,4 @@ def test_dry_run_reports_the_route_without_writing(
     assert res.status == "would-stage"
     with workspace.read() as s:
         assert s.exec(select(Item)).all() == []
-    if res.route is None:
-        pytest.skip("the ingest dry run is not wired to routing.dry_run_findings yet")
     assert res.route == "rollback" and res.findings["P1"] == 1

@@ -14,7 +14,7 @@ from sqlmodel import select
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import PermissionDenied, PromotionBlocked, SignoffError
 from geomesh.models import Approval, AuditEvent, Decision, Item
-from geomesh.services import governance
+from geomesh.services import gates, history, promotion, signoff
 from geomesh.workspace import Workspace
 
 PID = "sentinel2-msi-l2a-v2.1"
@@ -37,14 +37,14 @@ def item_id(ws: Workspace, config: ProductConfig, tile: Callable[..., Path]) -> 
     return iid
 
 
-def gate(ws: Workspace, config: ProductConfig, iid: str, name: str) -> governance.Gate:
-    [plan] = governance.plan_promotion(ws, config, [iid]).items
+def gate(ws: Workspace, config: ProductConfig, iid: str, name: str) -> gates.Gate:
+    [plan] = promotion.plan_promotion(ws, config, [iid]).items
     return next(g for g in plan.gates if g.name == name)
 
 
 def test_self_approval_is_rejected(ws: Workspace, config: ProductConfig, item_id: str) -> None:
     with pytest.raises(PermissionDenied, match="submitted item .* cannot approve"):
-        governance.sign_off(ws, config, item_id, actor=gs.SUBMITTER, approve=True)
+        signoff.sign_off(ws, config, item_id, actor=gs.SUBMITTER, approve=True)
     assert not gate(ws, config, item_id, "signoff").ok
     # an approval row by the submitter (written behind the service's back) does not count
     with ws.transaction() as s:
@@ -66,7 +66,7 @@ def test_only_stewards_sign_off(
     ws: Workspace, config: ProductConfig, item_id: str, actor: str
 ) -> None:
     with pytest.raises(PermissionDenied):
-        governance.sign_off(ws, config, item_id, actor=actor, approve=True)
+        signoff.sign_off(ws, config, item_id, actor=actor, approve=True)
     with ws.read() as s:
         assert s.exec(select(Approval)).all() == []
 
@@ -74,7 +74,7 @@ def test_only_stewards_sign_off(
 def test_changed_content_invalidates_an_approval(
     ws: Workspace, config: ProductConfig, item_id: str, tile: Callable[..., Path]
 ) -> None:
-    governance.sign_off(ws, config, item_id, actor="alice", approve=True)
+    signoff.sign_off(ws, config, item_id, actor="alice", approve=True)
     assert gate(ws, config, item_id, "signoff").ok
     # the same source tile re-staged with changed bytes: a new item version supersedes it
     [v2] = gs.ingest(ws, config, [tile("a", 2)])
@@ -82,14 +82,14 @@ def test_changed_content_invalidates_an_approval(
     assert gs.states(ws, PID)[item_id] == "superseded"
     g = gate(ws, config, v2, "signoff")
     assert not g.ok and "0/1" in g.detail
-    plan = governance.plan_promotion(ws, config)
+    plan = promotion.plan_promotion(ws, config)
     assert [p.item_id for p in plan.items] == [v2] and plan.eligible == []
     # and an approval recorded on another digest of the same item never counts
     with ws.transaction() as s:
         s.add(Approval(item_id=v2, content_digest="f" * 64, actor="bob", decision=Decision.approve))
     g = gate(ws, config, v2, "signoff")
     assert not g.ok and "other content" in g.detail
-    governance.sign_off(ws, config, v2, actor="alice", approve=True)
+    signoff.sign_off(ws, config, v2, actor="alice", approve=True)
     assert gate(ws, config, v2, "signoff").ok
 
 
@@ -98,31 +98,31 @@ def test_two_approvals_when_configured(
 ) -> None:
     config = load_config(write_config({"governance": {"approvals_required": 2}}))
     [iid] = gs.ingest(ws, config, [tile("a", 1)])
-    governance.sign_off(ws, config, iid, actor="alice", approve=True)
+    signoff.sign_off(ws, config, iid, actor="alice", approve=True)
     # the same steward twice is still one approval
-    governance.sign_off(ws, config, iid, actor="alice", approve=True)
+    signoff.sign_off(ws, config, iid, actor="alice", approve=True)
     g = gate(ws, config, iid, "signoff")
     assert not g.ok and "1/2" in g.detail
     with pytest.raises(PromotionBlocked, match="1/2"):
-        governance.promote(ws, config, [iid], actor="alice")
-    governance.sign_off(ws, config, iid, actor="bob", approve=True)
+        promotion.promote(ws, config, [iid], actor="alice")
+    signoff.sign_off(ws, config, iid, actor="bob", approve=True)
     assert gate(ws, config, iid, "signoff").ok
-    assert governance.promote(ws, config, [iid], actor="alice").release is not None
+    assert promotion.promote(ws, config, [iid], actor="alice").release is not None
 
 
 def test_rejection_needs_a_comment_and_blocks(
     ws: Workspace, config: ProductConfig, item_id: str
 ) -> None:
     with pytest.raises(SignoffError, match="comment"):
-        governance.sign_off(ws, config, item_id, actor="bob", approve=False)
+        signoff.sign_off(ws, config, item_id, actor="bob", approve=False)
     with pytest.raises(SignoffError, match="comment"):
-        governance.sign_off(ws, config, item_id, actor="bob", approve=False, comment="  ")
-    governance.sign_off(ws, config, item_id, actor="alice", approve=True)
-    governance.sign_off(ws, config, item_id, actor="bob", approve=False, comment="clouds")
+        signoff.sign_off(ws, config, item_id, actor="bob", approve=False, comment="  ")
+    signoff.sign_off(ws, config, item_id, actor="alice", approve=True)
+    signoff.sign_off(ws, config, item_id, actor="bob", approve=False, comment="clouds")
     g = gate(ws, config, item_id, "signoff")
     assert not g.ok and "clouds" in g.detail
     # bob changes his mind: the later decision replaces his earlier one
-    governance.sign_off(ws, config, item_id, actor="bob", approve=True)
+    signoff.sign_off(ws, config, item_id, actor="bob", approve=True)
     assert gate(ws, config, item_id, "signoff").ok
     with ws.read() as s:
         actions = [
@@ -135,7 +135,7 @@ def test_rejection_needs_a_comment_and_blocks(
 
 def test_repeated_decision_is_a_no_op(ws: Workspace, config: ProductConfig, item_id: str) -> None:
     for _ in range(3):
-        governance.sign_off(ws, config, item_id, actor="alice", approve=True)
+        signoff.sign_off(ws, config, item_id, actor="alice", approve=True)
     with ws.read() as s:
         events = s.exec(select(AuditEvent).where(AuditEvent.action == "signoff.approve")).all()
     assert len(events) == 1
@@ -145,10 +145,10 @@ def test_request_signoff_is_audited_once(
     ws: Workspace, config: ProductConfig, item_id: str
 ) -> None:
     with pytest.raises(PermissionDenied):
-        governance.request_signoff(ws, config, item_id, actor="vic")
-    status = governance.request_signoff(ws, config, item_id, actor="ana")
+        signoff.request_signoff(ws, config, item_id, actor="vic")
+    status = signoff.request_signoff(ws, config, item_id, actor="ana")
     assert status.requested and not status.ok
-    governance.request_signoff(ws, config, item_id, actor="ana")
+    signoff.request_signoff(ws, config, item_id, actor="ana")
     with ws.read() as s:
         events = s.exec(select(AuditEvent).where(AuditEvent.action == "signoff.request")).all()
     assert [(e.actor, e.target) for e in events] == [("ana", item_id)]
@@ -158,9 +158,9 @@ def test_signoff_refused_outside_review_states(
     ws: Workspace, config: ProductConfig, item_id: str
 ) -> None:
     gs.approve(ws, config, [item_id])
-    governance.promote(ws, config, actor="alice")
+    promotion.promote(ws, config, actor="alice")
     with pytest.raises(SignoffError, match="production"):
-        governance.sign_off(ws, config, item_id, actor="bob", approve=True)
+        signoff.sign_off(ws, config, item_id, actor="bob", approve=True)
 
 
 # ------------------------------------------------------------------ gates (a) and (b)
@@ -174,7 +174,7 @@ def test_open_p2_finding_blocks_promotion(
     g = gate(ws, config, item_id, "validation")
     assert not g.ok and "GM-TEST" in g.detail
     with pytest.raises(PromotionBlocked, match="open P1/P2"):
-        governance.promote(ws, config, actor="alice")
+        promotion.promote(ws, config, actor="alice")
     assert gs.production_ids(ws, PID) == set()
 
 
@@ -187,12 +187,12 @@ def test_item_without_validation_run_is_blocked(
     ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
     [iid] = gs.ingest(ws, config, [tile("a", 1)], post_stage=gs.stay_in_staging)
-    plan = governance.plan_promotion(ws, config, [iid])
+    plan = promotion.plan_promotion(ws, config, [iid])
     reasons = " ".join(plan.items[0].reasons)
     assert "state: item is in state 'staging'" in reasons
     assert "no validation run" in reasons
     # by default only items in 'validation' are candidates
-    assert governance.plan_promotion(ws, config).items == ()
+    assert promotion.plan_promotion(ws, config).items == ()
 
 
 def test_corrupt_object_fails_the_checksum_gate(
@@ -207,8 +207,8 @@ def test_corrupt_object_fails_the_checksum_gate(
     g = gate(ws, config, item_id, "checksum")
     assert not g.ok and "hashes to" in g.detail
     with pytest.raises(PromotionBlocked, match="checksum"):
-        governance.promote(ws, config, [item_id], actor="alice")
-    assert governance.list_releases(ws, PID) == []
+        promotion.promote(ws, config, [item_id], actor="alice")
+    assert history.list_releases(ws, PID) == []
 
 
 def test_promotion_needs_a_promoter_role(
@@ -217,8 +217,8 @@ def test_promotion_needs_a_promoter_role(
     gs.approve(ws, config, [item_id])
     for actor in ("ana", "vic"):
         with pytest.raises(PermissionDenied):
-            governance.promote(ws, config, actor=actor)
-    assert governance.promote(ws, config, actor="root").release is not None
+            promotion.promote(ws, config, actor=actor)
+    assert promotion.promote(ws, config, actor="root").release is not None
 
 
 def test_plan_reports_every_gate_and_the_next_version(
@@ -226,7 +226,7 @@ def test_plan_reports_every_gate_and_the_next_version(
 ) -> None:
     ok, blocked = gs.ingest(ws, config, [tile("a", 1), tile("b", 2)])
     gs.approve(ws, config, [ok])
-    plan = governance.plan_promotion(ws, config)
+    plan = promotion.plan_promotion(ws, config)
     assert [p.item_id for p in plan.eligible] == [ok]
     assert [p.item_id for p in plan.blocked] == [blocked]
     assert [g.name for g in plan.items[0].gates] == ["validation", "checksum", "signoff"]
@@ -234,7 +234,7 @@ def test_plan_reports_every_gate_and_the_next_version(
     data = plan.to_json()
     assert json.loads(json.dumps(data))["blocked"][blocked][0].startswith("signoff:")
     # default promotion releases the eligible item and leaves the blocked one waiting
-    result = governance.promote(ws, config, actor="alice")
+    result = promotion.promote(ws, config, actor="alice")
     assert result.promoted == (ok,)
     assert gs.states(ws, PID)[blocked] == "validation"
 
@@ -285,10 +285,10 @@ def test_signoff_request_and_decision_notify_the_governance_webhook(
         )
     )
     [iid] = gs.ingest(ws, config, [tile("a", 1)])
-    governance.request_signoff(ws, config, iid, actor="ana")
-    governance.request_signoff(ws, config, iid, actor="ana")  # idempotent: one message
-    governance.sign_off(ws, config, iid, actor="alice", approve=True)
-    governance.sign_off(ws, config, iid, actor="alice", approve=True)  # no-op: no message
+    signoff.request_signoff(ws, config, iid, actor="ana")
+    signoff.request_signoff(ws, config, iid, actor="ana")  # idempotent: one message
+    signoff.sign_off(ws, config, iid, actor="alice", approve=True)
+    signoff.sign_off(ws, config, iid, actor="alice", approve=True)  # no-op: no message
     with ws.read() as s:
         rows = s.exec(
             select(OutboxMessage).where(OutboxMessage.event.startswith("signoff"))  # type: ignore[attr-defined]

@@ -35,15 +35,9 @@ from geomesh.config import load_config
 from geomesh.errors import ConfigError, SourceError
 from geomesh.hashing import sha256_file, to_multihash
 from geomesh.models import AuditEvent, Item, ItemState
+from geomesh.remote import candidates_geojson, domain_geojson, open_client, search_parameters
 from geomesh.services.ingest import TileResult
-from geomesh.sources import (
-    candidates_geojson,
-    discover,
-    domain_geojson,
-    ingest_from_stac,
-    open_client,
-    search_parameters,
-)
+from geomesh.services.sources import discover, ingest_from_stac
 from geomesh.workspace import Workspace
 
 from conftest import require_service

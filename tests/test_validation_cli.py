@@ -164,7 +164,7 @@ def test_quarantine_commands(
     make_raster: Callable[..., Path],
     write_config: Callable[..., Path],
 ) -> None:
-    from geomesh.services.routing import validate_and_route
+    from geomesh.services.pipeline import validate_and_route
 
     item_id = _ingest(
         config_path, make_raster("n.tif", width=64, height=64, count=1, crs=None, tags=DATED)

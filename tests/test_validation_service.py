@@ -12,14 +12,10 @@ from sqlmodel import col, select
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import ConfigError, InvalidTransition, PermissionDenied, ValidationError
 from geomesh.models import AuditEvent, FindingRecord, Item, ItemState, Role, ValidationRun
-from geomesh.services.ingest import ingest_rasters
-from geomesh.services.routing import validate_and_route
-from geomesh.services.validation import (
-    finding_counts,
-    open_findings,
-    remediate_item,
-    validate_item,
-)
+from geomesh.services.findings import finding_counts, open_findings
+from geomesh.services.pipeline import ingest_rasters, validate_and_route
+from geomesh.services.remediation import remediate_item
+from geomesh.services.validation import validate_item
 from geomesh.workspace import Workspace
 
 SYSTEM = "system"

@@ -24,9 +24,8 @@ from sqlmodel import select
 
 from geomesh.config import ProductConfig, load_config
 from geomesh.models import AuditEvent, OutboxMessage, OutboxStatus, Product, utcnow
-from geomesh.services.ingest import ingest_rasters
 from geomesh.services.outbox import deliver_outbox, list_outbox, retry_outbox
-from geomesh.services.routing import validate_and_route
+from geomesh.services.pipeline import ingest_rasters, validate_and_route
 from geomesh.workspace import Workspace
 
 SYSTEM = "system"
@@ -381,7 +380,7 @@ def test_crash_in_the_routing_transaction_loses_and_duplicates_nothing(
     code = (
         "from geomesh.workspace import Workspace\n"
         "from geomesh.config import load_config\n"
-        "from geomesh.services.routing import validate_and_route\n"
+        "from geomesh.services.pipeline import validate_and_route\n"
         f"cfg = load_config({str(cfg_path)!r})\n"
         f"validate_and_route(Workspace.open(), cfg, {item_id!r}, actor='system')\n"
     )

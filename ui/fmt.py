@@ -11,6 +11,7 @@ STATE_COLOURS: Final = {
     "production": "#2e7d32",
     "quarantined": "#ef6c00",
     "rolled_back": "#8e24aa",
+    "withdrawn": "#ad1457",
     "superseded": "#90a4ae",
     "deprecated": "#5d4037",
     "discarded": "#212121",

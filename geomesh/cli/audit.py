@@ -9,7 +9,7 @@ import click
 
 from geomesh.cli._base import cli, errors_at_edge, json_option, load, open_workspace
 from geomesh.errors import AuditChainBroken
-from geomesh.services import governance
+from geomesh.services import history
 
 
 @cli.group("audit")
@@ -24,7 +24,7 @@ def audit_verify(config: str, as_json: bool) -> None:
     """Recompute the chain; name every edited, inserted or deleted event (exit 2 if any)."""
     with errors_at_edge():
         ws = open_workspace(load(config))
-        problems = governance.verify_audit(ws)
+        problems = history.verify_audit(ws)
         if as_json:
             click.echo(
                 json.dumps(
@@ -66,5 +66,5 @@ def audit_export(config: str, output: TextIO, only_product: bool) -> None:
         cfg = load(config)
         ws = open_workspace(cfg)
         pid = cfg.product_id if only_product else None
-        for event in governance.export_audit(ws, product_id=pid):
+        for event in history.export_audit(ws, product_id=pid):
             click.echo(json.dumps(event, sort_keys=True), file=output)

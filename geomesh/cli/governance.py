@@ -15,7 +15,7 @@ from geomesh.cli._base import (
     resolve_actor,
 )
 from geomesh.errors import SignoffError
-from geomesh.services import governance
+from geomesh.services import history, promotion, rollback, signoff
 
 #: printed on a successful (or already completed) rollback, for scripts to wait on
 ROLLBACK_TOKEN = "PRODUCT_ROLLBACK_COMPLETE"
@@ -50,9 +50,9 @@ def signoff_cmd(
         ws = open_workspace(cfg)
         who = resolve_actor(actor)
         if decision == "request":
-            status = governance.request_signoff(ws, cfg, item_id, actor=who)
+            status = signoff.request_signoff(ws, cfg, item_id, actor=who)
         else:
-            status = governance.sign_off(
+            status = signoff.sign_off(
                 ws, cfg, item_id, actor=who, approve=decision == "approve", comment=comment
             )
         if as_json:
@@ -78,7 +78,7 @@ def promote_cmd(
         ws = open_workspace(cfg)
         ids = list(item_ids) or None
         if dry_run:
-            plan = governance.plan_promotion(ws, cfg, ids)
+            plan = promotion.plan_promotion(ws, cfg, ids)
             if as_json:
                 echo_json(plan.to_json())
                 return
@@ -96,7 +96,7 @@ def promote_cmd(
                 )
             )
             return
-        result = governance.promote(ws, cfg, ids, actor=resolve_actor(actor))
+        result = promotion.promote(ws, cfg, ids, actor=resolve_actor(actor))
         if as_json:
             echo_json(result.to_json())
             return
@@ -136,10 +136,10 @@ def rollback_cmd(
         ws = open_workspace(cfg)
         who = resolve_actor(actor)
         if item_id is not None:
-            result = governance.rollback_item(ws, cfg, item_id, actor=who)
+            result = rollback.rollback_item(ws, cfg, item_id, actor=who)
         else:
             target = None if release == _CURRENT else release
-            result = governance.rollback_release(ws, cfg, actor=who, release_id=target)
+            result = rollback.rollback_release(ws, cfg, actor=who, release_id=target)
         if as_json:
             echo_json(result.to_json())
         else:
@@ -159,7 +159,7 @@ def releases_list(config: str, as_json: bool) -> None:
     """Every release of the product, oldest first."""
     with errors_at_edge():
         cfg = load(config)
-        infos = governance.list_releases(open_workspace(cfg), cfg.product_id)
+        infos = history.list_releases(open_workspace(cfg), cfg.product_id)
         if as_json:
             echo_json([i.to_json() for i in infos])
             return
@@ -183,7 +183,7 @@ def releases_show(config: str, release: str, as_json: bool) -> None:
     """One release (id, id prefix, version or 'current') with its manifest."""
     with errors_at_edge():
         cfg = load(config)
-        shown = governance.show_release(open_workspace(cfg), cfg.product_id, release)
+        shown = history.show_release(open_workspace(cfg), cfg.product_id, release)
         if as_json:
             echo_json(shown)
             return
@@ -204,9 +204,7 @@ def releases_diff(config: str, from_release: str, to_release: str, as_json: bool
     """Items added, removed and changed (with changed item fields) between two releases."""
     with errors_at_edge():
         cfg = load(config)
-        diff = governance.diff_releases(
-            open_workspace(cfg), cfg.product_id, from_release, to_release
-        )
+        diff = history.diff_releases(open_workspace(cfg), cfg.product_id, from_release, to_release)
         if as_json:
             echo_json(diff.to_json())
             return
@@ -231,7 +229,7 @@ def releases_catalog(config: str, version: str, as_json: bool) -> None:
     """Where the static STAC catalog of a release is (path or key)."""
     with errors_at_edge():
         cfg = load(config)
-        at = governance.catalog_at(open_workspace(cfg), cfg.product_id, version)
+        at = history.catalog_at(open_workspace(cfg), cfg.product_id, version)
         if as_json:
             echo_json(
                 {

@@ -18,11 +18,13 @@ from geomesh.cli._base import (
     resolve_actor,
     tile_progress,
 )
+from geomesh.cli.sources import run_ingest_from_stac
 from geomesh.errors import ConfigError
 from geomesh.raster import inspect as inspect_raster
 from geomesh.raster import parse_datetime
 from geomesh.services import queries
-from geomesh.services.ingest import IngestReport, ingest_rasters
+from geomesh.services.ingest import IngestReport
+from geomesh.services.pipeline import ingest_rasters
 
 
 def _parse_dt(value: str | None) -> datetime | None:
@@ -97,8 +99,6 @@ def ingest_cmd(
     With --from-stac, ingest the new scenes of the config's STAC `source` instead.
     """
     if from_stac or not rasters:
-        from geomesh.cli.sources import run_ingest_from_stac
-
         run_ingest_from_stac(
             config,
             from_stac=from_stac,

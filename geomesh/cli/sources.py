@@ -20,8 +20,9 @@ from geomesh.cli._base import (
 )
 from geomesh.errors import ConfigError
 from geomesh.raster import parse_datetime
+from geomesh.remote import Candidate, require_source
 from geomesh.services.ingest import IngestReport
-from geomesh.sources import Candidate, discover, ingest_from_stac, require_source
+from geomesh.services.sources import discover, ingest_from_stac
 
 
 def _discover_json(product_id: str, candidates: list[Candidate]) -> dict[str, Any]:

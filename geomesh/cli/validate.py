@@ -21,8 +21,8 @@ from geomesh.cli._base import (
 from geomesh.config import ProductConfig
 from geomesh.errors import DeliveryError, ValidationError
 from geomesh.services.outbox import deliver_outbox, list_outbox, retry_outbox
-from geomesh.services.routing import validate_and_route
-from geomesh.services.validation import remediate_item
+from geomesh.services.pipeline import validate_and_route
+from geomesh.services.remediation import remediate_item
 from geomesh.settings import load_settings
 from geomesh.validation import (
     DEFAULT_SCHEMA_URLS,

@@ -16,6 +16,8 @@ from geomesh.models import Item, Product
 
 #: ids per ``IN (...)`` clause: well below SQLite's 32,766 and PostgreSQL's 65,535 parameters
 IN_CHUNK: Final = 500
+#: what a "product not registered" error tells the user to do, unless the caller says otherwise
+PRODUCT_HINT: Final = "ingest tiles first: `geomesh ingest CONFIG SOURCE...`"
 
 T = TypeVar("T")
 
@@ -26,17 +28,20 @@ def chunks(values: Sequence[T], n: int = IN_CHUNK) -> Iterator[Sequence[T]]:
         yield values[i : i + n]
 
 
-def get_product(session: Session, product_id: str, *, lock: bool = False) -> Product:
+def get_product(
+    session: Session,
+    product_id: str,
+    *,
+    lock: bool = False,
+    hint: str = PRODUCT_HINT,
+) -> Product:
     """The product row (``lock``: ``SELECT … FOR UPDATE``), or ``NotFound``."""
     stmt = select(Product).where(Product.id == product_id)
     if lock:
         stmt = stmt.with_for_update()
     product = session.exec(stmt).first()
     if product is None:
-        raise NotFound(
-            f"product {product_id!r} is not registered",
-            hint="ingest tiles first: `geomesh ingest CONFIG SOURCE...`",
-        )
+        raise NotFound(f"product {product_id!r} is not registered", hint=hint)
     return product
 
 

@@ -7,7 +7,7 @@ from sqlmodel import Session
 from geomesh import audit
 from geomesh.config import ProductConfig, parse_config
 from geomesh.models import Product, utcnow
-from geomesh.services.lookup import get_product
+from geomesh.services.lookup import PRODUCT_HINT, get_product
 
 
 def register_product(session: Session, config: ProductConfig, *, actor: str) -> Product:
@@ -46,7 +46,9 @@ def register_product(session: Session, config: ProductConfig, *, actor: str) -> 
     return product
 
 
-def registered_config(session: Session, product_id: str) -> ProductConfig:
+def registered_config(
+    session: Session, product_id: str, *, hint: str = PRODUCT_HINT
+) -> ProductConfig:
     """The config stored when the product was registered (``NotFound``, ``ConfigError``)."""
-    product = get_product(session, product_id)
+    product = get_product(session, product_id, hint=hint)
     return parse_config(dict(product.config_json), source=f"registered config of {product_id}")

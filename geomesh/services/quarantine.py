@@ -16,21 +16,16 @@ from sqlmodel import Session, col, select
 
 from geomesh import auth, lifecycle
 from geomesh.config import ProductConfig
-from geomesh.errors import InvalidTransition, NotFound, QuarantineBlocked
+from geomesh.errors import InvalidTransition, QuarantineBlocked
 from geomesh.models import AuditEvent, Item, ItemState
+from geomesh.services.findings import finding_counts, open_findings
+from geomesh.services.lookup import get_item
 from geomesh.services.routing import route_action
-from geomesh.services.validation import finding_counts, open_findings, validate_item
+from geomesh.services.validation import validate_item
 from geomesh.validation import Finding, count_by_severity, worst_severity
 from geomesh.workspace import Workspace
 
-
-def _get(session: Session, item_id: str) -> Item:
-    item = session.get(Item, item_id)
-    if item is None:
-        raise NotFound(
-            f"item {item_id!r} does not exist", hint="see `geomesh quarantine list` for item ids"
-        )
-    return item
+_HINT = "see `geomesh quarantine list` for item ids"
 
 
 def _require_quarantined(item: Item, target: ItemState) -> None:
@@ -70,7 +65,7 @@ def list_quarantined(ws: Workspace, *, product_id: str | None = None) -> list[di
 def show_quarantined(ws: Workspace, item_id: str) -> dict[str, Any]:
     """One item: its quarantine record, open findings and lifecycle history."""
     with ws.read() as session:
-        item = _get(session, item_id)
+        item = get_item(session, item_id, hint=_HINT)
         findings = open_findings(session, item_id)
         history = session.exec(
             select(AuditEvent).where(AuditEvent.target == item_id).order_by(col(AuditEvent.seq))
@@ -121,7 +116,7 @@ def revalidate(
     """Validate a quarantined item again (after a fix). Idempotent; the item stays put."""
     with ws.read() as session:
         auth.require(session, actor, "quarantine")
-        _require_quarantined(_get(session, item_id), ItemState.staging)
+        _require_quarantined(get_item(session, item_id, hint=_HINT), ItemState.staging)
     findings = validate_item(ws, config, item_id, actor=actor, strict=strict)
     return RevalidateResult(item_id, findings, route_action(config, findings))
 
@@ -136,7 +131,7 @@ def release(
     """
     with ws.transaction() as session:
         auth.require(session, actor, "quarantine.release")
-        item = _get(session, item_id)
+        item = get_item(session, item_id, hint=_HINT)
         state = ItemState(item.state)
         if state is ItemState.staging and _last_action(session, item_id) == "quarantine.release":
             return state.value
@@ -173,7 +168,7 @@ def discard(ws: Workspace, item_id: str, *, actor: str, reason: str) -> str:
         )
     with ws.transaction() as session:
         auth.require(session, actor, "quarantine.discard")
-        item = _get(session, item_id)
+        item = get_item(session, item_id, hint=_HINT)
         if ItemState(item.state) is ItemState.discarded:
             return ItemState.discarded.value
         _require_quarantined(item, ItemState.discarded)

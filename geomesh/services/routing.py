@@ -20,14 +20,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 from sqlmodel import Session, col, select
 
 from geomesh import auth, faults, lifecycle
 from geomesh.config import ProductConfig, RouteAction
-from geomesh.errors import NotFound
 from geomesh.models import (
     AuditEvent,
     Item,
@@ -35,12 +33,13 @@ from geomesh.models import (
     Severity,
     Task,
 )
+from geomesh.services.findings import latest_run
+from geomesh.services.lookup import get_item
 from geomesh.services.outbox import enqueue_escalations
 from geomesh.validation import (
     Finding,
     count_by_severity,
     sort_findings,
-    validate_document,
     worst_severity,
 )
 from geomesh.workspace import Workspace
@@ -127,8 +126,6 @@ def summarize(findings: list[Finding]) -> str:
 
 
 def _latest_run_id(session: Session, item_id: str) -> int | None:
-    from geomesh.services.validation import latest_run
-
     run = latest_run(session, item_id)
     return run.id if run is not None else None
 
@@ -159,7 +156,7 @@ def route_item(
     )
     with ws.read() as session:
         auth.require(session, actor, _PERMISSION[action])
-        item = _get_item(session, item_id)
+        item = get_item(session, item_id, hint="see `geomesh items list` for item ids")
         routable = ItemState(item.state) in (ItemState.staging, ItemState.validation)
         object_key, stac_key = item.object_key, item.stac_key
     if routable and action == "quarantine":
@@ -171,7 +168,7 @@ def route_item(
 
     with ws.transaction() as session:
         auth.require(session, actor, _PERMISSION[action])
-        item = _get_item(session, item_id)
+        item = get_item(session, item_id, hint="see `geomesh items list` for item ids")
         state = ItemState(item.state)
         run_id = _latest_run_id(session, item_id)
         details: dict[str, Any] = {
@@ -254,43 +251,6 @@ def route_item(
             extra={"item": item_id},
         )
     return outcome
-
-
-def validate_and_route(
-    ws: Workspace, config: ProductConfig, item_id: str, *, actor: str, strict: bool = False
-) -> RouteOutcome:
-    """Validate a staged item (findings persisted) and route it by its worst severity."""
-    from geomesh.services.validation import validate_item
-
-    findings = validate_item(ws, config, item_id, actor=actor, strict=strict)
-    return route_item(ws, config, item_id, findings, actor=actor)
-
-
-def post_stage(
-    ws: Workspace, config: ProductConfig, item_id: str, actor: str
-) -> tuple[str | None, str | None, dict[str, int]]:
-    """The ingest pipeline hook: (state, route action, counts per severity)."""
-    out = validate_and_route(ws, config, item_id, actor=actor)
-    return out.state, out.action, out.counts
-
-
-def dry_run_findings(
-    ws: Workspace, config: ProductConfig, stac: dict[str, Any], cog_path: Path
-) -> tuple[dict[str, int], str | None]:
-    """The counts and route a tile would get, without writing anything."""
-    findings = validate_document(
-        stac, config=config, schema_dir=ws.schema_dir, raster_path=cog_path
-    )
-    return count_by_severity(findings), route_action(config, findings)
-
-
-def _get_item(session: Session, item_id: str) -> Item:
-    item = session.get(Item, item_id)
-    if item is None:
-        raise NotFound(
-            f"item {item_id!r} does not exist", hint="see `geomesh items list` for item ids"
-        )
-    return item
 
 
 def _restore_superseded(session: Session, item: Item, *, actor: str) -> str | None:

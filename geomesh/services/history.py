@@ -1,0 +1,216 @@
+"""Release history and the audit trail (read-only).
+
+Listing and showing releases, diffing two of them, the static catalog as published at a
+version, and verifying or exporting the hash-chained audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import Session, col, select
+
+from geomesh import audit, releases
+from geomesh.errors import NotFound
+from geomesh.models import Release
+from geomesh.services.lookup import get_product
+from geomesh.services.publication import ensure_catalog
+from geomesh.storage import LocalStore
+from geomesh.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    id: str
+    product_id: str
+    version: str
+    parent_id: str | None
+    kind: str
+    actor: str
+    item_count: int
+    delta: dict[str, Any]
+    deprecated: bool
+    current: bool
+    created_at: str
+    manifest_key: str
+
+    @classmethod
+    def of(cls, row: Release, current_id: str | None) -> ReleaseInfo:
+        return cls(
+            id=row.id,
+            product_id=row.product_id,
+            version=row.version,
+            parent_id=row.parent_id,
+            kind=row.kind,
+            actor=row.actor,
+            item_count=row.item_count,
+            delta=dict(row.delta),
+            deprecated=row.deprecated,
+            current=row.id == current_id,
+            created_at=row.created_at.isoformat(),
+            manifest_key=row.manifest_key,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _highest_version(session: Session, product_id: str) -> str | None:
+    versions = session.exec(select(Release.version).where(Release.product_id == product_id)).all()
+    return releases.highest_version(versions)
+
+
+def _resolve_release(session: Session, product_id: str, ref: str) -> Release:
+    """A release by id, unique id prefix (>= 8 hex), version, or 'current'."""
+    if ref in ("current", "latest"):
+        product = get_product(session, product_id)
+        if product.current_release_id is None:
+            raise NotFound(f"product {product_id!r} has no current release")
+        ref = product.current_release_id
+    cond: ColumnElement[bool] = col(Release.id) == ref
+    row = session.exec(
+        select(Release)
+        .where(Release.product_id == product_id)
+        .where(cond | (col(Release.version) == ref.removeprefix("v")))
+    ).first()
+    if row is None and len(ref) >= 8:
+        rows = session.exec(
+            select(Release).where(Release.product_id == product_id, col(Release.id).startswith(ref))
+        ).all()
+        if len(rows) == 1:
+            row = rows[0]
+    if row is None:
+        raise NotFound(
+            f"release {ref!r} of product {product_id!r} does not exist",
+            hint="list releases with `geomesh releases list CONFIG`",
+        )
+    return row
+
+
+def list_releases(ws: Workspace, product_id: str) -> list[ReleaseInfo]:
+    """Every release of the product, oldest version first."""
+    with ws.read() as session:
+        product = get_product(session, product_id)
+        rows = session.exec(select(Release).where(Release.product_id == product_id)).all()
+        infos = [ReleaseInfo.of(r, product.current_release_id) for r in rows]
+    return sorted(infos, key=lambda r: releases.parse_version(r.version))
+
+
+def show_release(ws: Workspace, product_id: str, ref: str = "current") -> dict[str, Any]:
+    """One release: its row (version, delta, current, deprecated) and its manifest."""
+    with ws.read() as session:
+        row = _resolve_release(session, product_id, ref)
+        info = ReleaseInfo.of(row, get_product(session, product_id).current_release_id)
+    manifest = releases.load_manifest(ws.store, product_id, row.id)
+    return info.to_json() | {"manifest": manifest.to_dict()}
+
+
+@dataclass(frozen=True)
+class ItemChange:
+    source_key: str
+    from_id: str
+    to_id: str
+    fields: dict[str, dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source_key": self.source_key,
+            "from": self.from_id,
+            "to": self.to_id,
+            "fields": self.fields,
+        }
+
+
+@dataclass(frozen=True)
+class ReleaseDiff:
+    product_id: str
+    from_version: str
+    to_version: str
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[ItemChange, ...]
+    spatial_contract_changed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "product_id": self.product_id,
+            "from": self.from_version,
+            "to": self.to_version,
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "changed": [c.to_json() for c in self.changed],
+            "spatial_contract_changed": self.spatial_contract_changed,
+        }
+
+
+def diff_releases(ws: Workspace, product_id: str, a: str, b: str) -> ReleaseDiff:
+    """Items added, removed and changed (with the changed item-JSON fields) from a to b."""
+    with ws.read() as session:
+        ra = _resolve_release(session, product_id, a)
+        rb = _resolve_release(session, product_id, b)
+    ma = releases.load_manifest(ws.store, product_id, ra.id)
+    mb = releases.load_manifest(ws.store, product_id, rb.id)
+    delta = releases.compute_delta(ma.items, mb.items)
+    changed = []
+    for c in delta.changed:
+        old = releases.load_item_json(ws.store, ma.by_id[c.from_id])
+        new = releases.load_item_json(ws.store, mb.by_id[c.to_id])
+        changed.append(ItemChange(c.source_key, c.from_id, c.to_id, releases.diff_json(old, new)))
+    return ReleaseDiff(
+        product_id=product_id,
+        from_version=ma.version,
+        to_version=mb.version,
+        added=delta.added,
+        removed=delta.removed,
+        changed=tuple(changed),
+        spatial_contract_changed=ma.spatial_contract != mb.spatial_contract,
+    )
+
+
+@dataclass(frozen=True)
+class CatalogAt:
+    product_id: str
+    version: str
+    release_id: str
+    key: str
+    #: local path of catalog.json (LocalStore only; None for S3)
+    path: Path | None
+    catalog: dict[str, Any]
+
+
+def catalog_at(ws: Workspace, product_id: str, version: str = "current") -> CatalogAt:
+    """The static catalog as it was published at ``version`` (or release id / 'current')."""
+    with ws.read() as session:
+        row = _resolve_release(session, product_id, version)
+    key = ensure_catalog(ws, product_id, row.id)
+    path = ws.store.path("production", key) if isinstance(ws.store, LocalStore) else None
+    return CatalogAt(
+        product_id=product_id,
+        version=row.version,
+        release_id=row.id,
+        key=key,
+        path=path,
+        catalog=json.loads(ws.store.get_bytes("production", key)),
+    )
+
+
+# ------------------------------------------------------------------ audit trail
+
+
+def verify_audit(ws: Workspace) -> list[audit.ChainProblem]:
+    """Recompute the audit hash chain; the problems name each edited/inserted/deleted event."""
+    with ws.read() as session:
+        return audit.verify(session)
+
+
+def export_audit(ws: Workspace, *, product_id: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every audit event as a JSON-ready dict, oldest first (streamed in batches)."""
+    with ws.read() as session:
+        for ev in audit.iter_events(session):
+            if product_id is None or ev.product_id == product_id:
+                yield audit.to_json(ev)

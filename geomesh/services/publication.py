@@ -1,0 +1,125 @@
+"""Publication of a release: the release row and pointer move, the static catalog, the index.
+
+:func:`_add_release` and :func:`_move_pointer` run inside the transaction of a promotion
+or rollback (they are shared by both). The static STAC catalog of a release and the
+release index (``latest.json``) are (re)written after that transaction, idempotently:
+:func:`publish_catalog` is safe to re-run after a crash.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Session, select
+
+from geomesh import audit, faults, releases
+from geomesh.errors import ConcurrentUpdate, NotFound
+from geomesh.models import Product, Release, utcnow
+from geomesh.releases import Delta, Manifest, ReleaseKind
+from geomesh.services.lookup import get_product
+from geomesh.workspace import Workspace
+
+# ------------------------------------------------------------------ in the release transaction
+
+
+def _move_pointer(
+    product: Product, *, expected_current: str | None, expected_counter: int, new_id: str
+) -> None:
+    """Optimistic check + pointer move (the product row is locked by the caller)."""
+    if (
+        product.current_release_id != expected_current
+        or product.version_counter != expected_counter
+    ):
+        raise ConcurrentUpdate(
+            f"the current release of product {product.id!r} changed while this operation was "
+            f"prepared (expected {expected_current}, found {product.current_release_id})",
+            hint="re-run the command; it re-plans against the new current release",
+        )
+    product.current_release_id = new_id
+    product.version_counter = expected_counter + 1
+    product.updated_at = utcnow()
+
+
+def _add_release(
+    session: Session, manifest: Manifest, delta: Delta, *, kind: ReleaseKind
+) -> Release:
+    row = Release(
+        id=manifest.id,
+        product_id=manifest.product_id,
+        version=manifest.version,
+        parent_id=manifest.parent_id,
+        manifest_key=releases.manifest_key(manifest.product_id, manifest.id),
+        item_count=len(manifest.items),
+        delta=delta.to_dict(),
+        kind=kind.value,
+        actor=manifest.actor,
+    )
+    session.add(row)
+    session.flush()
+    audit.append(
+        session,
+        actor=manifest.actor,
+        action="release.publish",
+        target=manifest.id,
+        product_id=manifest.product_id,
+        digest=manifest.id,
+        details={
+            "version": manifest.version,
+            "parent_id": manifest.parent_id,
+            "kind": kind.value,
+            "item_count": len(manifest.items),
+            "added": len(delta.added),
+            "removed": len(delta.removed),
+            "changed": len(delta.changed),
+        },
+    )
+    return row
+
+
+# ------------------------------------------------------------------ after the transaction
+
+
+def publish_catalog(ws: Workspace, product_id: str, release_id: str) -> str:
+    """Materialize the release's static catalog (if missing) and rewrite the index.
+
+    Idempotent; called after every promote/rollback and safe to re-run after a crash.
+    """
+    key = ensure_catalog(ws, product_id, release_id)
+    faults.point("publish.catalog_written")
+    refresh_index(ws, product_id)
+    return key
+
+
+def ensure_catalog(ws: Workspace, product_id: str, release_id: str) -> str:
+    """The key of the release's ``catalog.json``, materializing it from the manifest if it
+    is missing (e.g. after a crash between the release transaction and publication)."""
+    with ws.read() as session:
+        row = session.get(Release, release_id)
+        if row is None or row.product_id != product_id:
+            raise NotFound(f"release {release_id} of product {product_id!r} does not exist")
+        parent = session.get(Release, row.parent_id) if row.parent_id else None
+    key = releases.catalog_key(product_id, row.version)
+    if not ws.store.exists("production", key):
+        manifest = releases.load_manifest(ws.store, product_id, release_id)
+        key = releases.materialize_catalog(
+            ws.store, manifest, predecessor_version=parent.version if parent else None
+        )
+    return key
+
+
+def refresh_index(ws: Workspace, product_id: str) -> str:
+    """Rewrite ``catalogs/<product>/latest.json`` from the release rows (O(releases))."""
+    with ws.read() as session:
+        product = get_product(session, product_id)
+        rows = session.exec(select(Release).where(Release.product_id == product_id)).all()
+        entries = [
+            releases.IndexEntry(
+                version=r.version,
+                release_id=r.id,
+                parent_id=r.parent_id,
+                kind=r.kind,
+                deprecated=r.deprecated,
+                created_at=r.created_at.isoformat(),
+            )
+            for r in rows
+        ]
+        current = product.current_release_id
+    return releases.write_index(ws.store, product_id, entries, current)

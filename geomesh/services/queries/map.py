@@ -1,0 +1,140 @@
+"""Map page: the product boundary and item footprints as one simplified GeoJSON layer."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import shapely
+from shapely.geometry import mapping, shape
+from shapely.geometry.base import BaseGeometry
+from sqlalchemy import select as sa_select
+from sqlmodel import col
+
+from geomesh.models import Item, ItemState
+from geomesh.services.findings import finding_counts, zero_counts
+from geomesh.services.queries._common import SEVERITIES, val
+from geomesh.services.queries.products import boundary_geojson, product_config
+from geomesh.workspace import Workspace
+
+#: items shown on the map by default (the "live" states)
+MAP_STATES: Final = ("staging", "validation", "quarantined", "production")
+MAX_MAP_FEATURES: Final = 5000
+#: ~1 m at San Francisco's latitude: invisible at any zoom the review map is used at
+SIMPLIFY_DEGREES: Final = 1e-5
+
+_SEV_RANK: Final = {"P1": 0, "P2": 1, "P3": 2, None: 3}
+
+
+@dataclass
+class MapLayer:
+    """Footprints as ONE GeoJSON FeatureCollection (simplified) plus what was left out."""
+
+    features: dict[str, Any]
+    total: int
+    shown: int
+    without_footprint: list[str] = field(default_factory=list)
+
+    @property
+    def capped(self) -> bool:
+        return self.shown < self.total - len(self.without_footprint)
+
+
+def map_layer(
+    ws: Workspace,
+    product_id: str,
+    *,
+    states: Sequence[str] = MAP_STATES,
+    max_features: int = MAX_MAP_FEATURES,
+    tolerance: float = SIMPLIFY_DEGREES,
+) -> MapLayer:
+    """Item footprints (EPSG:4326) for the map, worst first when capped.
+
+    Properties: ``item_id`` (raw, for selection) and ``tip_*`` values that are HTML-escaped
+    for tooltips (folium inserts tooltip values as HTML).
+    """
+    wanted = [ItemState(s) for s in states]
+    with ws.read() as session:
+        rows = session.execute(
+            sa_select(
+                col(Item.id),
+                col(Item.state),
+                col(Item.worst_severity),
+                col(Item.source),
+                # the GeoJSON as text: GEOS parses it (vectorised) faster than json + shape
+                col(Item.stac)["geometry"].as_string(),
+            )
+            .where(col(Item.product_id) == product_id, col(Item.state).in_(wanted))
+            .order_by(col(Item.created_at))
+        ).all()
+        counts = finding_counts(session, product_id=product_id) if rows else {}
+    ranked = sorted(
+        rows,
+        key=lambda r: (_SEV_RANK.get(val(r[2]), 3), str(val(r[1])), r[0]),
+    )
+    parsed = shapely.from_geojson(  # None for a null geometry (no CRS)
+        [r[4] if r[4] and r[4] != "null" else "null" for r in ranked], on_invalid="ignore"
+    )
+    without: list[str] = []
+    keep: list[tuple[Any, ...]] = []
+    geoms: list[BaseGeometry | None] = []
+    for row, geom in zip(ranked, parsed, strict=True):
+        if geom is None or geom.is_empty:
+            without.append(row[0])
+        elif len(keep) < max_features:
+            keep.append((row[0], row[1], row[2], row[3]))
+            geoms.append(geom)
+    arr = [g for g in geoms if g is not None]
+    simplified = iter(
+        shapely.set_precision(shapely.simplify(arr, tolerance, preserve_topology=False), 1e-6)
+        if arr
+        else []
+    )
+    features = []
+    for t, g in zip(keep, geoms, strict=True):
+        if g is None:
+            without.append(t[0])
+            continue
+        sg = next(simplified)
+        state = str(val(t[1]))
+        worst = val(t[2])
+        c = counts.get(t[0], zero_counts())
+        summary = ", ".join(f"{s}: {c.get(s, 0)}" for s in SEVERITIES)
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": mapping(sg),
+                "properties": {
+                    "item_id": t[0],
+                    "state": state,
+                    "worst": worst or "clean",
+                    "source": str(t[3]).rsplit("/", 1)[-1],
+                    "tip_id": html.escape(t[0]),
+                    "tip_state": html.escape(state),
+                    "tip_findings": html.escape(summary),
+                    "tip_source": html.escape(str(t[3]).rsplit("/", 1)[-1]),
+                },
+            }
+        )
+    return MapLayer(
+        features={"type": "FeatureCollection", "features": features},
+        total=len(rows),
+        shown=len(features),
+        without_footprint=without,
+    )
+
+
+def map_view(
+    ws: Workspace, product_id: str, *, states: Sequence[str] = MAP_STATES
+) -> dict[str, Any]:
+    """What the map page draws: the boundary (EPSG:4326), its bounds and the footprints."""
+    config = product_config(ws, product_id)
+    boundary = boundary_geojson(config)
+    return {
+        "title": config.product_metadata.title or product_id,
+        "boundary": boundary,
+        "bounds": list(shape(boundary).bounds),
+        "layer": map_layer(ws, product_id, states=states),
+    }

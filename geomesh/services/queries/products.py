@@ -1,0 +1,89 @@
+"""Products for the app's product picker and every page header; the app's cache key.
+
+``list_products`` and ``product_config`` feed the sidebar and each page,
+``catalog_version`` is what the app keys its caches on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import CRS, Transformer
+from shapely.geometry import mapping
+from shapely.geometry.base import BaseGeometry
+from sqlmodel import Session, col, select
+
+from geomesh.config import ProductConfig
+from geomesh.models import AuditHead, Product, Release
+from geomesh.services.products import registered_config
+from geomesh.workspace import Workspace
+
+#: what the app tells a user who picks a product that is not registered
+PRODUCT_HINT = "ingest tiles first, or seed the demo: `geomesh demo seed`"
+
+
+def current_version(session: Session, product: Product) -> str | None:
+    """The version of the product's current release (None before the first release)."""
+    if product.current_release_id is None:
+        return None
+    rel = session.get(Release, product.current_release_id)
+    return rel.version if rel is not None else None
+
+
+def list_products(ws: Workspace) -> list[dict[str, Any]]:
+    """Every registered product: id, title and current release version."""
+    with ws.read() as session:
+        rows = session.exec(select(Product).order_by(col(Product.id))).all()
+        out = []
+        for p in rows:
+            meta = (p.config_json or {}).get("product_metadata") or {}
+            out.append(
+                {
+                    "id": p.id,
+                    "title": meta.get("title") or p.id,
+                    "current_version": current_version(session, p),
+                }
+            )
+        return out
+
+
+def product_config(ws: Workspace, product_id: str) -> ProductConfig:
+    """The product's registered config (the contract the services act on)."""
+    with ws.read() as session:
+        return registered_config(session, product_id, hint=PRODUCT_HINT)
+
+
+def boundary_geojson(config: ProductConfig) -> dict[str, Any]:
+    """The product's domain boundary as a GeoJSON geometry in EPSG:4326."""
+    dom = config.spatial_domain
+    geom: BaseGeometry = dom.boundary
+    src = dom.pyproj_crs
+    wgs84 = CRS.from_epsg(4326)
+    if not src.equals(wgs84, ignore_axis_order=True):
+        tr = Transformer.from_crs(src, wgs84, always_xy=True)
+        geom = shapely.transform(geom, lambda xy: _apply(tr, xy))
+    return dict(mapping(geom))
+
+
+def _apply(tr: Transformer, xy: Any) -> Any:
+    x, y = tr.transform(xy[:, 0], xy[:, 1])
+    return np.column_stack([x, y])
+
+
+def is_empty(ws: Workspace) -> bool:
+    """True when no product is registered (the demo seeds only then with --if-empty)."""
+    with ws.read() as session:
+        return session.exec(select(Product.id).limit(1)).first() is None
+
+
+def catalog_version(ws: Workspace) -> int:
+    """A number that changes with every state change (the audit chain's last sequence).
+
+    Every change appends an audit event in its own transaction, so read models computed
+    at the same version are still current (the app keys its caches on it).
+    """
+    with ws.read() as session:
+        head = session.get(AuditHead, 1)
+        return int(head.last_seq) if head is not None else 0
