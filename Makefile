@@ -1,5 +1,6 @@
 # geomesh — two commands do all set-up on a fresh machine:
-#   make run    create .venv, install, seed the demo product (first start), start the app
+#   make run    create .venv, install, seed the demo product (first start), start the worker
+#               and the app
 #   make test   create .venv, install (incl. headless chromium when root), lint, type-check,
 #               dependency audit (when OSV is reachable), test on both backends
 SHELL := /bin/bash
@@ -24,7 +25,11 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/geomesh demo seed --if-empty
 
+# one command: the worker (outbox, re-clips, snapshots, previews) in the background, the app
+# in the foreground; the worker is stopped (SIGTERM: it finishes its current unit) with the app
 run: demo
+	@$(VENV)/bin/geomesh worker & worker=$$!; \
+	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT; \
 	$(VENV)/bin/streamlit run app.py --server.headless true --server.port $(PORT) --browser.gatherUsageStats false
 
 # Debian chromium for the browser tests (Playwright drives it via executable_path).

@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "ingest_overhead": "ingest overhead",
     "batch_scaling": "batch scaling",
     "validation_throughput": "validation throughput",
+    "cli_startup": "CLI start",
     "rollback_scale": "rollback and promotion",
     "app_responsiveness": "app responsiveness",
 }

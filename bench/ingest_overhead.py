@@ -5,6 +5,12 @@ actor ``system``, no clip, the default post-stage (validation + routing). That i
 COG, cog_validate, SHA-256, statistics, STAC item, content-addressed store, one transaction
 with its audit event, then validation.
 
+The breakdown in the notes times each step (a probe around the function) and counts the
+SHA-256 passes per tile: the COG must be hashed once (validation right after staging
+reuses that digest; ``validate_item(known=…)``) and the source once, on a thread while
+``cog_translate`` runs (so its time overlaps the COG write and is not overhead on the wall
+clock). The row is met only when the wall-time ratio holds AND no bytes were hashed twice.
+
 Baseline: ``cog_translate`` with geomesh's options (DEFLATE, 256 blocks, predictor 2 for
 integers, bilinear overviews, the same GDAL config), on the same input.
 
@@ -36,7 +42,7 @@ from bench import (
 )
 
 NAME = "ingest overhead"
-TIME_TARGET = 1.10
+TIME_TARGET = 1.05
 MEMORY_TARGET = 1.50
 #: wall-clock budget for the 10980² case; fewer runs (never < 3) when 5 would not fit
 BIG_BUDGET_S = 150.0
@@ -69,16 +75,26 @@ def baseline_cog(src: str, dst: str) -> None:
     )
 
 
-def _probe(module: Any, name: str, spent: dict[str, float]) -> None:
-    """Wrap ``module.name`` to add its wall time to ``spent[name]`` (a timing probe only)."""
+def _probe(
+    module: Any,
+    name: str,
+    spent: dict[str, float],
+    calls: dict[str, int] | None = None,
+    key: str | None = None,
+) -> None:
+    """Wrap ``module.name`` to add its wall time to ``spent[key]`` and count its calls
+    (a timing probe only; ``key`` defaults to ``name``)."""
     original = getattr(module, name)
+    label = key or name
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         try:
             return original(*args, **kwargs)
         finally:
-            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+            if calls is not None:
+                calls[label] = calls.get(label, 0) + 1
 
     setattr(module, name, wrapper)
 
@@ -88,6 +104,7 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str) -> Measured:
     import geomesh.raster as raster
     import geomesh.services.pipeline as pipeline
     import geomesh.tiles as tiles
+    import geomesh.validation.rules as rules
 
     out = Path(out_dir)
     config = product_config(out)
@@ -107,12 +124,19 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str) -> Measured:
 
     ws = open_workspace(out / "catalog")
     spent: dict[str, float] = {}
+    calls: dict[str, int] = {}
     _probe(raster, "cog_translate", spent)
     _probe(raster, "validate_cog", spent)
-    for name in ("inspect", "sha256_file", "band_statistics"):
-        _probe(tiles, name, spent)
+    _probe(tiles, "inspect", spent, calls, "inspect (COG)")
+    _probe(raster, "_inspect_open", spent, calls, "inspect of an open dataset")
+    _probe(tiles, "band_statistics", spent)
+    # every SHA-256 pass over tile bytes, wherever it happens
+    _probe(tiles, "sha256_file", spent, calls, "sha256 COG (thread, during inspect)")
+    _probe(tiles, "source_digest_for", spent, calls, "sha256 source (thread, during COG)")
+    _probe(pipeline, "source_digest_for", spent, calls, "sha256 source before prepare")
+    _probe(rules, "sha256_file", spent, calls, "sha256 COG again (validation)")
     _probe(pipeline, "stage_tile", spent)
-    _probe(pipeline, "validate_and_route_staged", spent)
+    _probe(pipeline, "validate_and_route", spent, calls, "validate+route")
     before, c0 = rss_mib(), cpu_seconds()
     t0 = time.perf_counter()
     report = pipeline.ingest_rasters(ws, config, [src], actor="system")
@@ -127,7 +151,14 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str) -> Measured:
         seconds,
         peak,
         before,
-        {"size": res.size, "cpu": cpu, "spent": spent, "state": res.state, "route": res.route},
+        {
+            "size": res.size,
+            "cpu": cpu,
+            "spent": spent,
+            "calls": calls,
+            "state": res.state,
+            "route": res.route,
+        },
     )
 
 
@@ -170,6 +201,22 @@ def _case(
         for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
         if k != "cog_translate"
     )
+    # SHA-256 passes per tile (every run ingests one tile): the most seen in any run
+    hashes: dict[str, int] = {}
+    for m in g:
+        for k, v in m.extra.get("calls", {}).items():
+            if k.startswith("sha256"):
+                hashes[k] = max(hashes.get(k, 0), v)
+    cog_hashes = hashes.get("sha256 COG (thread, during inspect)", 0)
+    again = hashes.get("sha256 COG again (validation)", 0)
+    source_hashes = hashes.get("sha256 source (thread, during COG)", 0) + hashes.get(
+        "sha256 source before prepare", 0
+    )
+    once = cog_hashes == 1 and again == 0 and source_hashes <= 1
+    hash_note = (
+        f"SHA-256 per tile: COG {cog_hashes}×, COG again in validation {again}×, source "
+        f"{source_hashes}× — " + ("each byte hashed once" if once else "**bytes hashed twice**")
+    )
     size_note = f"COG {g[0].extra['size'] / 2**20:.1f} MiB vs {b[0].extra['size'] / 2**20:.1f} MiB"
     cg, cb = median([m.extra["cpu"] for m in g]), median([m.extra["cpu"] for m in b])
     time_ratio = tg / tb
@@ -186,10 +233,10 @@ def _case(
             fmt_s(tg),
             fmt_s(tb),
             time_ratio,
-            f"≤ {TIME_TARGET:.2f}×",
-            time_ratio <= TIME_TARGET,
-            f"{note_runs}geomesh = cog_translate {fmt_s(translate)} + overhead "
-            f"{fmt_s(max(0.0, tg - translate))} ({breakdown}); "
+            f"≤ {TIME_TARGET:.2f}×, no second hash",
+            time_ratio <= TIME_TARGET and once,
+            f"{note_runs}{hash_note}; geomesh = cog_translate {fmt_s(translate)} + overhead "
+            f"{fmt_s(max(0.0, tg - translate))} (steps, threads overlap: {breakdown}); "
             f"runs (s): geomesh {runs(g)}; baseline {runs(b)} (median of the per-pair "
             f"ratios {median([x.seconds / y.seconds for x, y in pairs]):.2f}×); {size_note}",
         ),

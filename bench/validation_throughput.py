@@ -4,7 +4,7 @@
 in ``../shared/data/stac-items`` (new ids, datetimes, and footprints moved around the San
 Francisco domain: inside, across and outside its boundary).
 
-geomesh: ``geomesh.validation.validate_document(doc, config=..., schema_dir=...)``: core and
+geomesh: ``geomesh.validation.engine.validate_document(doc, config=..., schema_dir=...)``: core and
 extension JSON Schemas from the offline store plus the product-contract, CRS, boundary and
 checksum-form rules; no pixel I/O (no raster path).
 
@@ -103,7 +103,7 @@ def pystac_validator(store: Path) -> Any:
 
 
 def _geomesh_pass(docs: list[dict[str, Any]], config: Any) -> tuple[float, int]:
-    from geomesh.validation import validate_document
+    from geomesh.validation.engine import validate_document
 
     def go() -> int:
         bad = 0

@@ -1,25 +1,68 @@
-"""The append-only, hash-chained audit trail.
+"""The append-only, keyed hash chain of audit events.
 
 Every state change appends exactly one event *in the same transaction* as the change.
-Each event stores the hash of the previous one; ``verify`` recomputes the chain and
-names the first event that was edited, inserted or deleted.
+Each event stores the HMAC-SHA256 of its canonical form (the previous event's hash
+included) under a key kept outside the database (``geomesh.workspace`` loads it and hands
+it to each unit of work in ``Session.info``). After a write commits, the workspace stores
+the chain head as a write-once checkpoint object in the object store's ``meta`` area.
+
+``verify`` recomputes the chain and names each event that was edited, inserted or deleted,
+and each checkpoint the database no longer matches. Someone with write access to the
+database alone can neither recompute a hash (no key) nor cut the newest events unseen
+(the checkpoint of a later head stays in the object store).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlmodel import Session, col, select
 
+from geomesh.errors import AuditKeyError, StorageError
 from geomesh.models import AuditEvent, AuditHead, utcnow
+from geomesh.redact import redact_value
+from geomesh.storage import ObjectStore
 
 GENESIS = "0" * 64
+#: ``Session.info`` key of the audit chain's HMAC key (set by ``Workspace.transaction``)
+KEY_INFO: Final = "geomesh.audit_key"
+#: ``Session.info`` key of the newest (seq, hash) this unit of work appended
+HEAD_INFO: Final = "geomesh.audit_head"
+#: ``Session.info`` key of where the change came from (``{"name": "cli", "os_user", "host"}``,
+#: set by ``Workspace.transaction``); recorded, hashed, as ``details["channel"]``
+CHANNEL_INFO: Final = "geomesh.channel"
+#: where checkpoints live in the object store's ``meta`` area
+CHECKPOINT_PREFIX: Final = "audit/checkpoints/"
+MIN_KEY_BYTES: Final = 32
+
+
+def keyed(key: bytes) -> dict[str, Any]:
+    """The ``Session.info`` that lets a unit of work append events."""
+    if len(key) < MIN_KEY_BYTES:
+        raise AuditKeyError(
+            f"the audit key has {len(key)} bytes; it needs at least {MIN_KEY_BYTES}",
+            hint="set GEOMESH_AUDIT_KEY to a long random value, or remove it to use the key "
+            "file geomesh creates",
+        )
+    return {KEY_INFO: key}
+
+
+def _session_key(session: Session) -> bytes:
+    key = session.info.get(KEY_INFO)
+    if not isinstance(key, bytes):
+        raise AuditKeyError(
+            "this unit of work has no audit key, so it cannot append to the audit chain",
+            hint="open sessions through Workspace.transaction() (or pass info=audit.keyed(key))",
+        )
+    return key
 
 
 def _canonical(event: AuditEvent) -> bytes:
@@ -46,8 +89,9 @@ def _iso(ts: datetime) -> str:
     return ts.replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
-def event_hash(event: AuditEvent) -> str:
-    return hashlib.sha256(_canonical(event)).hexdigest()
+def event_hash(event: AuditEvent, key: bytes) -> str:
+    """HMAC-SHA256 of the event's canonical form (its ``prev_hash`` included)."""
+    return hmac.new(key, _canonical(event), hashlib.sha256).hexdigest()
 
 
 def _head(session: Session) -> AuditHead:
@@ -72,6 +116,10 @@ def append(
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event to the chain inside the caller's transaction."""
+    key = _session_key(session)
+    channel = session.info.get(CHANNEL_INFO)
+    if channel:
+        details = {**(details or {}), "channel": channel}
     head = _head(session)
     event = AuditEvent(
         seq=head.last_seq + 1,
@@ -84,16 +132,17 @@ def append(
         state_before=state_before,
         state_after=state_after,
         digest=digest,
-        details=json.loads(json.dumps(details or {}, default=str)),
+        details=redact_value(json.loads(json.dumps(details or {}, default=str))),
         prev_hash=head.last_hash,
         hash="",
     )
-    event.hash = event_hash(event)
+    event.hash = event_hash(event, key)
     session.add(event)
     head.last_seq = event.seq or 0
     head.last_hash = event.hash
     session.add(head)
     session.flush()
+    session.info[HEAD_INFO] = (head.last_seq, head.last_hash)
     return event
 
 
@@ -107,12 +156,90 @@ class ChainProblem:
         return f"event #{self.seq} ({self.event_id}): {self.problem}"
 
 
-def verify(session: Session) -> list[ChainProblem]:
-    """Recompute the chain. Returns the problems found (empty when it verifies)."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """The chain head at one moment, as stored (write-once) in the object store."""
+
+    seq: int
+    hash: str
+    key: str  #: its object key, to name it in a problem
+
+
+def _checkpoint_mac(key: bytes, seq: int, head_hash: str) -> str:
+    return hmac.new(key, f"checkpoint:{seq}:{head_hash}".encode(), hashlib.sha256).hexdigest()
+
+
+def checkpoint_key(seq: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{seq:012d}.json"
+
+
+def checkpoint_bytes(key: bytes, seq: int, head_hash: str) -> bytes:
+    body = {"seq": seq, "hash": head_hash, "mac": _checkpoint_mac(key, seq, head_hash)}
+    return json.dumps(body, sort_keys=True).encode()
+
+
+def write_checkpoint(store: ObjectStore, key: bytes, seq: int, head_hash: str) -> None:
+    """Store the chain head once (an existing checkpoint object is never replaced)."""
+    store.put_bytes("meta", checkpoint_key(seq), checkpoint_bytes(key, seq, head_hash))
+
+
+def stored_checkpoints(
+    store: ObjectStore, key: bytes, *, after: int = 0
+) -> tuple[list[Checkpoint], list[ChainProblem]]:
+    """Every checkpoint in the store (only those past ``after``, by the sequence number in
+    their name); a forged or unreadable one is a problem, not a head."""
+    found: list[Checkpoint] = []
     problems: list[ChainProblem] = []
+    for name in store.list("meta", CHECKPOINT_PREFIX):
+        number = name[len(CHECKPOINT_PREFIX) :].removesuffix(".json")
+        if after and number.isdigit() and int(number) <= after:
+            continue
+        try:
+            doc = json.loads(store.get_bytes("meta", name))
+            seq, head_hash, mac = int(doc["seq"]), str(doc["hash"]), str(doc["mac"])
+        except (ValueError, KeyError, TypeError):
+            problems.append(ChainProblem(None, None, f"checkpoint {name} is unreadable"))
+            continue
+        if not hmac.compare_digest(mac, _checkpoint_mac(key, seq, head_hash)):
+            problems.append(
+                ChainProblem(seq, None, f"checkpoint {name} is not signed with the audit key")
+            )
+            continue
+        found.append(Checkpoint(seq, head_hash, name))
+    return sorted(found, key=lambda c: c.seq), problems
+
+
+def verify(
+    session: Session,
+    key: bytes,
+    checkpoints: Iterable[Checkpoint] = (),
+    *,
+    since: Checkpoint | None = None,
+) -> list[ChainProblem]:
+    """Recompute the chain with ``key`` and hold it against ``checkpoints``.
+
+    ``since``: a head verified before (``verified_head``): only the events after it are
+    recomputed, chained to it, and its event must still carry its hash.
+    Returns the problems found (empty when it verifies), oldest first.
+    """
+    problems: list[ChainProblem] = []
+    expected_at = {c.seq: c for c in checkpoints}
     prev_hash = GENESIS
     expected_seq = 1
-    for ev in iter_events(session):
+    after: int | None = None
+    if since is not None:
+        anchor = session.get(AuditEvent, since.seq)
+        if anchor is None or anchor.hash != since.hash:
+            problems.append(
+                ChainProblem(
+                    since.seq,
+                    anchor.event_id if anchor else None,
+                    f"differs from the chain head verified before ({since.key}): "
+                    "verify the whole chain",
+                )
+            )
+        prev_hash, expected_seq, after = since.hash, since.seq + 1, since.seq
+    for ev in iter_events(session, after=after):
         if ev.seq != expected_seq:
             if (ev.seq or 0) > expected_seq:
                 problems.append(
@@ -132,14 +259,37 @@ def verify(session: Session) -> list[ChainProblem]:
                     "previous-hash link broken (an event before it was deleted or inserted)",
                 )
             )
-        if event_hash(ev) != ev.hash:
+        if not hmac.compare_digest(event_hash(ev, key), ev.hash):
             problems.append(
-                ChainProblem(ev.seq, ev.event_id, "content was edited after it was written")
+                ChainProblem(
+                    ev.seq,
+                    ev.event_id,
+                    "content was edited after it was written (its keyed hash does not match)",
+                )
+            )
+        point = expected_at.get(ev.seq or 0)
+        if point is not None and point.hash != ev.hash:
+            problems.append(
+                ChainProblem(
+                    ev.seq, ev.event_id, f"differs from the chain head recorded in {point.key}"
+                )
             )
         prev_hash = ev.hash
         expected_seq = (ev.seq or 0) + 1
+    last = expected_seq - 1
+    beyond = [c for c in expected_at.values() if c.seq > last]
+    if beyond:
+        newest = max(beyond, key=lambda c: c.seq)
+        problems.append(
+            ChainProblem(
+                newest.seq,
+                None,
+                f"the newest events #{last + 1}..#{newest.seq} were deleted: {newest.key} "
+                f"recorded a chain of {newest.seq} events, the database has {last}",
+            )
+        )
     head = session.get(AuditHead, 1)
-    if head is not None and (head.last_seq != expected_seq - 1 or head.last_hash != prev_hash):
+    if head is not None and (head.last_seq != last or head.last_hash != prev_hash):
         problems.append(
             ChainProblem(
                 head.last_seq, None, "the newest events were deleted (chain head does not match)"
@@ -148,8 +298,73 @@ def verify(session: Session) -> list[ChainProblem]:
     return problems
 
 
-def iter_events(session: Session, *, batch: int = 2000) -> Iterator[AuditEvent]:
-    last: int | None = None  # no lower bound: a forged row with seq <= 0 is seen too
+def verify_stored(session: Session, key: bytes, store: ObjectStore) -> list[ChainProblem]:
+    """``verify`` against every checkpoint in ``store`` (forged checkpoints reported too)."""
+    checkpoints, problems = stored_checkpoints(store, key)
+    return problems + verify(session, key, checkpoints)
+
+
+#: where the newest verified head is remembered (object store ``meta``, signed)
+VERIFIED_KEY: Final = "audit/verified.json"
+
+
+def verified_head(store: ObjectStore, key: bytes) -> Checkpoint | None:
+    """The chain head the last clean verification reached (None: never, or not signed with
+    ``key``: then the whole chain is verified)."""
+    try:
+        doc = json.loads(store.get_bytes("meta", VERIFIED_KEY))
+        seq, head_hash, mac = int(doc["seq"]), str(doc["hash"]), str(doc["mac"])
+    except (StorageError, ValueError, KeyError, TypeError):
+        return None
+    good = hmac.new(key, f"verified:{seq}:{head_hash}".encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(mac, good):
+        return None
+    return Checkpoint(seq, head_hash, VERIFIED_KEY)
+
+
+def remember_verified(store: ObjectStore, key: bytes, seq: int, head_hash: str) -> None:
+    mac = hmac.new(key, f"verified:{seq}:{head_hash}".encode(), hashlib.sha256).hexdigest()
+    body = json.dumps({"seq": seq, "hash": head_hash, "mac": mac}, sort_keys=True).encode()
+    store.put_bytes("meta", VERIFIED_KEY, body, overwrite=True)
+
+
+@dataclass(frozen=True)
+class Verification:
+    problems: list[ChainProblem]
+    #: the first event recomputed (1: the whole chain)
+    from_seq: int
+    #: the head reached (the chain's length when it verifies)
+    head_seq: int
+
+
+def verify_incremental(
+    session: Session, key: bytes, store: ObjectStore, *, full: bool = False
+) -> Verification:
+    """``verify_stored`` from the head a previous clean verification reached: the events
+    after it and the checkpoints written since are checked, the rest was before. ``full``
+    (or nothing remembered, or the remembered head no longer matches) recomputes the
+    whole chain. A clean result is remembered for the next call."""
+    since = None if full else verified_head(store, key)
+    if since is not None:
+        anchor = session.get(AuditEvent, since.seq)
+        if anchor is None or anchor.hash != since.hash:
+            since = None  # what was verified changed: recompute everything, name it
+    checkpoints, problems = stored_checkpoints(store, key, after=since.seq if since else 0)
+    problems += verify(session, key, checkpoints, since=since)
+    head = session.get(AuditHead, 1)
+    head_seq = head.last_seq if head is not None else 0
+    if not problems and head is not None and (since is None or head.last_seq > since.seq):
+        with contextlib.suppress(StorageError):  # only the next verification is slower
+            remember_verified(store, key, head.last_seq, head.last_hash)
+    return Verification(problems, since.seq + 1 if since else 1, head_seq)
+
+
+def iter_events(
+    session: Session, *, batch: int = 2000, after: int | None = None
+) -> Iterator[AuditEvent]:
+    """Events in sequence order (``after``: only those past it); without ``after`` there is
+    no lower bound, so a forged row with seq <= 0 is seen too."""
+    last: int | None = after
     while True:
         stmt = select(AuditEvent).order_by(col(AuditEvent.seq)).limit(batch)
         if last is not None:

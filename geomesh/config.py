@@ -24,6 +24,7 @@ from pydantic import (
     SecretStr,
     field_serializer,
     field_validator,
+    model_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
 from pyproj import CRS
@@ -34,6 +35,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
 from geomesh.errors import ConfigError
+from geomesh.redact import redact_url
 
 Severity = Literal["P1", "P2", "P3"]
 LifecycleStage = Literal["staging", "validation", "production"]
@@ -145,6 +147,13 @@ class ProductMetadata(_Section):
         return value
 
 
+InputDriver = Literal["GTiff", "JP2OpenJPEG"]
+
+
+def _default_input_drivers() -> list[InputDriver]:
+    return ["GTiff"]
+
+
 class Ingestion(_Section):
     tile_size: int = Field(default=256, description="COG block size: a power of two >= 64.")
     resampling: str = Field(default="bilinear", description="GDAL resampling method.")
@@ -156,6 +165,24 @@ class Ingestion(_Section):
     compression: Literal["DEFLATE", "LZW", "ZSTD"] = "DEFLATE"
     datetime: dt.datetime | None = Field(
         default=None, description="Acquisition datetime when the raster does not carry one."
+    )
+    input_drivers: list[InputDriver] = Field(
+        default_factory=_default_input_drivers,
+        min_length=1,
+        description="GDAL drivers allowed to open this product's input rasters (GTiff reads "
+        "COGs; JP2OpenJPEG only when the product asks for it). VRT is never allowed here.",
+    )
+    max_pixels: int = Field(
+        default=500_000_000,
+        ge=1,
+        le=10**10,
+        description="Largest width x height x bands a source (or its clipped grid) may declare.",
+    )
+    max_decompressed_mb: int = Field(
+        default=2048,
+        ge=1,
+        le=1 << 20,
+        description="Largest decompressed size (MiB) of a source or of the COG it becomes.",
     )
 
     @field_validator("tile_size")
@@ -196,9 +223,32 @@ def redact_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+EscalationKind = Literal["generic", "slack", "jira"]
+#: Jira priority names per severity (``jira_priorities`` overrides them per target)
+DEFAULT_JIRA_PRIORITIES: dict[Severity, str] = {"P1": "Highest", "P2": "High", "P3": "Medium"}
+
+
 class EscalationTarget(_Section):
     name: str
     url: str = Field(description="Webhook URL (http:// or https://).")
+    kind: EscalationKind = Field(
+        default="generic",
+        description="generic: the signed geomesh JSON envelope; slack: a Slack incoming-webhook "
+        "message (text + blocks); jira: a Jira REST v2 create-issue body.",
+    )
+    url_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the URL to post to, for URLs that are "
+        "themselves the credential (Slack incoming webhooks); `url` then only names it.",
+    )
+    jira_project: str | None = Field(
+        default=None, description="kind jira: the project key issues are created in."
+    )
+    jira_issue_type: str = Field(default="Task", description="kind jira: the issue type name.")
+    jira_priorities: dict[Severity, str] = Field(
+        default_factory=lambda: dict(DEFAULT_JIRA_PRIORITIES),
+        description="kind jira: the priority name of each severity.",
+    )
     severities: list[Severity] = Field(default_factory=lambda: list(ALL_SEVERITIES))
     events: list[str] = Field(
         default_factory=lambda: ["finding", "signoff_requested", "signoff_decided"],
@@ -215,6 +265,17 @@ class EscalationTarget(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} is not an http:// or https:// URL")
         return value
+
+    @field_serializer("url", when_used="json")
+    def _url_without_secrets(self, value: str) -> str:
+        """The stored/exported config never carries a token or password of the URL."""
+        return redact_url(value)
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> EscalationTarget:
+        if self.kind == "jira" and not self.jira_project:
+            raise ValueError(f"escalation target {self.name!r} of kind jira needs jira_project")
+        return self
 
 
 class Governance(_Section):

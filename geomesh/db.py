@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Session, create_engine
 
 from geomesh import faults
 from geomesh.errors import ConfigError
 
+T = TypeVar("T")
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: PostgreSQL advisory lock serialising concurrent `migrate` calls ("geom" in ASCII)
 MIGRATION_LOCK_KEY = 0x67656F6D
+#: execution option of read-only engines (``read_engine``): SQLite begins them deferred
+READ_ONLY = "geomesh_read_only"
 
 
 def make_engine(url: str) -> Engine:
@@ -52,6 +57,11 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
+            if conn.get_execution_options().get(READ_ONLY):
+                # a reader: a deferred transaction reads one WAL snapshot and never takes
+                # the write lock, so it neither waits for a writer nor makes one wait
+                conn.exec_driver_sql("BEGIN DEFERRED")
+                return
             # take the write lock up front: no deadlocked lock upgrades between writers
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -66,13 +76,45 @@ def make_engine(url: str) -> Engine:
         ) from None
 
 
+def read_engine(engine: Engine) -> Engine:
+    """``engine`` for read-only sessions (same pool): on SQLite a deferred transaction over
+    one WAL snapshot instead of ``BEGIN IMMEDIATE``; on PostgreSQL a ``READ ONLY``
+    transaction, which takes no row lock and so never waits for a writer's."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(**{READ_ONLY: True, "postgresql_readonly": True})
+    return engine.execution_options(**{READ_ONLY: True})
+
+
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+def head_revision() -> str:
+    """The newest revision, read from the file names (``NNNN_<what>.py``, revision "NNNN"):
+    knowing it costs no Alembic import (tests keep it equal to Alembic's own head)."""
+    names = sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    return names[-1][:4]
+
+
+def _at_head(engine: Engine) -> bool:
+    """True when the database is already at :func:`head_revision` (one cheap query)."""
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except (OperationalError, ProgrammingError):
+        return False  # no database or no alembic_version table yet
+    return found == [head_revision()]
+
+
 def migrate(engine: Engine) -> None:
-    """Create or upgrade the schema to the newest Alembic revision."""
-    from alembic import command
+    """Create or upgrade the schema to the newest Alembic revision.
+
+    A database already at the head costs one query; Alembic (and its migration scripts) is
+    loaded only when there is something to do, so a CLI call or an app start stays light.
+    """
+    if _at_head(engine):
+        return
+    from alembic import command  # only when there is something to migrate
     from alembic.config import Config
 
     cfg = Config()
@@ -97,11 +139,42 @@ def migrate(engine: Engine) -> None:
 
 
 @contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any exception."""
-    with Session(engine, expire_on_commit=False) as session:
+def transaction(engine: Engine, *, info: dict[str, Any] | None = None) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any exception.
+
+    ``info`` travels with the session (``Session.info``): the audit key rides there.
+    """
+    with Session(engine, expire_on_commit=False, info=info) as session:
         with session.begin():
             yield session
             session.flush()
             faults.point("db.before_commit")
         faults.point("db.after_commit")
+
+
+def retry_on_conflict(unit_of_work: Callable[[], T], *, attempts: int = 3) -> T:
+    """Run ``unit_of_work`` (one whole transaction) again when a unique row it inserts was
+    committed by a concurrent writer first (``IntegrityError``).
+
+    The retry reads again and finds that row, so two workers racing on the same content end
+    as one inserted it and the other found it, as in a serial run. A conflict that persists
+    after ``attempts`` runs is not a race and propagates.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return unit_of_work()
+        except IntegrityError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock (PostgreSQL ``clock_timestamp()``), for leases that several
+    hosts compare; on SQLite (one host) the local UTC clock."""
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        value = session.execute(text("SELECT clock_timestamp()")).scalar_one()
+        assert isinstance(value, datetime)
+        return value
+    return datetime.now(UTC)

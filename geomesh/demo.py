@@ -53,7 +53,7 @@ from geomesh.config import ProductConfig, loads_config
 from geomesh.errors import GeomeshError
 from geomesh.hashing import sha256_file
 from geomesh.models import Item, ItemState, Product, Release
-from geomesh.services import history, pipeline, promotion, signoff, users, validation
+from geomesh.services import demo_root, history, pipeline, promotion, signoff, users, validation
 from geomesh.services.ingest import IngestReport
 from geomesh.services.pipeline import ingest_rasters
 from geomesh.services.products import register_product
@@ -77,7 +77,7 @@ GOLDEN_GATE_PARK: Final = (-122.5105, 37.7655, -122.4535, 37.7735)
 TILE_PX: Final = 512
 RES_M: Final = 10.0
 GRID: Final = 3  # 3 x 3 tiles of 5.12 km cover the city
-PASSWORD_PREFIX: Final = "geomesh-"
+PASSWORD_PREFIX: Final = demo_root.PASSWORD_PREFIX
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class DemoUser:
 
     @property
     def password(self) -> str:
-        return f"{PASSWORD_PREFIX}{self.name}"
+        return demo_root.demo_password(self.name)
 
 
 #: the demo accounts (README: "Demo credentials"); the admin ingests
@@ -300,6 +300,12 @@ def seed(
     start = time.monotonic()
     with ws.read() as session:
         any_product = session.exec(select(Product.id).limit(1)).first()
+    if not demo_root.claim_for_demo(ws, PRODUCT_ID):
+        if if_empty:
+            return SeedReport(
+                PRODUCT_ID, False, "the workspace holds data and is not a demo; not seeding"
+            )
+        raise demo_root.refuse_non_demo(ws)
     if if_empty and any_product is not None:
         return SeedReport(PRODUCT_ID, False, "the workspace already has a product; not seeding")
     config = demo_config()
@@ -390,7 +396,10 @@ def _state(ws: Workspace, item_id: str) -> str:
 
 
 def _ensure_users(ws: Workspace) -> None:
-    for u in USERS:
+    for u in USERS:  # the admin first: the bootstrap of an empty (demo) user table
+        with ws.read() as session:
+            if auth.get_user(session, u.name) is not None:
+                continue
         actor = SYSTEM if u.role == "admin" else "admin"
         users.add_user(ws, actor=actor, name=u.name, role=u.role, password=u.password)
     with ws.transaction() as session:

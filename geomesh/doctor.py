@@ -14,11 +14,12 @@ unreferenced objects that a re-run reuses.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -28,8 +29,8 @@ from geomesh import audit, auth, releases
 from geomesh.errors import GeomeshError, UnsafePath
 from geomesh.hashing import sha256_file
 from geomesh.models import Item, ItemState, Product, Release
-from geomesh.releases import Manifest
-from geomesh.storage import TMP_PREFIX, Area, check_key
+from geomesh.releases import Manifest, ManifestItem, ManifestPart
+from geomesh.storage import TMP_PREFIX, Area
 from geomesh.workspace import Workspace
 
 Level = Literal["error", "warning", "info"]
@@ -161,6 +162,27 @@ def _check_items(ws: Workspace, report: DoctorReport, *, deep: bool) -> set[tupl
 # ------------------------------------------------------------------ releases
 
 
+@dataclass
+class _Releases:
+    """What the release checks learnt, for the catalog checks."""
+
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    #: manifest part id → its items (None: missing or corrupt, already reported)
+    parts: dict[str, ManifestPart | None] = field(default_factory=dict)
+
+    def items_of(self, manifest: Manifest) -> dict[str, ManifestItem] | None:
+        """Every item of a release (None when one of its parts is unreadable)."""
+        out: dict[str, ManifestItem] = {}
+        for b, ref in manifest.parts.items():
+            part = (
+                manifest.inline[b] if manifest.legacy_items is not None else self.parts.get(ref.id)
+            )
+            if part is None:
+                return None
+            out.update(part.by_id)
+        return out
+
+
 def _load_manifest(ws: Workspace, report: DoctorReport, rel: Release) -> Manifest | None:
     if not ws.store.exists(PRODUCTION, rel.manifest_key):
         report.add(
@@ -186,10 +208,47 @@ def _load_manifest(ws: Workspace, report: DoctorReport, rel: Release) -> Manifes
     return manifest
 
 
+def _load_parts(
+    ws: Workspace, report: DoctorReport, rel: Release, manifest: Manifest, seen: _Releases
+) -> list[ManifestPart]:
+    """The release's parts not checked before (each shared part is read once, its bytes
+    checked against its content address and its count against the root's)."""
+    fresh: list[ManifestPart] = []
+    for b, ref in sorted(manifest.parts.items()):
+        if manifest.legacy_items is not None:
+            part: ManifestPart | None = manifest.inline[b]
+            if ref.id in seen.parts:
+                continue
+        elif ref.id in seen.parts:
+            continue
+        else:
+            try:
+                part = releases.read_part(ws.store, rel.product_id, ref.id)
+            except (GeomeshError, ValueError, RecursionError) as exc:
+                kind = "missing-manifest-part" if "missing" in str(exc) else "bad-manifest-part"
+                report.add("error", kind, rel.id, f"release {rel.version}: {str(exc)[:300]}")
+                part = None
+        if part is not None and (
+            len(part.items) != ref.count or any(m.partition != b for m in part.items)
+        ):
+            report.add(
+                "error",
+                "manifest-mismatch",
+                rel.id,
+                f"release {rel.version}: part {ref.id[:12]}… of partition {b} holds "
+                f"{len(part.items)} item(s) (root says {ref.count}) or items of another "
+                "partition",
+            )
+        seen.parts[ref.id] = part
+        if part is not None:
+            fresh.append(part)
+    return fresh
+
+
 def _check_manifest_objects(
-    ws: Workspace, report: DoctorReport, rel: Release, manifest: Manifest, *, deep: bool
+    ws: Workspace, report: DoctorReport, rel: Release, part: ManifestPart, *, deep: bool
 ) -> None:
-    for m in manifest.items:
+    for m in part.items:
         if not ws.store.exists(PRODUCTION, m.object_key):
             report.add(
                 "error",
@@ -221,12 +280,11 @@ def _check_manifest_objects(
 def _check_production_states(
     report: DoctorReport,
     product: Product,
-    manifest: Manifest | None,
+    released: set[str],
     items: Iterable[Item],
 ) -> None:
     """The items in state ``production`` are exactly those of the current release."""
     in_db = {i.id for i in items if i.product_id == product.id and i.state == ItemState.production}
-    released = set(manifest.by_id) if manifest is not None else set()
     for item_id in sorted(in_db - released):
         report.add(
             "error",
@@ -245,9 +303,10 @@ def _check_production_states(
 
 def _check_releases(
     ws: Workspace, report: DoctorReport, *, deep: bool
-) -> tuple[set[tuple[Area, str]], dict[str, Manifest]]:
+) -> tuple[set[tuple[Area, str]], _Releases]:
+    """Manifest roots and parts (format 1 or 2), the objects they list, the pointer."""
     referenced: set[tuple[Area, str]] = set()
-    manifests: dict[str, Manifest] = {}
+    seen = _Releases()
     with ws.read() as session:
         rels = session.exec(select(Release)).all()
         products = session.exec(select(Product)).all()
@@ -265,11 +324,25 @@ def _check_releases(
         manifest = _load_manifest(ws, report, rel)
         if manifest is None:
             continue
-        manifests[rel.id] = manifest
-        for m in manifest.items:
-            referenced.add((PRODUCTION, m.object_key))
-            referenced.add((PRODUCTION, m.stac_key))
-        _check_manifest_objects(ws, report, rel, manifest, deep=deep)
+        seen.manifests[rel.id] = manifest
+        if manifest.legacy_items is None:
+            for ref in manifest.parts.values():
+                referenced.add((PRODUCTION, releases.part_key(rel.product_id, ref.id)))
+        for part in _load_parts(ws, report, rel, manifest, seen):
+            for m in part.items:
+                referenced.add((PRODUCTION, m.object_key))
+                referenced.add((PRODUCTION, m.stac_key))
+            _check_manifest_objects(ws, report, rel, part, deep=deep)
+        if rel.snapshot_key:
+            referenced.add((PRODUCTION, rel.snapshot_key))
+            if not ws.store.exists(PRODUCTION, rel.snapshot_key):
+                report.add(
+                    "error",
+                    "missing-snapshot",
+                    rel.id,
+                    f"release {rel.version} records the snapshot {rel.snapshot_key}, which "
+                    "is missing; restore it from a backup",
+                )
     for product in products:
         current = product.current_release_id
         if current and current not in ids:
@@ -280,13 +353,16 @@ def _check_releases(
                 f"current release {current} does not exist",
             )
             continue
-        if current is None or current in manifests:
-            _check_production_states(
-                report, product, manifests.get(current) if current else None, items
-            )
+        if current is None:
+            _check_production_states(report, product, set(), items)
+        elif current in seen.manifests:
+            released = seen.items_of(seen.manifests[current])
+            if released is not None:
+                _check_production_states(report, product, set(released), items)
     report.checked["releases"] = len(rels)
+    report.checked["manifest_parts"] = len(seen.parts)
     report.checked["products"] = len(products)
-    return referenced, manifests
+    return referenced, seen
 
 
 # ------------------------------------------------------------------ published catalogs
@@ -294,38 +370,20 @@ def _check_releases(
 
 def _resolve(base_key: str, href: Any) -> str | None:
     """The production key a relative href of the document at ``base_key`` points at."""
-    if not isinstance(href, str) or not href or "://" in href or href.startswith("/"):
-        return None
-    key = posixpath.normpath(posixpath.join(posixpath.dirname(base_key), href))
-    try:
-        return check_key(key)
-    except UnsafePath:
-        return None
+    return releases.resolve(base_key, href)
 
 
 def _links(doc: dict[str, Any], rel: str) -> list[Any]:
-    links = doc.get("links")
-    if not isinstance(links, list):
-        return []
-    return [ln.get("href") for ln in links if isinstance(ln, dict) and ln.get("rel") == rel]
+    return [ln.get("href") for ln in releases.links_of(doc, rel)]
 
 
 def _check_catalog(
-    ws: Workspace, report: DoctorReport, rel: Release, manifest: Manifest
+    ws: Workspace, report: DoctorReport, rel: Release, by_id: dict[str, ManifestItem]
 ) -> set[tuple[Area, str]]:
-    """One release's materialized static catalog: complete, and describing its manifest."""
+    """One release's static catalog in layout 1 (before issue 15): complete, and
+    describing its manifest."""
     seen: set[tuple[Area, str]] = set()
     root_key = releases.catalog_key(rel.product_id, rel.version)
-    if not ws.store.exists(PRODUCTION, root_key):
-        report.add(
-            "warning",
-            "unpublished-catalog",
-            rel.id,
-            f"the static catalog of release {rel.version} is not materialized yet (invisible "
-            "to readers); re-run the command, or `geomesh releases catalog CONFIG "
-            f"{rel.version}`",
-        )
-        return seen
     target = f"{rel.product_id} {rel.version}"
 
     def bad(kind: str, message: str) -> None:
@@ -366,25 +424,189 @@ def _check_catalog(
                 continue
             item_id = str(doc.get("id"))
             listed.add(item_id)
-            entry = manifest.by_id.get(item_id)
-            assets = doc.get("assets")
-            data = assets.get("data") if isinstance(assets, dict) else None
-            href = data.get("href") if isinstance(data, dict) else None
-            object_key = _resolve(item_key, href)
+            entry = by_id.get(item_id)
             if entry is None:
                 bad("catalog-mismatch", f"{item_key} describes {item_id}, not in the manifest")
-            elif object_key != entry.object_key:
-                bad(
-                    "broken-catalog-link",
-                    f"{item_key}: the data asset {href!r} does not point at the released "
-                    f"object {entry.object_key}",
-                )
-    missing = sorted(set(manifest.by_id) - listed)
+            else:
+                _check_data_asset(doc, item_key, entry, bad)
+    missing = sorted(set(by_id) - listed)
     if missing:
         bad(
             "catalog-mismatch",
             f"the published catalog lacks {len(missing)} released item(s), e.g. {missing[0]}",
         )
+    return seen
+
+
+def _check_data_asset(
+    doc: dict[str, Any], item_key: str, entry: ManifestItem, bad: Callable[[str, str], None]
+) -> None:
+    assets = doc.get("assets")
+    data = assets.get("data") if isinstance(assets, dict) else None
+    href = data.get("href") if isinstance(data, dict) else None
+    if _resolve(item_key, href) != entry.object_key:
+        bad(
+            "broken-catalog-link",
+            f"{item_key}: the data asset {href!r} does not point at the released "
+            f"object {entry.object_key}",
+        )
+
+
+@dataclass
+class _Shared:
+    """Shared layout-2 documents checked so far: each is checked once, whatever the number
+    of releases that reference it. Partition key → (item ids listed, item keys), or None
+    when the partition is unreadable."""
+
+    parts: dict[str, tuple[frozenset[str], frozenset[str]] | None] = field(default_factory=dict)
+    items: set[str] = field(default_factory=set)
+
+
+def _named_by_hash(
+    ws: Workspace, key: str, bad: Callable[[str, str], None], *, deep: bool
+) -> dict[str, Any] | None:
+    """A shared, content-addressed document: readable, and (deep) hashing to its name."""
+    if deep:
+        try:
+            data = ws.store.get_bytes(PRODUCTION, key)
+        except GeomeshError as exc:
+            bad("broken-catalog-link", f"{key} is missing ({str(exc)[:200]})")
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        if posixpath.basename(key) != f"{digest}.json":
+            bad("checksum-mismatch", f"{key} hashes to {digest}, not to its name")
+            return None
+    doc = _json_object(ws, PRODUCTION, key)
+    if isinstance(doc, str):
+        bad("bad-catalog-file", doc)
+        return None
+    return doc
+
+
+def _read_part_doc(
+    ws: Workspace,
+    part_key: str,
+    expected: ManifestPart,
+    shared: _Shared,
+    bad: Callable[[str, str], None],
+    *,
+    deep: bool,
+) -> tuple[frozenset[str], frozenset[str]] | None:
+    """One shared partition, checked once: its item links resolve; (deep) each item
+    document hashes to its name, describes the linked item and points at its object."""
+    doc = _named_by_hash(ws, part_key, bad, deep=deep)
+    if doc is None:
+        return None
+    titles: set[str] = set()
+    keys: set[str] = set()
+    for ln in releases.links_of(doc, "item"):
+        item_key = _resolve(part_key, ln.get("href"))
+        title = str(ln.get("title"))
+        titles.add(title)
+        if item_key is None or not ws.store.exists(PRODUCTION, item_key):
+            bad("broken-catalog-link", f"{part_key} links to a missing item {title}")
+            continue
+        keys.add(item_key)
+        if not deep or item_key in shared.items:
+            continue
+        shared.items.add(item_key)
+        item_doc = _named_by_hash(ws, item_key, bad, deep=True)
+        entry = expected.by_id.get(title)
+        if item_doc is None:
+            continue
+        if item_doc.get("id") != title:
+            bad(
+                "catalog-mismatch",
+                f"{item_key} describes {item_doc.get('id')!r}, linked as {title}",
+            )
+        elif entry is not None:
+            _check_data_asset(item_doc, item_key, entry, bad)
+    return frozenset(titles), frozenset(keys)
+
+
+def _check_part_doc(
+    ws: Workspace,
+    part_key: str,
+    expected: ManifestPart,
+    shared: _Shared,
+    bad: Callable[[str, str], None],
+    *,
+    deep: bool,
+) -> set[tuple[Area, str]]:
+    """A partition as one release uses it: it lists exactly its manifest part's items."""
+    if part_key not in shared.parts:
+        shared.parts[part_key] = _read_part_doc(ws, part_key, expected, shared, bad, deep=deep)
+    found = shared.parts[part_key]
+    if found is None:
+        return {(PRODUCTION, part_key)}
+    titles, keys = found
+    if titles != set(expected.by_id):
+        bad(
+            "catalog-mismatch",
+            f"partition {part_key} lists {len(titles)} item(s); its manifest part "
+            f"{expected.id[:12]}… holds {len(expected.items)}",
+        )
+    return {(PRODUCTION, part_key)} | {(PRODUCTION, k) for k in keys}
+
+
+def _check_catalog_v2(
+    ws: Workspace,
+    report: DoctorReport,
+    rel: Release,
+    manifest: Manifest,
+    known: _Releases,
+    shared: _Shared,
+    *,
+    deep: bool,
+) -> set[tuple[Area, str]]:
+    """One release in layout 2: root → collection → shared partitions → shared items, each
+    partition built from the manifest part it names."""
+    target = f"{rel.product_id} {rel.version}"
+
+    def bad(kind: str, message: str) -> None:
+        report.add("error", kind, target, message)
+
+    root_key = releases.catalog_key(rel.product_id, rel.version)
+    coll_key = releases.collection_key(rel.product_id, rel.version)
+    seen: set[tuple[Area, str]] = {(PRODUCTION, root_key), (PRODUCTION, coll_key)}
+    root = _json_object(ws, PRODUCTION, root_key)
+    if isinstance(root, str):
+        bad("bad-catalog-file", root)
+        return seen
+    collection = _json_object(ws, PRODUCTION, coll_key)
+    if isinstance(collection, str):
+        bad("bad-catalog-file", collection)
+        return seen
+    for name, doc in ((root_key, root), (coll_key, collection)):
+        if doc.get("version") != rel.version or doc.get("geomesh:release_id") != rel.id:
+            bad(
+                "catalog-mismatch",
+                f"{name} says version {doc.get('version')!r}, release "
+                f"{doc.get('geomesh:release_id')!r}",
+            )
+    if _resolve(root_key, next(iter(_links(root, "child")), None)) != coll_key:
+        bad("broken-catalog-link", f"{root_key} does not link its collection {coll_key}")
+    links = releases.partition_links(collection)
+    if set(links) != set(manifest.parts):
+        bad(
+            "catalog-mismatch",
+            f"{coll_key} has {len(links)} partition(s); the manifest has {len(manifest.parts)}",
+        )
+    for b, ln in sorted(links.items()):
+        ref = manifest.parts.get(b)
+        part_key = _resolve(coll_key, ln.get("href"))
+        if ref is None or ln.get("geomesh:manifest_part") != ref.id:
+            bad("catalog-mismatch", f"{coll_key}: partition {b} was built from another part")
+            continue
+        if part_key is None or not ws.store.exists(PRODUCTION, part_key):
+            bad("broken-catalog-link", f"{coll_key} links to a missing partition {b}")
+            continue
+        expected = (
+            manifest.inline[b] if manifest.legacy_items is not None else known.parts.get(ref.id)
+        )
+        if expected is None:
+            continue  # the manifest part itself is broken: reported by the release checks
+        seen |= _check_part_doc(ws, part_key, expected, shared, bad, deep=deep)
     return seen
 
 
@@ -443,7 +665,7 @@ def _check_partial_catalogs(
     except UnsafePath:
         return
     folders = {k[len(prefix) :].split("/", 1)[0] for k in ws.store.list(PRODUCTION, prefix)}
-    for version in sorted(folders - {"latest.json"}):
+    for version in sorted(folders - {"latest.json"} - releases.SHARED_FOLDERS):
         if version in versions and ws.store.exists(
             PRODUCTION, releases.catalog_key(product_id, version)
         ):
@@ -458,24 +680,52 @@ def _check_partial_catalogs(
 
 
 def _check_catalogs(
-    ws: Workspace, report: DoctorReport, manifests: dict[str, Manifest]
+    ws: Workspace, report: DoctorReport, known: _Releases, *, deep: bool = False
 ) -> set[tuple[Area, str]]:
+    """Every published release in either layout; shared layout-2 documents once each."""
     seen: set[tuple[Area, str]] = set()
+    shared = _Shared()
     with ws.read() as session:
         rels = session.exec(select(Release)).all()
         products = session.exec(select(Product)).all()
-    published = 0
+    published = {1: 0, 2: 0}
     for rel in rels:
-        manifest = manifests.get(rel.id)
-        if manifest is not None:
-            found = _check_catalog(ws, report, rel, manifest)
-            published += bool(found)
-            seen |= found
+        manifest = known.manifests.get(rel.id)
+        if manifest is None:
+            continue
+        layout = releases.layout_of(ws.store, rel.product_id, rel.version)
+        if layout is None:
+            if ws.store.exists(PRODUCTION, releases.catalog_key(rel.product_id, rel.version)):
+                root = _json_object(
+                    ws, PRODUCTION, releases.catalog_key(rel.product_id, rel.version)
+                )
+                report.add(
+                    "error", "bad-catalog-file", f"{rel.product_id} {rel.version}", str(root)
+                )
+                continue
+            report.add(
+                "warning",
+                "unpublished-catalog",
+                rel.id,
+                f"the static catalog of release {rel.version} is not materialized yet "
+                "(invisible to readers); re-run the command, or `geomesh releases catalog "
+                f"CONFIG {rel.version}`",
+            )
+            continue
+        published[layout] += 1
+        if layout == releases.LAYOUT:
+            seen |= _check_catalog_v2(ws, report, rel, manifest, known, shared, deep=deep)
+        else:
+            by_id = known.items_of(manifest)
+            if by_id is not None:
+                seen |= _check_catalog(ws, report, rel, by_id)
     for product in products:
         mine = [r for r in rels if r.product_id == product.id]
         seen |= _check_index(ws, report, product, mine)
         _check_partial_catalogs(ws, report, product.id, {r.version for r in mine})
-    report.checked["catalogs"] = published
+    report.checked["catalogs"] = published[1] + published[2]
+    report.checked["catalogs_layout_1"] = published[1]
+    report.checked["catalog_partitions"] = len(shared.parts)
     return seen
 
 
@@ -514,6 +764,12 @@ def _check_temp_files(ws: Workspace, report: DoctorReport, *, gc: bool, min_age_
     report.checked["temporary_files"] = len(temps)
 
 
+def _shared_doc(key: str) -> bool:
+    """A shared layout-2 document (``catalogs/<product>/items|parts/…``)."""
+    parts = key.split("/")
+    return len(parts) == 4 and parts[2] in releases.SHARED_FOLDERS
+
+
 def _check_orphans(
     ws: Workspace,
     report: DoctorReport,
@@ -526,8 +782,8 @@ def _check_orphans(
         for key in ws.store.list(area):
             if (area, key) in referenced or (area, key) in catalog_files:
                 continue
-            if area == PRODUCTION and key.startswith("catalogs/"):
-                continue  # reported by the catalog checks
+            if area == PRODUCTION and key.startswith("catalogs/") and not _shared_doc(key):
+                continue  # reported by the catalog checks (partial version folders)
             orphans += 1
             report.add(
                 "info",
@@ -556,13 +812,13 @@ def run_doctor(
             auth.require(session, actor, "doctor.gc")
     report = DoctorReport()
     referenced = _check_items(ws, report, deep=deep)
-    from_releases, manifests = _check_releases(ws, report, deep=deep)
+    from_releases, known = _check_releases(ws, report, deep=deep)
     referenced |= from_releases
-    catalog_files = _check_catalogs(ws, report, manifests)
+    catalog_files = _check_catalogs(ws, report, known, deep=deep)
     _check_orphans(ws, report, referenced, catalog_files)
     if ws.root.exists():
         _check_temp_files(ws, report, gc=gc, min_age_s=min_age_s)
     with ws.read() as session:
-        for problem in audit.verify(session):
+        for problem in audit.verify_stored(session, ws.audit_key, ws.store):
             report.add("error", "audit-chain", f"#{problem.seq}", problem.problem)
     return report

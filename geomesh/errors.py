@@ -33,6 +33,10 @@ class ConfigError(GeomeshError):
     """A product config or setting is invalid."""
 
 
+class PolicyMismatch(GeomeshError):
+    """A caller's product config differs from the product's registered config (policy)."""
+
+
 class RasterError(GeomeshError):
     """A raster cannot be read or does not meet basic expectations."""
 
@@ -43,6 +47,14 @@ class MissingCRS(RasterError):
 
 class OutsideDomain(RasterError):
     """A raster does not intersect the product's spatial domain."""
+
+
+class SourceNotAllowed(RasterError):
+    """The opening policy refuses a raster source (format, scheme, place or address)."""
+
+
+class UploadRejected(GeomeshError):
+    """An uploaded file is refused (too large, or the uploader may not ingest)."""
 
 
 class StorageError(GeomeshError):
@@ -73,6 +85,15 @@ class PermissionDenied(GeomeshError):
     """The actor's role does not allow the action."""
 
 
+class IdentityNotProven(PermissionDenied):
+    """Who acts was claimed but not proven (no valid token or password), or sign-in is
+    refused (wrong password, unverified or unknown SSO e-mail, too many failed attempts)."""
+
+
+class WeakPassword(GeomeshError):
+    """A password is shorter than the minimum length."""
+
+
 class InvalidTransition(GeomeshError):
     """An item lifecycle transition is not allowed from its current state."""
 
@@ -99,6 +120,10 @@ class AuditChainBroken(GeomeshError):
     """The audit hash chain does not verify."""
 
 
+class AuditKeyError(GeomeshError):
+    """The audit chain's key is missing, too short or not private."""
+
+
 class ValidationError(GeomeshError):
     """Validation could not be run (not: the item is invalid; that is a Finding)."""
 
@@ -111,12 +136,29 @@ class DeliveryError(GeomeshError):
     """A webhook delivery failed."""
 
 
+class WebhookRefused(GeomeshError):
+    """An inbound governance webhook request is refused: unknown or disabled integration,
+    missing or bad signature, a timestamp outside the window, or a malformed body."""
+
+
+class ReplayRefused(WebhookRefused):
+    """An inbound webhook request reuses an idempotency key already received."""
+
+
+class TaskError(GeomeshError):
+    """A queued task cannot be run or changed (unknown kind, missing input, not failed)."""
+
+
 class QuarantineBlocked(GeomeshError):
     """A quarantined item cannot be released: its latest validation still routes it away."""
 
 
 class SignoffError(GeomeshError):
     """A sign-off cannot be recorded (item not under review, rejection without a comment)."""
+
+
+class StaleDigest(SignoffError):
+    """A decision names a content digest that is not the item's (it reviewed other bytes)."""
 
 
 class NothingToRollBack(GeomeshError):

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from geomesh.redact import redact_value
+
 
 class RunLog:
     """Append JSON lines (run id, product id, item id, step, duration, outcome)."""
@@ -43,7 +45,8 @@ class RunLog:
             "outcome": outcome,
             **extra,
         }
-        line = json.dumps(rec, default=str)
+        # no URL credential or signed-query token ever reaches a log line
+        line = json.dumps(redact_value(json.loads(json.dumps(rec, default=str))))
         # O_APPEND writes of one line are atomic enough for concurrent writers on one host
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
@@ -59,6 +59,10 @@ class UserBase(SQLModel):
     name: str = Field(index=True, unique=True, max_length=64)
     role: Role
     display_name: str | None = None
+    #: the e-mail an SSO sign-in must match exactly (stored lower-case); None: no SSO
+    email: str | None = Field(default=None, index=True, unique=True, max_length=254)
+    #: a disabled user cannot sign in or act; kept (not deleted) so history stays readable
+    disabled: bool = Field(default=False)
 
 
 class User(UserBase, table=True):
@@ -70,6 +74,44 @@ class User(UserBase, table=True):
 class UserPublic(UserBase):
     id: int
     created_at: datetime
+
+
+class ApiToken(SQLModel, table=True):
+    """A per-user API token for the CLI. Only its SHA-256 digest is stored, never the token."""
+
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(index=True, foreign_key="user.id")
+    digest: str = Field(index=True, unique=True, max_length=64)
+    label: str | None = Field(default=None, max_length=64)
+    created_by: str = Field(max_length=64)
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    revoked_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_used_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class SignInThrottle(SQLModel, table=True):
+    """Failed sign-ins per typed name or per client (keys are digests, never the typed text),
+    shared by every app replica and CLI (``geomesh.throttle``)."""
+
+    __tablename__ = "sign_in_throttle"
+
+    key: str = Field(primary_key=True, max_length=80)
+    failures: int = Field(default=0)
+    last_failure_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    locked_until: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
 
 
 # ------------------------------------------------------------------ products
@@ -88,11 +130,62 @@ class Product(SQLModel, table=True):
     updated_at: datetime = _ts(nullable=False)
 
 
+class PolicyStatus(StrEnum):
+    """Where one registered config version stands (``product_config_version.status``)."""
+
+    #: a loosening change waiting for a second admin or steward (four eyes)
+    pending = "pending"
+    #: the registered config every governance decision uses (one per product)
+    active = "active"
+    #: was active; a later version took its place
+    superseded = "superseded"
+    #: was pending; another change became active first, so it was never applied
+    replaced = "replaced"
+
+
+class ProductConfigVersion(SQLModel, table=True):
+    """One version of a product's registered config: the policy history (issue 13)."""
+
+    __tablename__ = "product_config_version"
+    __table_args__ = (UniqueConstraint("product_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    product_id: str = Field(index=True, foreign_key="product.id", max_length=128)
+    version: int
+    digest: str = Field(max_length=64)
+    previous_digest: str | None = Field(default=None, max_length=64)
+    config_json: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    #: initial | tightening | loosening | neutral (``geomesh.policy.ChangeKind``)
+    change: str = Field(max_length=16)
+    #: stored as text (not a native enum), so a new status needs no ALTER TYPE
+    status: PolicyStatus = Field(
+        sa_column=Column(SAEnum(PolicyStatus, native_enum=False, length=16), nullable=False)
+    )
+    #: the key paths that changed against the previous version: [{path, old, new}]
+    diff: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    #: why the change is loosening / tightening: {"loosening": [...], "tightening": [...]}
+    reasons: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    spatial_contract_changed: bool = False
+    proposed_by: str = Field(max_length=64)
+    proposed_at: datetime = _ts(nullable=False)
+    approved_by: str | None = Field(default=None, max_length=64)
+    approved_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
 # ------------------------------------------------------------------ items
 
 
 class Item(SQLModel, table=True):
     """One immutable item version. Its id derives from product id + content digest."""
+
+    __table_args__ = (
+        #: list views and queues: a product's items in one state, oldest first (issue 16)
+        Index("ix_item_product_state_created", "product_id", "state", "created_at", "id"),
+        #: the version of the same tile in another state (review: "replaces production")
+        Index("ix_item_product_source_state", "product_id", "source_key", "state"),
+    )
 
     id: str = Field(primary_key=True, max_length=160)
     product_id: str = Field(index=True, foreign_key="product.id", max_length=128)
@@ -148,6 +241,14 @@ class FindingRecord(SQLModel, table=True):
     """A persisted ``geomesh.validation.Finding``."""
 
     __tablename__ = "finding"
+    __table_args__ = (
+        #: the findings page: a product's open findings, worst first, paged (issue 16)
+        Index("ix_finding_product_open_order", "product_id", "open", "severity", "rule_id", "id"),
+        #: the rule picker of the findings page
+        Index("ix_finding_product_rule", "product_id", "rule_id"),
+        #: one item's open findings and the per-severity counts of a list of items
+        Index("ix_finding_item_open_severity", "item_id", "open", "severity"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(index=True, foreign_key="validationrun.id")
@@ -205,6 +306,8 @@ class Release(SQLModel, table=True):
     actor: str = Field(max_length=64)
     deprecated: bool = False
     created_at: datetime = _ts(nullable=False)
+    #: production key of the release's stac-geoparquet snapshot, once written (on demand)
+    snapshot_key: str | None = Field(default=None, max_length=255)
 
 
 # ------------------------------------------------------------------ audit
@@ -212,6 +315,13 @@ class Release(SQLModel, table=True):
 
 class AuditEvent(SQLModel, table=True):
     """Append-only, hash-chained audit trail. Never updated, never deleted."""
+
+    __table_args__ = (
+        #: an item's history (item detail, review)
+        Index("ix_auditevent_target_seq", "target", "seq"),
+        #: a product's newest events and its change counter (``max(seq)``, the app's cache key)
+        Index("ix_auditevent_product_seq", "product_id", "seq"),
+    )
 
     seq: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True, max_length=36)
@@ -265,15 +375,81 @@ class OutboxMessage(SQLModel, table=True):
     delivered_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+    #: the worker that holds the current delivery lease (until ``next_attempt_at``)
+    lease_owner: str | None = Field(default=None, max_length=128)
+
+
+class TaskStatus(StrEnum):
+    """Where one queued task stands (``task.status``, stored as text)."""
+
+    queued = "queued"
+    #: claimed by a worker whose lease ends at ``lease_expires_at`` (then reclaimable)
+    running = "running"
+    done = "done"
+    #: gave up after ``max_attempts`` (the dead-letter state; `geomesh tasks retry`)
+    failed = "failed"
 
 
 class Task(SQLModel, table=True):
-    """Follow-up work queued by routing, e.g. a re-clip after a P1 boundary failure."""
+    """One unit of background work (issue 17): a re-clip after a P1 boundary failure, a
+    release snapshot, a preview. Claimed by ``geomesh worker`` with a lease."""
 
     id: int | None = Field(default=None, primary_key=True)
     product_id: str = Field(index=True, max_length=128)
-    item_id: str = Field(max_length=160)
-    kind: str = Field(max_length=32)  # reclip | ...
-    status: str = Field(default="queued", max_length=16)
+    #: the item the task is about (None for product-level work such as a snapshot)
+    item_id: str | None = Field(default=None, max_length=160)
+    kind: str = Field(max_length=32)  # reclip | snapshot | preview
+    status: str = Field(default=TaskStatus.queued.value, index=True, max_length=16)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts(nullable=False)
+    #: enqueueing the same work twice is a no-op (e.g. "reclip:<item_id>")
+    dedupe_key: str | None = Field(default=None, unique=True, max_length=200)
+    attempts: int = 0
+    max_attempts: int = 3
+    #: not claimed before this time (backoff after a failed attempt)
+    run_after: datetime = _ts(nullable=False)
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: what the finished task produced (e.g. the id of the re-clipped item)
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    updated_at: datetime = _ts(nullable=False)
+
+
+# ------------------------------------------------------------------ inbound webhooks
+
+
+class Integration(SQLModel, table=True):
+    """An approval tool allowed to call ``POST /v1/signoff`` (issue 17).
+
+    The HMAC secret itself is never stored: ``secret_env`` names the environment variable
+    that holds it. ``approvers`` maps the tool's approver ids to geomesh user names.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=64)
+    secret_env: str = Field(max_length=128)
+    approvers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    #: product ids it may decide on; empty: every product
+    products: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    disabled: bool = False
+    created_by: str = Field(max_length=64)
+    created_at: datetime = _ts(nullable=False)
+
+
+class WebhookReceipt(SQLModel, table=True):
+    """One inbound request id (``Idempotency-Key``) per integration: a replay is refused."""
+
+    __tablename__ = "webhook_receipt"
+    __table_args__ = (UniqueConstraint("integration", "idempotency_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    integration: str = Field(max_length=64)
+    idempotency_key: str = Field(max_length=128)
+    #: accepted | refused
+    outcome: str = Field(max_length=16)
+    item_id: str | None = Field(default=None, max_length=160)
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    received_at: datetime = _ts(nullable=False)

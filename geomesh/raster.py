@@ -35,9 +35,13 @@ from shapely.geometry.base import BaseGeometry
 
 from geomesh.config import ProductConfig
 from geomesh.errors import MissingCRS, OutsideDomain, RasterError
+from geomesh.redact import redact
 
-#: refuse rasters that declare more pixels than this (a 10980² S2 band is 1.2e8)
+#: absolute ceiling on what any raster may declare (a 10980² S2 band is 1.2e8); a product's
+#: own, lower limits (ingestion.max_pixels, max_decompressed_mb) apply before any write
 MAX_PIXELS = 4 * 10980 * 10980 * 16
+#: drivers for rasters geomesh wrote itself; sources use their OpeningPolicy's drivers
+DEFAULT_DRIVERS: tuple[str, ...] = ("GTiff",)
 EDGE_POINTS = 21  # densification of footprint edges
 
 
@@ -136,15 +140,30 @@ def sanitize_source(source: str) -> str:
     return str(Path(source).expanduser().resolve())
 
 
+def display_name(source: str) -> str:
+    """How messages name a source: as given (a symlink by its own name), URLs without
+    their secrets (:func:`sanitize_source` resolves paths: that is the tile's key)."""
+    return sanitize_source(source) if "://" in source else source
+
+
 def is_remote(source: str) -> bool:
     return source.startswith(("http://", "https://", "s3://", "/vsi"))
 
 
 @contextmanager
-def open_raster(source: str | Path) -> Iterator[rasterio.io.DatasetReader]:
-    """Open a raster (path, http(s)://, s3:// or /vsi…), mapping failures to RasterError."""
+def open_raster(
+    source: str | Path,
+    *,
+    drivers: tuple[str, ...] = DEFAULT_DRIVERS,
+    name: str | None = None,
+) -> Iterator[rasterio.io.DatasetReader]:
+    """Open a raster with only ``drivers`` tried, mapping failures to RasterError.
+
+    ``source`` is what GDAL opens: a path, or what ``geomesh.opening`` made of a checked
+    URL; ``name`` is how messages call it (default: the sanitized source).
+    """
     src_str = str(source)
-    name = sanitize_source(src_str)
+    name = display_name(name or src_str)
     if not is_remote(src_str):
         p = Path(src_str)
         if not p.exists():
@@ -156,20 +175,58 @@ def open_raster(source: str | Path) -> Iterator[rasterio.io.DatasetReader]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = rasterio.open(src_str)
+            ds = _open_with(src_str, drivers)
     except RasterioError as exc:
         raise RasterError(
-            f"{name}: not a readable raster ({_short(exc)})",
-            hint="give a GeoTIFF/COG; check the file is complete and not another format",
+            f"{name}: not a readable raster of an allowed format ({', '.join(drivers)}) "
+            f"({_short(exc)})",
+            hint="give a GeoTIFF/COG; check the file is complete and not another format "
+            "(VRT and other indirection formats are not read)",
         ) from exc
     with ds:
         _sanity(ds, name)
         yield ds
 
 
+def _open_with(path: str, drivers: tuple[str, ...]) -> Any:
+    """``rasterio.open`` trying only ``drivers`` (rasterio takes one name at a time; GDAL
+    then tries that driver alone, never one picked from the content, such as VRT)."""
+    if not drivers:
+        raise RasterError(f"{sanitize_source(path)}: no GDAL driver is allowed to open it")
+    first: RasterioError | None = None
+    for driver in drivers:
+        try:
+            return rasterio.open(path, driver=driver)
+        except RasterioError as exc:
+            first = first or exc
+    assert first is not None
+    raise first
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
+    return redact(text)[:300]
+
+
+def check_limits(
+    config: ProductConfig, name: str, width: int, height: int, count: int, dtype: str, what: str
+) -> None:
+    """Refuse a grid larger than the product's ``max_pixels`` / ``max_decompressed_mb``."""
+    ing = config.ingestion
+    pixels = int(width) * int(height) * max(int(count), 1)
+    if pixels > ing.max_pixels:
+        raise RasterError(
+            f"{name}: {what} has {width}×{height}×{count} = {pixels} pixels, more than the "
+            f"product's limit of {ing.max_pixels} (ingestion.max_pixels)",
+            hint="split the scene into tiles, or raise ingestion.max_pixels in the config",
+        )
+    size_mb = pixels * np.dtype(dtype).itemsize / (1 << 20)
+    if size_mb > ing.max_decompressed_mb:
+        raise RasterError(
+            f"{name}: {what} is {size_mb:.0f} MiB decompressed, more than the product's limit "
+            f"of {ing.max_decompressed_mb} MiB (ingestion.max_decompressed_mb)",
+            hint="split the scene into tiles, or raise ingestion.max_decompressed_mb",
+        )
 
 
 def _sanity(ds: Any, name: str) -> None:
@@ -264,10 +321,16 @@ def footprint_polygon(
     return out if out.is_valid else shapely.make_valid(out)
 
 
-def inspect(source: str | Path, *, domain_crs: str | None = None) -> RasterInfo:
+def inspect(
+    source: str | Path,
+    *,
+    domain_crs: str | None = None,
+    drivers: tuple[str, ...] = DEFAULT_DRIVERS,
+    name: str | None = None,
+) -> RasterInfo:
     """Read everything the contract needs from a raster's header (no pixel reads)."""
-    with open_raster(source) as ds:
-        return _inspect_open(ds, str(source), domain_crs)
+    with open_raster(source, drivers=drivers, name=name) as ds:
+        return _inspect_open(ds, name or str(source), domain_crs)
 
 
 def _inspect_open(ds: Any, source: str, domain_crs: str | None) -> RasterInfo:
@@ -325,6 +388,9 @@ class CogResult:
     errors: list[str]
     warnings: list[str]
     clipped: bool
+    #: the source's :func:`inspect` result, read from the dataset the COG was written from
+    #: (``write_cog(..., inspect_source=True)``): one open of the source, not two
+    source_info: RasterInfo | None = None
 
 
 def _cog_profile(config: ProductConfig, nodata_dtype: str) -> dict[str, Any]:
@@ -361,15 +427,33 @@ def clip_grid(
 
 
 def write_cog(
-    source: str | Path, dst: Path, config: ProductConfig, *, clip: bool | None = None
+    source: str | Path,
+    dst: Path,
+    config: ProductConfig,
+    *,
+    clip: bool | None = None,
+    drivers: tuple[str, ...] = DEFAULT_DRIVERS,
+    name: str | None = None,
+    inspect_source: bool = False,
 ) -> CogResult:
-    """Write ``source`` as a COG at ``dst`` (optionally warped + clipped to the domain)."""
+    """Write ``source`` as a COG at ``dst`` (optionally warped + clipped to the domain).
+
+    The product's pixel and decompressed-size limits are checked on the source and on the
+    clipped grid before anything is written. With ``inspect_source`` the result also holds
+    what :func:`inspect` says of the source (footprints in the product's domain CRS), read
+    from the same open dataset.
+    """
     do_clip = config.ingestion.clip if clip is None else clip
     resampling = config.ingestion.resampling
-    name = sanitize_source(str(source))
+    name = display_name(name or str(source))
+    source_info: RasterInfo | None = None
     with ExitStack() as stack:
-        ds = stack.enter_context(open_raster(source))
+        ds = stack.enter_context(open_raster(source, drivers=drivers, name=name))
+        if inspect_source:
+            source_info = _inspect_open(ds, name, config.spatial_domain.crs)
         src: Any = ds
+        if not do_clip:
+            check_limits(config, name, ds.width, ds.height, ds.count, ds.dtypes[0], "the raster")
         if do_clip:
             if ds.crs is None:
                 raise MissingCRS(
@@ -378,6 +462,7 @@ def write_cog(
                 )
             dom = config.spatial_domain
             transform, width, height = clip_grid(ds, dom.pyproj_crs, dom.boundary.bounds, name)
+            check_limits(config, name, width, height, ds.count, ds.dtypes[0], "the clipped grid")
             src = stack.enter_context(
                 WarpedVRT(
                     ds,
@@ -411,7 +496,14 @@ def write_cog(
         except (RasterioError, CPLE_BaseError) as exc:  # CPLE_*: GDAL errors, e.g. one GCP
             raise RasterError(f"{name}: could not be converted to a COG ({_short(exc)})") from exc
     is_valid, errors, warns = validate_cog(dst)
-    return CogResult(path=dst, is_valid=is_valid, errors=errors, warnings=warns, clipped=do_clip)
+    return CogResult(
+        path=dst,
+        is_valid=is_valid,
+        errors=errors,
+        warnings=warns,
+        clipped=do_clip,
+        source_info=source_info,
+    )
 
 
 def validate_cog(path: str | Path) -> tuple[bool, list[str], list[str]]:

@@ -17,9 +17,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +24,6 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 
 import numpy as np
 import pystac
@@ -42,8 +38,10 @@ from rasterio import _base as rasterio_base
 from shapely.geometry.base import BaseGeometry
 
 from geomesh.config import ProductConfig, Source
-from geomesh.errors import ConfigError, SourceError
+from geomesh.errors import ConfigError, GeomeshError, SourceError
+from geomesh.opening import OpeningPolicy
 from geomesh.raster import EDGE_POINTS, parse_datetime, sanitize_source
+from geomesh.redact import redact
 from geomesh.validation.schemas import compiled_validator
 
 CandidateStatus = Literal["new", "ingested", "unavailable"]
@@ -200,25 +198,10 @@ def require_source(config: ProductConfig) -> Source:
     return config.source
 
 
-_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()]+")
-
-
-def scrub(text: str, *urls: str) -> str:
-    """``text`` with credentials and query strings (signed tokens) removed from URLs,
-    including the parts of ``urls`` that libraries echo without the scheme."""
-    text = _URL_RE.sub(lambda m: sanitize_source(m.group(0)), text)
-    for url in urls:
-        parts = urlsplit(url)
-        for secret in (parts.query, parts.password, parts.username):
-            if secret:
-                text = text.replace(secret, "***")
-    return text
-
-
 def _short(exc: BaseException, *urls: str) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
-    return scrub(first, *urls)[:300]
+    return redact(first, *urls)[:300]
 
 
 def open_client(source: Source) -> Client:
@@ -333,30 +316,21 @@ def _cap(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
-def _head(href: str) -> Mapping[str, str]:
-    """Response headers of a HEAD (or, where HEAD is refused, a 1-byte ranged GET)."""
-    opener = urllib.request.build_opener()
-    headers = {"User-Agent": "geomesh"}
-    try:
-        with opener.open(
-            urllib.request.Request(href, method="HEAD", headers=headers), timeout=HTTP_TIMEOUT_S
-        ) as resp:
-            return dict(resp.headers.items())
-    except urllib.error.HTTPError as exc:
-        if exc.code not in (403, 405, 501):
-            raise
-    # some stores (e.g. presigned GET URLs) refuse HEAD: ask for one byte instead
-    req = urllib.request.Request(href, headers={**headers, "Range": "bytes=0-0"})
-    with opener.open(req, timeout=HTTP_TIMEOUT_S) as resp:
-        return dict(resp.headers.items())
+def _head(href: str, policy: OpeningPolicy) -> Mapping[str, str]:
+    """Response headers of a HEAD (or, where HEAD is refused, a 1-byte ranged GET), every
+    hop (redirects included) checked by the opening policy before it is contacted."""
+    return policy.probe(href).headers
 
 
-def asset_identity(href: str, asset: pystac.Asset | None = None) -> str | None:
+def asset_identity(
+    href: str, asset: pystac.Asset | None = None, *, policy: OpeningPolicy
+) -> str | None:
     """What identifies this version of the asset's bytes, without reading them.
 
     ``checksum:<multihash>`` from the item's ``file:checksum``, else ``etag:<ETag>`` from
     an HTTP HEAD, else ``modified:<Last-Modified>;size:<n>``; None when nothing is known
-    (then the source item id alone decides). Raises SourceError when the HEAD fails.
+    (then the source item id alone decides). Raises SourceError when the HEAD fails or
+    the policy refuses the href.
     """
     checksum = asset.extra_fields.get("file:checksum") if asset is not None else None
     if isinstance(checksum, str) and checksum:
@@ -364,17 +338,9 @@ def asset_identity(href: str, asset: pystac.Asset | None = None) -> str | None:
     if not href.startswith(("http://", "https://")):
         return None
     try:
-        headers = {k.lower(): v for k, v in _head(href).items()}
-    except urllib.error.HTTPError as exc:
-        raise SourceError(
-            f"{sanitize_source(href)}: HEAD request answered HTTP {exc.code}",
-            hint="check the asset href is readable (signed URLs may have expired)",
-        ) from exc
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise SourceError(
-            f"{sanitize_source(href)}: cannot reach the asset ({_short(exc, href)})",
-            hint="check the network and the asset href",
-        ) from exc
+        headers = {k.lower(): v for k, v in _head(href, policy).items()}
+    except GeomeshError as exc:
+        raise SourceError(redact(exc.message, href), hint=exc.hint or None) from None
     if headers.get("etag"):
         return _cap(f"etag:{headers['etag']}")
     if headers.get("last-modified"):

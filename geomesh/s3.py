@@ -23,7 +23,8 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -45,6 +46,7 @@ from pydantic import SecretStr
 from rasterio.session import Session as _RasterioSession
 
 from geomesh.errors import ConfigError, StorageError, UnsafePath
+from geomesh.redact import redact, redact_url
 from geomesh.storage import AREAS, Area, ObjectStore, check_key
 
 if TYPE_CHECKING:
@@ -54,9 +56,9 @@ if TYPE_CHECKING:
 
 #: files up to this size are uploaded in one (conditional) PUT, larger ones as multipart
 SINGLE_PUT_LIMIT = 64 * 1024 * 1024
+#: PUTs in flight in one put_many (many small published documents)
+_PUT_WORKERS = 16
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_URL_USERINFO = re.compile(r"(//)[^/@\s]+@")
-_AMZ_QUERY = re.compile(r"(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s]+", re.IGNORECASE)
 _S3_CODE = re.compile(r"<Code>([A-Za-z]+)</Code>")
 _DENIED_CODES = {
     "AccessDenied",
@@ -81,11 +83,6 @@ def check_s3_key(key: str) -> str:
                 "use plain relative paths like 'sha256/ab/cdef.tif'"
             )
     return key
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user info (``user:pass@``) and without signed-query secrets."""
-    return _AMZ_QUERY.sub(r"\1***", _URL_USERINFO.sub(r"\1***@", url))
 
 
 @dataclass(frozen=True)
@@ -288,7 +285,7 @@ class S3Store:
         for secret in (self._secret_access_key, self._access_key_id):
             if secret is not None and secret.get_secret_value():
                 text = text.replace(secret.get_secret_value(), "***")
-        return redact_url(text)
+        return redact(text)
 
     def _fail(self, op: str, area: Area, key: str, exc: BaseException) -> NoReturn:
         place = self.places[area]
@@ -342,6 +339,15 @@ class S3Store:
         if n is None:
             self._fail("read", area, key, FileNotFoundError(key))
         return n
+
+    def stamp(self, area: Area, key: str) -> str:
+        store, path = self._locate(area, key)
+        try:
+            meta = obstore.head(store, path)
+        except (FileNotFoundError, NotFoundError, BaseError, OSError) as exc:
+            self._fail("read", area, key, exc)
+        tag = meta.get("e_tag") or meta.get("version") or str(meta.get("last_modified"))
+        return f"{meta['size']}:{tag}"
 
     def get_bytes(self, area: Area, key: str) -> bytes:
         store, path = self._locate(area, key)
@@ -449,6 +455,14 @@ class S3Store:
             obstore.put(store, path, data, mode="overwrite", use_multipart=False)
         except (BaseError, OSError) as exc:
             self._fail("write", area, key, exc)
+
+    def put_many(self, area: Area, entries: Iterable[tuple[str, bytes]]) -> None:
+        """Conditional PUTs, several in flight (each atomic; existing keys are kept)."""
+        batch = list(entries)
+        if not batch:
+            return
+        with ThreadPoolExecutor(max_workers=min(_PUT_WORKERS, len(batch))) as pool:
+            list(pool.map(lambda e: self._put_once(area, e[0], e[1]), batch))
 
     def put_file(self, area: Area, key: str, path: Path) -> None:
         if self.exists(area, key):

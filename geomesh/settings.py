@@ -36,7 +36,23 @@ class Settings(BaseSettings):
         default=None,
         description="Offline STAC schema store laid out by URL path (default <storage_root>/stac-schemas).",
     )
-    user: str | None = Field(default=None, description="Default actor for CLI commands.")
+    user: str | None = Field(
+        default=None, description="The user the CLI acts as (still proven by token or password)."
+    )
+    sso_allowed_domains: str = Field(
+        default="",
+        description="Comma-separated e-mail domains SSO sign-ins may come from (empty: any; "
+        "the e-mail must still be verified and registered to a user).",
+    )
+    audit_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the audit chain's HMAC (at least 32 characters); default: the "
+        "key file (GEOMESH_AUDIT_KEY_FILE), created on first start.",
+    )
+    audit_key_file: Path | None = Field(
+        default=None,
+        description="File holding the audit key, mode 0600 (default <storage_root>/keys/audit.key).",
+    )
     log_stderr: bool = Field(default=False, description="Also write JSON log lines to stderr.")
 
     # object storage: "local" (default) or "s3"
@@ -52,10 +68,35 @@ class Settings(BaseSettings):
     quarantine_prefix: str = "quarantine"
     production_prefix: str = "production"
 
+    # untrusted input (geomesh.opening): where the app and remote sources may read from
+    import_dirs: str = Field(
+        default="",
+        description="':'-separated local folders the app and remote sources may read rasters "
+        "from (the CLI operator may read any local path).",
+    )
+    allowed_sources: str = Field(
+        default="",
+        description="Comma-separated URL prefixes (scheme://host[:port][/path]) rasters may be "
+        "read from; a host named by its IP address allows that (private) address explicitly.",
+    )
+    upload_max_mb: int = Field(
+        default=256, ge=1, le=4096, description="Largest file the app's Ingest page accepts (MiB)."
+    )
+
     # parallel ingestion
     workers: int | None = Field(default=None, description="Process-pool size (default: CPU count).")
     scheduler: str | None = Field(
         default=None, description="Dask scheduler address tcp://host:port."
+    )
+
+    # the worker and the inbound governance API (issue 17)
+    api_url: str | None = Field(
+        default=None,
+        description="Public base URL of `geomesh api` (e.g. https://geomesh.example.org); "
+        "the outbound signoff_requested payload tells the approval tool to call back there.",
+    )
+    worker_poll_s: float = Field(
+        default=2.0, gt=0, le=300, description="How long an idle `geomesh worker` waits."
     )
 
     def resolved_storage_root(self, config_root: Path | None = None) -> Path:
@@ -69,6 +110,9 @@ class Settings(BaseSettings):
         if config_url:
             return config_url
         return f"sqlite:///{root / 'geomesh.db'}"
+
+    def resolved_audit_key_file(self, root: Path) -> Path:
+        return (self.audit_key_file or root / "keys" / "audit.key").expanduser().resolve()
 
     def resolved_schema_dir(self, root: Path) -> Path:
         return (self.schema_dir or root / "stac-schemas").expanduser().resolve()

@@ -3,6 +3,13 @@
 Pure file work: nothing here touches the database or writes to the object store, so it
 runs in worker processes (``geomesh.parallel``) as well as in the caller. Staging the
 result is ``geomesh.services.ingest``.
+
+Each byte is read once per purpose: the source is opened once (inspected from the dataset
+the COG is written from) and, when its digest is wanted, hashed on a thread while GDAL
+writes the COG; the COG is hashed once, on a thread while it is inspected (once) and its
+statistics are read. The :class:`PreparedTile` carries those facts (digest, size, the COG's
+:class:`~geomesh.raster.RasterInfo`, its rio-cogeo validation) to staging and to the
+validation right after it, so neither opens nor hashes the file again.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,8 +26,10 @@ from typing import Any, Literal
 
 from geomesh.config import ProductConfig
 from geomesh.hashing import sha256_file
+from geomesh.opening import OpeningPolicy
 from geomesh.raster import (
     CogResult,
+    RasterInfo,
     band_statistics,
     inspect,
     is_remote,
@@ -35,7 +45,8 @@ class SourceMeta:
     """Where a tile came from when it was found in a STAC API (set by ``services.sources``)."""
 
     #: "<stac item id>/<asset key>": with source_etag, what makes a re-run skip the asset
-    source_item_id: str
+    #: (None for a tile derived from one of our own items, e.g. a re-clip)
+    source_item_id: str | None
     source_etag: str | None
     #: self href of the source STAC item (the new item's `derived_from` link)
     derived_from: str | None = None
@@ -63,6 +74,8 @@ class PreparedTile:
     cog_warnings: list[str]
     clipped: bool
     source_meta: SourceMeta | None = None
+    #: the COG's own :func:`~geomesh.raster.inspect` (read once, in prepare_tile)
+    cog_info: RasterInfo | None = None
 
 
 def source_key_for(source: str) -> str:
@@ -79,7 +92,13 @@ def _options_digest(config: ProductConfig) -> str:
 
 
 def source_digest_for(source: str, config: ProductConfig) -> str | None:
-    """SHA-256 of a local source's bytes + the options that shape the output (None if remote)."""
+    """SHA-256 of a local source's bytes + the options that shape the output (None if remote).
+
+    What a re-run of the same source with the same options is recognised by (the item's
+    ``source_digest``). ``prepare_tile(..., hash_source=True)`` computes it while the COG
+    is written; the pipeline computes it up front only for a source whose location the
+    product already holds (the one case where it can skip the file work).
+    """
     if is_remote(source):
         return None
     p = Path(source)
@@ -108,16 +127,56 @@ def prepare_tile(
     *,
     acquired: datetime | None = None,
     source_digest: str | None = None,
+    policy: OpeningPolicy | None = None,
+    hash_source: bool = False,
 ) -> PreparedTile:
-    """Inspect, (warp/clip), write the COG, hash it and read statistics. No database access."""
+    """Inspect, (warp/clip), write the COG, hash it and read statistics. No database access.
+
+    ``source`` is checked by ``policy`` (default: local paths anywhere with the product's
+    drivers, URLs only under GEOMESH_ALLOWED_SOURCES-style prefixes — none) before GDAL
+    sees it, and only the policy's drivers are tried. With ``hash_source`` and no
+    ``source_digest``, a local source's :func:`source_digest_for` is computed on a thread
+    while the COG is written (GDAL's own threads leave a core idle most of that time).
+    """
+    if policy is None:
+        policy = OpeningPolicy(
+            drivers=tuple(config.ingestion.input_drivers), local_anywhere=True, context="a caller"
+        )
+    checked = policy.check(source)
     name = sanitize_source(source)
-    src_info = inspect(source, domain_crs=config.spatial_domain.crs)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tif", dir=workdir)
-    os.close(fd)
-    cog_path = Path(tmp)
-    cog: CogResult = write_cog(source, cog_path, config)
-    hexdigest, size = sha256_file(cog_path)
-    cog_info = inspect(cog_path, domain_crs=config.spatial_domain.crs)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geomesh-hash") as hasher:
+        source_hash = (
+            hasher.submit(source_digest_for, checked.gdal_path, config)
+            if hash_source and source_digest is None and checked.local
+            else None
+        )
+        with policy.gdal_env():
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tif", dir=workdir)
+            os.close(fd)
+            cog_path = Path(tmp)
+            try:
+                cog: CogResult = write_cog(
+                    checked.gdal_path,
+                    cog_path,
+                    config,
+                    drivers=policy.drivers,
+                    name=source,
+                    inspect_source=True,
+                )
+            except BaseException:
+                cog_path.unlink(missing_ok=True)
+                raise
+        # the one hash of the COG, while the COG is inspected and its statistics read
+        cog_hash = hasher.submit(sha256_file, cog_path)
+        try:
+            cog_info = inspect(cog_path, domain_crs=config.spatial_domain.crs)
+            statistics = band_statistics(cog_path)
+        finally:
+            hexdigest, size = cog_hash.result()
+        if source_hash is not None:
+            source_digest = source_hash.result()
+    src_info = cog.source_info
+    assert src_info is not None  # inspect_source=True
     when = acquired or src_info.datetime or config.ingestion.datetime
     return PreparedTile(
         source=source,
@@ -129,11 +188,12 @@ def prepare_tile(
         size=size,
         acquired=when,
         info_json={"source": src_info.to_json(), "cog": cog_info.to_json()},
-        statistics=band_statistics(cog_path),
+        statistics=statistics,
         cog_valid=cog.is_valid,
         cog_errors=cog.errors,
         cog_warnings=cog.warnings,
         clipped=cog.clipped,
+        cog_info=cog_info,
     )
 
 
@@ -145,7 +205,7 @@ def build_stac(
     item_version: int = 1,
     predecessor_href: str | None = None,
 ) -> dict[str, Any]:
-    info = inspect(prepared.cog_path, domain_crs=config.spatial_domain.crs)
+    info = prepared.cog_info or inspect(prepared.cog_path, domain_crs=config.spatial_domain.crs)
     meta = prepared.source_meta
     item = build_item(
         config=config,

@@ -6,6 +6,12 @@ published STAC catalogs of releases live inside its object store (see `geomesh.r
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import secrets
+import stat
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,11 +20,13 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from geomesh import db
+from geomesh import audit, db
 from geomesh.config import ProductConfig
-from geomesh.errors import ConfigError
+from geomesh.errors import AuditKeyError, ConfigError, StorageError
 from geomesh.settings import Settings, load_settings
-from geomesh.storage import LocalStore, ObjectStore
+from geomesh.storage import TMP_PREFIX, LocalStore, ObjectStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,7 +38,12 @@ class Workspace:
     engine: Engine
     store: ObjectStore
     schema_dir: Path
+    #: the audit chain's HMAC key (never in the database, never logged)
+    audit_key: bytes = field(repr=False)
     _migrated: bool = field(default=False, repr=False)
+    #: where changes come from (``{"name": "app"}``, ``{"name": "cli", "os_user", "host"}``):
+    #: every audit event of this workspace records it (``audit.CHANNEL_INFO``)
+    channel: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def open(
@@ -58,6 +71,7 @@ class Workspace:
             engine=engine,
             store=store,
             schema_dir=settings.resolved_schema_dir(root),
+            audit_key=load_audit_key(settings, root),
         )
         if migrate:
             db.migrate(engine)
@@ -66,18 +80,83 @@ class Workspace:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One unit of work; commits on success, rolls back on any exception."""
-        with db.transaction(self.engine) as session:
+        """One unit of work; commits on success, rolls back on any exception.
+
+        When it appended audit events, the new chain head is then stored as a write-once
+        checkpoint (``audit.write_checkpoint``); a failure there is logged, never raised,
+        since the change itself has committed.
+        """
+        info = {**audit.keyed(self.audit_key), audit.CHANNEL_INFO: self.channel}
+        with db.transaction(self.engine, info=info) as session:
             yield session
+        head = session.info.get(audit.HEAD_INFO)
+        if head is not None:
+            seq, head_hash = head
+            try:
+                audit.write_checkpoint(self.store, self.audit_key, seq, head_hash)
+            except StorageError as exc:
+                log.warning("audit checkpoint #%s not stored: %s", seq, exc)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only session (no implicit BEGIN IMMEDIATE on SQLite until a write)."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        """A read-only session over one consistent snapshot that does not wait for writers
+        (``db.read_engine``: SQLite deferred in WAL mode, PostgreSQL ``READ ONLY``)."""
+        with Session(db.read_engine(self.engine), expire_on_commit=False) as session:
             yield session
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def load_audit_key(settings: Settings, root: Path) -> bytes:
+    """``GEOMESH_AUDIT_KEY``, else the key file, created (mode 0600) on first start."""
+    if settings.audit_key is not None:
+        key = settings.audit_key.get_secret_value().encode()
+    else:
+        path = settings.resolved_audit_key_file(root)
+        if not path.exists():
+            _create_key_file(path)
+        key = _read_key_file(path)
+    audit.keyed(key)  # refuses a key too short to be a secret
+    return key
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new random key; a concurrent first start keeps whichever file landed first."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    except OSError as exc:
+        raise AuditKeyError(
+            f"cannot create the audit key file {path} ({exc.strerror})",
+            hint="make its folder writable, or set GEOMESH_AUDIT_KEY",
+        ) from None
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise AuditKeyError(
+                f"the audit key file {path} can be read by other users "
+                f"(mode {stat.S_IMODE(mode):o})",
+                hint=f"chmod 600 {path}",
+            )
+        return path.read_text().strip().encode()
+    except OSError as exc:
+        raise AuditKeyError(
+            f"cannot read the audit key file {path} ({exc.strerror})",
+            hint="check its owner and mode (0600), or set GEOMESH_AUDIT_KEY",
+        ) from None
 
 
 def make_store(settings: Settings, root: Path) -> ObjectStore:

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from geomesh.services import queries
-from ui import layout
+from ui import cached, layout
 from ui.state import K
 from ui.widgets import FINDING_COLUMNS
 
@@ -20,7 +20,7 @@ product = c1.selectbox(
     placeholder="all products",
 )
 severities = c2.multiselect("Severity", ["P1", "P2", "P3"], key=K.F_SEVERITY)
-rules = c3.multiselect("Rule", queries.finding_rules(ctx.ws, product), key=K.F_RULE)
+rules = c3.multiselect("Rule", cached.finding_rules(product), key=K.F_RULE)
 states = c4.multiselect(
     "Item state",
     [
@@ -36,20 +36,29 @@ states = c4.multiselect(
 )
 include_closed = st.toggle("Include closed findings (fixed by a later validation run)", key=K.F_ALL)
 
-table = queries.findings_table(
-    ctx.ws,
-    product_id=product,
-    severities=severities,
-    rules=rules,
-    states=states,
-    open_only=not include_closed,
-)
+filters = {
+    "product_id": product,
+    "severities": severities,
+    "rules": rules,
+    "states": states,
+    "open_only": not include_closed,
+}
+total = cached.findings_total(**filters)
+pages = max(1, -(-total["total"] // queries.FINDINGS_PAGE_SIZE))
+if int(st.session_state.get(K.F_PAGE, 1)) > pages:  # the filters left fewer pages
+    st.session_state[K.F_PAGE] = pages
+page = int(st.number_input(f"Page (of {pages:,})", 1, pages, key=K.F_PAGE) if pages > 1 else 1)
+table = cached.findings_rows(page=page, **filters)
 frame = pd.DataFrame(table)
-counts = frame["severity"].value_counts() if not frame.empty else pd.Series(dtype=int)
 m = st.columns(4)
-m[0].metric("Findings", len(frame))
+m[0].metric("Findings", total["total"])
 for col, sev in zip(m[1:], ("P1", "P2", "P3"), strict=True):
-    col.metric(sev, int(counts.get(sev, 0)))
+    col.metric(sev, total["counts"][sev])
+first = (page - 1) * queries.FINDINGS_PAGE_SIZE
+st.caption(
+    f"Rows {first + 1 if total['total'] else 0:,}–{first + len(frame):,} of {total['total']:,}, "
+    "worst first; the exports hold every filtered row."
+)
 
 st.dataframe(
     frame,
@@ -78,7 +87,7 @@ st.dataframe(
 d1, d2, _ = st.columns([1, 1, 4])
 d1.download_button(
     "Export CSV",
-    lambda: queries.findings_csv(table),
+    lambda: queries.export_findings(ctx.ws, fmt="csv", **filters),
     file_name="geomesh-findings.csv",
     mime="text/csv",
     on_click="ignore",
@@ -86,7 +95,7 @@ d1.download_button(
 )
 d2.download_button(
     "Export JSON",
-    lambda: queries.findings_json(table),
+    lambda: queries.export_findings(ctx.ws, fmt="json", **filters),
     file_name="geomesh-findings.json",
     mime="application/json",
     on_click="ignore",

@@ -4,13 +4,13 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from geomesh.services import queries
-from ui import layout
+from geomesh.services import tasks
+from ui import cached, layout
 from ui.fmt import SEVERITY_COLOURS, STATE_COLOURS, duration, md_escape, short_id
 
 ctx = layout.context("Overview")
 pid = layout.require_product(ctx)
-ov = queries.overview(ctx.ws, pid)
+ov = cached.overview(pid)
 states = ov["states"]
 
 with st.container(border=True):
@@ -20,7 +20,8 @@ with st.container(border=True):
         st.text(ov["description"])
         st.markdown(
             f"**Product** `{ov['id']}` · **current version** "
-            f"`{ov['current_version'] or 'unreleased'}` ({ov['releases']} releases) · "
+            f"`{ov['current_version'] or ('withdrawn' if ov['releases'] else 'unreleased')}` "
+            f"({ov['releases']} releases) · "
             f"**lifecycle stage** `{ov['lifecycle_stage']}`"
         )
         st.caption(
@@ -152,6 +153,33 @@ with right:
             .properties(height=max(24 * len(times), 120)),
             width="stretch",
         )
+
+st.markdown("**Worker** (`geomesh worker`: escalation webhooks, re-clips, snapshots, previews)")
+queue = tasks.queue_depth(ctx.ws)
+q = st.columns(5)
+q[0].metric("Tasks queued", queue["tasks"]["queued"])
+q[1].metric("Tasks running", queue["tasks"]["running"])
+q[2].metric("Tasks failed", queue["tasks"]["failed"])
+q[3].metric("Webhooks pending", queue["outbox"]["pending"])
+q[4].metric("Webhooks failed", queue["outbox"]["failed"])
+if queue["failed_tasks"]:
+    st.caption("Failed tasks (queue them again with `geomesh tasks retry ID`)")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "task": t["id"],
+                    "kind": t["kind"],
+                    "item": t["item_id"] or "",
+                    "attempts": t["attempts"],
+                    "error": t["last_error"] or "",
+                }
+                for t in queue["failed_tasks"]
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
 
 st.markdown("**Recent activity**")
 st.dataframe(pd.DataFrame(ov["activity"]), hide_index=True, width="stretch")

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from geomesh.services import history, queries, rollback
+from geomesh.services import history, queries, rollback, snapshot
 from ui import errors, layout
 from ui.fmt import short_id
 from ui.state import K, flash
@@ -51,21 +51,37 @@ changes += [
 if changes:
     st.dataframe(pd.DataFrame(changes), hide_index=True, width="stretch")
 
-st.subheader("Roll back")
 current = next((r for r in rels if r.current), None)
+st.subheader("Columnar snapshot")
 if current is None:
-    st.caption("The product has no current release.")
+    st.caption("No release is current: every release was withdrawn.")
+elif current.snapshot_key:
+    st.caption(f"stac-geoparquet of {current.version}: `production/{current.snapshot_key}`")
+else:
+    st.caption(f"{current.version} has no stac-geoparquet snapshot yet (written on demand).")
+    if ctx.can("promote") and st.button("Write the snapshot", key=K.REL_SNAPSHOT):
+        done = errors.attempt(
+            snapshot.snapshot_release, ctx.ws, pid, current.id, actor=ctx.user.name
+        )
+        if done is not None:
+            flash(f"snapshot written: production/{done.key}")
+            st.rerun()
+
+st.subheader("Roll back")
+if current is None:
+    st.caption(
+        "The product has no current release (withdrawn); the next promote continues after "
+        f"the highest version ever released ({rels[-1].version})."
+    )
     st.stop()
-items = history.show_release(ctx.ws, pid, current.id)["manifest"]["items"]
+items = queries.released_item_ids(ctx.ws, pid)
 c1, c2 = st.columns(2)
 with c1:
     st.markdown(f"Current release **{current.version}**; its parent comes back.")
     if st.button(f"Roll back release {current.version}…", key=K.REL_ROLLBACK_RELEASE):
         st.session_state[K.PENDING_ROLLBACK] = {"kind": "release"}
 with c2:
-    item = st.selectbox(
-        "Item of the current release", [i["id"] for i in items], index=None, key=K.REL_ITEM
-    )
+    item = st.selectbox("Item of the current release", items, index=None, key=K.REL_ITEM)
     if st.button("Roll back this item…", key=K.REL_ROLLBACK_ITEM, disabled=item is None):
         st.session_state[K.PENDING_ROLLBACK] = {"kind": "item", "item_id": item}
 
@@ -88,8 +104,11 @@ def confirm(pending: dict[str, str]) -> None:
             f"{len(impact['restored'])} return to production."
         )
         st.dataframe(pd.DataFrame({"withdrawn": impact["withdrawn"]}), hide_index=True)
-        if not impact["possible"]:
-            st.warning(f"{impact['version']} is the first release: there is nothing to go back to.")
+        if impact["restores"] is None:
+            st.warning(
+                f"{impact['version']} is the first release: rolling it back withdraws the "
+                "product (no release is current until the next promote)."
+            )
     else:
         st.markdown(
             f"A new PATCH release **{impact['new_version']}** replaces {impact['version']} without "

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from geomesh.services import promotion, queries, signoff
-from ui import errors, layout, widgets
+from ui import cached, errors, layout, widgets
 from ui.fmt import md_escape, short_id
 from ui.state import K, flash
 
@@ -13,12 +13,22 @@ pid = layout.require_product(ctx)
 config = queries.product_config(ctx.ws, pid)
 ctx.role_note("signoff", "sign off items")
 
-queue = queries.review_queue(ctx.ws, pid)
+queue = cached.review_queue(pid)
 if not queue:
     st.info("Nothing awaits sign-off.")
 else:
     st.dataframe(pd.DataFrame(queue), hide_index=True, width="stretch")
     ids = [q["id"] for q in queue]
+    st.caption(
+        "Checksums: the last hash of each unchanged stored object (size and modification "
+        "time or ETag); promotion always re-hashes."
+    )
+    if st.button("Verify now", key=K.R_VERIFY, help="Re-hash every queued item's stored object"):
+        checked = queries.verify_checksums(ctx.ws, ids)
+        cached.checksums_verified()
+        bad = [i for i, c in checked.items() if not c["ok"]]
+        flash(f"Verified {len(checked)} object(s): {len(bad)} mismatch(es).")
+        st.rerun()
     if st.session_state.get(K.R_ITEM) not in ids:
         st.session_state[K.R_ITEM] = ids[0]
     by_id = {q["id"]: q for q in queue}
@@ -105,25 +115,27 @@ else:
                 st.rerun()
 
 st.subheader("Promote")
-plan = promotion.plan_promotion(ctx.ws, config, verify_checksums=len(queue) <= 50)
-if plan.eligible:
+plan = cached.promotion_plan(pid)  # cached checksums; promote re-hashes
+eligible = plan["eligible"]
+if eligible:
     st.markdown(
-        f"Next release: **{plan.next_version}** ({plan.bump.value if plan.bump else '-'}; current "
-        f"{plan.current_version or 'none'}) with {len(plan.eligible)} new item version(s): "
-        f"{len(plan.delta.added)} added, {len(plan.delta.changed)} replacing a released version."
+        f"Next release: **{plan['next_version']}** ({plan['bump'] or '-'}; current "
+        f"{plan['current_version'] or 'none'}) with {len(eligible)} new item version(s): "
+        f"{len(plan['delta']['added'])} added, {len(plan['delta']['changed'])} replacing a "
+        "released version."
     )
-    st.dataframe(pd.DataFrame({"eligible": [p.item_id for p in plan.eligible]}), hide_index=True)
+    st.dataframe(pd.DataFrame({"eligible": eligible}), hide_index=True)
 else:
     st.caption("No item meets all promotion gates yet (validation, checksum, sign-off).")
-if plan.blocked:
+if plan["blocked"]:
     st.dataframe(
-        pd.DataFrame([{"blocked": p.item_id, "why": "; ".join(p.reasons)} for p in plan.blocked]),
+        pd.DataFrame([{"blocked": i, "why": "; ".join(r)} for i, r in plan["blocked"].items()]),
         hide_index=True,
         width="stretch",
     )
-if plan.eligible and plan.next_version:
+if eligible and plan["next_version"]:
     sure = st.checkbox(
-        f"Release {len(plan.eligible)} item(s) as {pid} {plan.next_version}",
+        f"Release {len(eligible)} item(s) as {pid} {plan['next_version']}",
         key=K.R_PROMOTE_CONFIRM,
     )
     if st.button("Promote", key=K.R_PROMOTE, type="primary", disabled=not sure):
@@ -131,7 +143,7 @@ if plan.eligible and plan.next_version:
             promotion.promote,
             ctx.ws,
             config,
-            [p.item_id for p in plan.eligible],
+            eligible,
             actor=ctx.user.name,
         )
         if result is not None:

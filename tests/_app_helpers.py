@@ -24,6 +24,8 @@ PAGES = (
     "pages/releases.py",
     "pages/audit.py",
     "pages/ingest.py",
+    "pages/policy.py",
+    "pages/users.py",
 )
 
 

@@ -3,7 +3,8 @@
 * :class:`RangeFileServer`: a static file server with HTTP Range support (single and
   multi-range), strong ETags and a log of every response and the bytes it carried, so a
   test can prove a clip read only part of a remote COG. ``deny`` makes chosen paths answer
-  403 to GET (an expired signature, say) while HEAD keeps working.
+  403 to GET (an expired signature, say) while HEAD keeps working; ``redirects`` makes
+  chosen paths answer 302 with a ``Location`` (to test redirect checks).
 * :class:`RustacServer`: ``rustac serve`` (the STAC API server from the ``rustac`` wheel)
   with an in-memory backend loaded from item files.
 """
@@ -73,6 +74,7 @@ class RangeFileServer:
         self._log: list[Served] = []
         self._lock = threading.Lock()
         self.deny: set[str] = set()
+        self.redirects: dict[str, str] = {}
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -152,7 +154,17 @@ class RangeFileServer:
                 self.end_headers()
                 server._record(Served(method, urlsplit(self.path).path, status, (), 0))
 
+            def _redirected(self, method: str) -> bool:
+                path = urlsplit(self.path).path
+                target = server.redirects.get(path.lstrip("/"))
+                if target is None:
+                    return False
+                self._empty(302, method, Location=target)
+                return True
+
             def do_HEAD(self) -> None:
+                if self._redirected("HEAD"):
+                    return
                 p = self._file()
                 if p is None:
                     self._empty(404, "HEAD")
@@ -166,6 +178,8 @@ class RangeFileServer:
                 server._record(Served("HEAD", urlsplit(self.path).path, 200, (), 0))
 
             def do_GET(self) -> None:
+                if self._redirected("GET"):
+                    return
                 p = self._file()
                 path = urlsplit(self.path).path
                 if p is None:

@@ -56,7 +56,7 @@ def require_service(reason: str) -> None:
 def shared_dir() -> Path:
     """The only way tests reach ../shared (real third-party data and STAC schemas)."""
     if not (SHARED / "data" / "MANIFEST.tsv").is_file():
-        pytest.skip(f"../shared test data not found at {SHARED} (CI always has it)")
+        require_service(f"../shared test data not found at {SHARED} (CI always has it)")
     return SHARED
 
 

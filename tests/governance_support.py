@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import identity_support
 from sqlmodel import select
 
 from geomesh.config import ProductConfig
 from geomesh.models import FindingRecord, Item, Severity, ValidationRun
-from geomesh.services import history, pipeline, signoff, users
+from geomesh.services import history, pipeline, signoff
 from geomesh.services.pipeline import ingest_rasters
 from geomesh.storage import Area
 from geomesh.workspace import Workspace
@@ -34,8 +35,8 @@ ROLES = {
 
 
 def add_users(ws: Workspace) -> None:
-    for name, role in ROLES.items():
-        users.add_user(ws, actor="system", name=name, role=role)
+    """Every user of ``ROLES``: ``root`` bootstrapped as the first admin, the rest by it."""
+    identity_support.add_users(ws, ROLES, admin="root")
 
 
 def stay_in_staging(

@@ -5,7 +5,8 @@ every role, a quarantined item, items awaiting sign-off and promotion, two relea
 failed webhook, a stale temporary file). The expectation comes from the permission table
 itself: the call is refused with PermissionDenied exactly when the actor's role is not
 allowed, and a refused call changes nothing (no row, no audit event, no file). The
-``system`` principal may do everything except sign off; an unknown user may do nothing.
+``system`` principal may do everything except sign off, manage users and release a
+quarantined item; an unknown or a disabled user may do nothing.
 
 The app side: no page or UI helper reaches past the service layer (checked on the source).
 """
@@ -35,6 +36,7 @@ from geomesh.errors import PermissionDenied
 from geomesh.models import AuditEvent, Item, ItemState, Role
 from geomesh.services import (
     outbox,
+    policy,
     promotion,
     quarantine,
     remediation,
@@ -63,6 +65,7 @@ ACTORS: dict[str, str] = {
     "viewer": "vic",
     "unknown": "mallory",
     "system": SYSTEM,
+    "disabled": "dora",  # a steward an admin disabled
 }
 
 
@@ -70,7 +73,7 @@ def allowed(role: str, action: str) -> bool:
     """What the permission table says (the single source of truth)."""
     if role == "system":
         return action in SYSTEM_ACTIONS
-    if role == "unknown":
+    if role in ("unknown", "disabled"):
         return False
     return Role(role) in PERMISSIONS[action]
 
@@ -98,16 +101,26 @@ def _tile(work: Path, name: str, seed: int, *, crs: str | None = "EPSG:32610") -
     return path
 
 
-def _write_config(work: Path, name: str, *, relaxed: bool = False) -> Path:
+def _write_config(
+    work: Path,
+    name: str,
+    *,
+    relaxed: bool = False,
+    disabled: tuple[str, ...] = (),
+    approvals: int = 1,
+) -> Path:
     data = yaml.safe_load(EXAMPLE_CONFIG)
     data["ingestion"]["tile_size"] = 128
     data["governance"] = {
+        "approvals_required": approvals,
         "webhook_max_attempts": 1,
         # nothing listens on the discard port: deliveries fail at once
         "escalation": [{"name": "ops", "url": "http://127.0.0.1:9/hook", "events": ["finding"]}],
     }
     if relaxed:  # the steward's fix for the CRS-less tile
         data["validation"] = {"severity_overrides": {"GM-CRS-001": "P3", "GM-CONTRACT-001": "P3"}}
+    if disabled:
+        data.setdefault("validation", {})["disabled_rules"] = list(disabled)
     path = work / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -117,7 +130,9 @@ def _write_config(work: Path, name: str, *, relaxed: bool = False) -> Path:
 class Prepared:
     work: Path
     config: Path
-    relaxed: Path
+    relaxed: Path  #: the registered policy (an admin proposed it, a steward approved it)
+    stricter: Path  #: the registered policy with two approvals (a tightening change)
+    looser_digest: str  #: a loosening change proposed by the admin "boss", not approved yet
     quarantined: str  #: re-validated under the relaxed config: releasable
     awaiting: str  #: in validation, no sign-off yet
     approved: str  #: in validation, approved by a steward: promotable
@@ -130,10 +145,14 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     work = tmp_path_factory.mktemp("access")
     root = work / "template"
     ws = Workspace.open(Settings(storage_root=root, schema_dir=SCHEMAS))
+    # the system principal bootstraps the first admin; that admin adds everyone else
+    users.add_user(ws, actor=SYSTEM, name=ACTORS["admin"], role="admin")
     for role, name in ACTORS.items():
-        if role not in ("unknown", "system"):
-            users.add_user(ws, actor=SYSTEM, name=name, role=role)
-    users.add_user(ws, actor=SYSTEM, name="alice", role="steward")
+        if role not in ("admin", "unknown", "system", "disabled"):
+            users.add_user(ws, actor=ACTORS["admin"], name=name, role=role)
+    users.add_user(ws, actor=ACTORS["admin"], name="alice", role="steward")
+    users.add_user(ws, actor=ACTORS["admin"], name=ACTORS["disabled"], role="steward")
+    users.set_disabled(ws, actor=ACTORS["admin"], name=ACTORS["disabled"], disabled=True)
     cfg_path = _write_config(work, "product.yaml")
     relaxed_path = _write_config(work, "relaxed.yaml", relaxed=True)
     cfg = load_config(cfg_path)
@@ -152,12 +171,22 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     release(_tile(work, "a.tif", 1))
     released = release(_tile(work, "b.tif", 2))  # 1.1.0
     (quarantined,) = ingest(_tile(work, "nocrs.tif", 3, crs=None))
-    assert quarantine.revalidate(ws, load_config(relaxed_path), quarantined, actor="alice")
     awaiting, approved = ingest(_tile(work, "c.tif", 4), _tile(work, "d.tif", 5))
     signoff.sign_off(ws, cfg, approved, actor="alice", approve=True)
     report = outbox.deliver_outbox(ws, configs=[cfg], actor=SYSTEM, timeout=2.0)
     assert report.failed, "the quarantine webhook should have failed"
     ingest(_tile(work, "nocrs2.tif", 7, crs=None))  # its webhook stays pending
+    # the steward's fix is a policy change (issue 13): an admin proposes it (a loosening
+    # change), a steward approves it; a further loosening change waits for approval
+    users.add_user(ws, actor=ACTORS["admin"], name="boss", role="admin")
+    relaxed = load_config(relaxed_path)
+    proposed = policy.update_config(ws, relaxed, actor="boss")
+    assert proposed.version is not None
+    policy.approve_config(ws, relaxed.product_id, proposed.version.digest, actor="alice")
+    assert quarantine.revalidate(ws, relaxed, quarantined, actor="alice").releasable
+    looser = load_config(_write_config(work, "looser.yaml", relaxed=True, disabled=("GM-CRS-003",)))
+    pending = policy.update_config(ws, looser, actor="boss")
+    assert pending.outcome == "pending" and pending.version is not None
     stale = root / "staging" / ".tmp-left-by-a-crash"
     stale.write_bytes(b"half")
     os.utime(stale, (1_000_000_000, 1_000_000_000))
@@ -171,6 +200,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
         work=work,
         config=cfg_path,
         relaxed=relaxed_path,
+        stricter=_write_config(work, "stricter.yaml", relaxed=True, approvals=2),
+        looser_digest=pending.version.digest,
         quarantined=quarantined,
         awaiting=awaiting,
         approved=approved,
@@ -183,8 +214,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
 class Case:
     ws: Workspace
     p: Prepared
-    config: ProductConfig
+    config: ProductConfig  #: the registered (relaxed) config
     relaxed: ProductConfig
+    stricter: ProductConfig
 
 
 @pytest.fixture
@@ -192,7 +224,8 @@ def case(prepared: Prepared, tmp_path: Path) -> Iterator[Case]:
     root = tmp_path / "root"
     shutil.copytree(prepared.work / "template", root)
     ws = Workspace.open(Settings(storage_root=root, schema_dir=SCHEMAS), migrate=False)
-    yield Case(ws, prepared, load_config(prepared.config), load_config(prepared.relaxed))
+    relaxed = load_config(prepared.relaxed)
+    yield Case(ws, prepared, relaxed, relaxed, load_config(prepared.stricter))
     ws.close()
 
 
@@ -213,7 +246,7 @@ CALLS: dict[str, tuple[str, Callable[[Case, str], Any]]] = {
     "validate_item": ("validate", _validate),
     "quarantine.revalidate": (
         "quarantine",
-        lambda c, a: quarantine.revalidate(c.ws, c.config, c.p.quarantined, actor=a),
+        lambda c, a: quarantine.revalidate(c.ws, c.config, c.p.quarantined, actor=a, strict=True),
     ),
     "quarantine.release": (
         "quarantine.release",
@@ -254,6 +287,14 @@ CALLS: dict[str, tuple[str, Callable[[Case, str], Any]]] = {
         lambda c, a: outbox.deliver_outbox(c.ws, configs=[c.config], actor=a, timeout=2.0),
     ),
     "doctor --gc": ("doctor.gc", lambda c, a: run_doctor(c.ws, gc=True, min_age_s=0, actor=a)),
+    "policy.update_config": (
+        "product.config",
+        lambda c, a: policy.update_config(c.ws, c.stricter, actor=a),
+    ),
+    "policy.approve_config": (
+        "product.config.approve",
+        lambda c, a: policy.approve_config(c.ws, c.config.product_id, c.p.looser_digest, actor=a),
+    ),
 }
 #: calls that, allowed, may legitimately change nothing (none today; kept explicit)
 MAY_BE_NO_OP: frozenset[str] = frozenset()
@@ -347,6 +388,7 @@ ALLOWED_GEOMESH = (
     "geomesh.settings",
     "geomesh.config",
     "geomesh.preview",
+    "geomesh.redact",  # text only: strips credentials from messages at the edge
 )
 FORBIDDEN_MODULES = ("sqlmodel", "sqlalchemy", "rasterio", "rio_cogeo", "psycopg", "obstore")
 #: method names that write the database or the object store directly

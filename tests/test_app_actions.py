@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 from _app_helpers import APP, K, app_as, no_exception, texts
+from policy_support import change_policy
 from sqlmodel import select
 from streamlit.testing.v1 import AppTest
 
 from geomesh.models import AuditEvent, Item, ItemState
-from geomesh.services import history, queries, signoff
-from geomesh.services.products import register_product
+from geomesh.services import history, queries, signoff, users
 from geomesh.workspace import Workspace
 
 pytest_plugins = ("_app_fixtures",)
@@ -89,10 +89,11 @@ OIDC = {
 }
 
 
-def _sso_app(email: str | None) -> AppTest:
+def _sso_app(email: str | None, *, verified: bool = True) -> AppTest:
+    """The app as an identity provider's signed-in user with these claims would see it."""
     at = AppTest.from_file(APP, default_timeout=120)
     at.secrets["auth"] = OIDC
-    at.user = {"is_logged_in": email is not None, "email": email}
+    at.user = {"is_logged_in": email is not None, "email": email, "email_verified": verified}
     return at
 
 
@@ -108,12 +109,19 @@ def test_sso_button_appears_when_oidc_is_configured(demo_workspace: Workspace) -
     assert "Sign in with SSO" in [b.label for b in at.button]
 
 
-def test_sso_identity_signs_in_the_mapped_user(demo_workspace: Workspace) -> None:
-    at = _sso_app("steward2@example.org").run()
+def test_sso_identity_signs_in_the_user_with_that_verified_email(
+    demo_workspace: Workspace,
+) -> None:
+    users.add_user(demo_workspace, actor="admin", name="sky", role="steward", email="sky@x.org")
+    at = _sso_app("sky@x.org").run()
     no_exception(at)
     assert texts(at.title) == ["Overview"]
-    assert at.session_state[K.USER] == "steward2"
+    assert at.session_state[K.USER] == "sky"
     assert at.session_state[K.AUTH_METHOD] == "sso"
+    # the same address, not verified by the identity provider, signs nobody in
+    refused = _sso_app("sky@x.org", verified=False).run()
+    assert any("has not verified" in t for t in texts(refused.error))
+    assert texts(refused.title) == ["geomesh review"]
 
 
 def test_sso_identity_without_an_account_is_refused_once(demo_workspace: Workspace) -> None:
@@ -277,6 +285,38 @@ def test_rollback_is_refused_for_an_analyst(demo_workspace: Workspace) -> None:
     assert [r.version for r in history.list_releases(demo_workspace, PID) if r.current] == ["1.1.0"]
 
 
+def test_withdrawing_the_first_release_leaves_no_current_release(
+    demo_workspace: Workspace,
+) -> None:
+    for expected in ("current is 1.0.0 again", "no release is current"):
+        at = app_as("steward", "pages/releases.py")
+        at.button(key=K.REL_ROLLBACK_RELEASE).click().run()
+        at.button(key=K.REL_CONFIRM).click().run()
+        no_exception(at)
+        assert any(expected in t for t in texts(at.success)), texts(at.error)
+    assert not any(r.current for r in history.list_releases(demo_workspace, PID))
+    at = app_as("viewer", "pages/releases.py")
+    no_exception(at)
+    assert any("no current release (withdrawn)" in t for t in texts(at.caption))
+    assert K.REL_ROLLBACK_RELEASE not in [b.key for b in at.button]
+    overview = app_as("viewer", "pages/overview.py")
+    no_exception(overview)
+    assert any("`withdrawn`" in t for t in texts(overview.markdown))
+
+
+def test_a_steward_writes_the_geoparquet_snapshot_of_the_current_release(
+    demo_workspace: Workspace,
+) -> None:
+    assert K.REL_SNAPSHOT not in [b.key for b in app_as("viewer", "pages/releases.py").button]
+    at = app_as("steward", "pages/releases.py")
+    at.button(key=K.REL_SNAPSHOT).click().run()
+    no_exception(at)
+    assert any("snapshot written" in t for t in texts(at.success)), texts(at.error)
+    [current] = [r for r in history.list_releases(demo_workspace, PID) if r.current]
+    assert current.snapshot_key == f"catalogs/{PID}/{current.version}/items.parquet"
+    assert demo_workspace.store.exists("production", current.snapshot_key)
+
+
 def test_release_diff_lists_added_and_changed_items(demo_workspace: Workspace) -> None:
     at = app_as("viewer", "pages/releases.py")
     assert any("**1.0.0 → 1.1.0**: 2 added, 0 removed, 1 changed" in t for t in texts(at.markdown))
@@ -297,8 +337,8 @@ def _allow_crs_mismatch(ws: Workspace) -> None:
             )
         }
     )
-    with ws.transaction() as session:
-        register_product(session, relaxed, actor="admin")
+    # the audited way (issue 13): an admin proposes, a second person approves (loosening)
+    change_policy(ws, relaxed, proposer="admin", approver="steward")
 
 
 def test_analyst_revalidates_and_releases_a_quarantined_item(demo_workspace: Workspace) -> None:

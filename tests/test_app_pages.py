@@ -18,6 +18,8 @@ TITLES = {
     "pages/releases.py": "Releases",
     "pages/audit.py": "Audit",
     "pages/ingest.py": "Ingest",
+    "pages/policy.py": "Policy",
+    "pages/users.py": "Users",
 }
 
 
@@ -69,13 +71,13 @@ def test_overview_shows_the_demo_product_card_and_counts(demo_workspace: Workspa
 def test_no_product_yet_is_explained_not_an_error(workspace: Workspace) -> None:
     from geomesh.services import users
 
-    users.add_user(workspace, actor="system", name="admin", role="admin", password="pw")
+    users.add_user(workspace, actor="system", name="admin", role="admin", password="pw-long-enough")
     at = app_as("admin")
     for page in PAGES:
         at.switch_page(page).run()
         no_exception(at)
         assert not at.error, texts(at.error)
-        if page != "pages/audit.py" and page != "pages/findings.py":
+        if page not in ("pages/audit.py", "pages/findings.py", "pages/users.py"):
             assert any("No data product" in t for t in texts(at.info)), page
 
 

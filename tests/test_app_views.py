@@ -201,10 +201,21 @@ def test_findings_page_handles_50000_findings(demo_workspace: Workspace) -> None
         )  # fmt: skip
     at = app_as("analyst", "pages/findings.py")
     no_exception(at)
-    assert len(at.dataframe[0].value) == 50_018
-    assert {m.label: m.value for m in at.metric}["Findings"] == "50018"
+    # one page is loaded, the total and the per-severity counts come from SQL
+    assert len(at.dataframe[0].value) == queries.FINDINGS_PAGE_SIZE
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Findings"] == "50018"
+    assert int(metrics["P1"]) == len(range(0, 50_000, 3)) + 2  # + the demo's two P1 findings
+    at.number_input(key=K.F_PAGE).set_value(2).run()
+    second = at.dataframe[0].value
+    assert len(second) == queries.FINDINGS_PAGE_SIZE
+    assert list(second["severity"][:1]) == ["P1"]  # worst first, across pages
     at.multiselect(key=K.F_RULE).set_value(["GM-BULK-003"]).run()
-    assert len(at.dataframe[0].value) == len([n for n in range(50_000) if n % 7 == 3])
+    bulk = len([n for n in range(50_000) if n % 7 == 3])
+    assert {m.label: m.value for m in at.metric}["Findings"] == str(bulk)
+    assert len(at.dataframe[0].value) == queries.FINDINGS_PAGE_SIZE
+    exported = queries.export_findings(demo_workspace, product_id=PID, rules=["GM-BULK-003"])
+    assert exported.count("\n") == bulk + 1  # the export holds every filtered row
 
 
 # ------------------------------------------------------------------ audit
@@ -240,13 +251,14 @@ def test_audit_page_reports_a_tampered_chain(demo_workspace: Workspace) -> None:
 
 
 def test_ingest_dry_run_then_ingest_with_progress(
-    demo_workspace: Workspace, make_raster: Callable[..., Path]
+    demo_workspace: Workspace, make_raster: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     when = {"TIFFTAG_DATETIME": "2024:09:01 19:00:00"}
     good = make_raster(
         "S2B_extra.tif", width=256, height=256, origin=(548000.0, 4181000.0), tags=when
     )
     nocrs = make_raster("S2B_extra_nocrs.tif", width=256, height=256, crs=None, tags=when)
+    monkeypatch.setenv("GEOMESH_IMPORT_DIRS", str(good.parent))  # typed paths: import dirs only
     at = app_as("steward", "pages/ingest.py")
     at.text_area(key=K.I_PATHS).input(f"{good}\n{nocrs}\n").run()
     at.button(key=K.I_DRY_RUN).click().run()
@@ -278,22 +290,63 @@ def test_analyst_dry_run_is_refused(
     assert any("analyst" in t and "ingest" in t for t in texts(at.error))
 
 
-def test_uploads_are_saved_outside_the_storage_root(demo_workspace: Workspace) -> None:
+def test_uploads_go_to_a_private_folder_and_are_removed_after_each_run(
+    demo_workspace: Workspace, make_raster: Callable[..., Path]
+) -> None:
+    """The new design (issue 14): the role is checked before a byte is saved; uploads go to
+    <root>/uploads/<user> (mode 0700, files 0600) and are gone after the dry run and after
+    the ingest; `geomesh doctor` does not count the folder as garbage."""
+    import stat
+
+    from geomesh.doctor import run_doctor
+
+    tile = make_raster("S2B_upload.tif", width=128, height=128, origin=(548000.0, 4181000.0))
+    at = app_as("steward", "pages/ingest.py")
+    assert any("at most 256 MB" in str(u.label) for u in at.file_uploader)  # the limit, stated
+    at.file_uploader(key=K.I_UPLOAD).upload("../../etc/S2B up.tif", tile.read_bytes()).run()
+    at.button(key=K.I_DRY_RUN).click().run()
+    no_exception(at)
+    (row,) = at.dataframe[0].value.to_dict("records")
+    assert row["status"] == "would-stage", row
+    folder = demo_workspace.root / "uploads" / "steward"
+    assert row["source"] == str(folder.resolve() / "S2B_up.tif")
+    for d in (folder, folder.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, oct(d.stat().st_mode)
+    assert list(folder.iterdir()) == []  # the dry-run copy is removed
+    at.button(key=K.I_INGEST).click().run()
+    no_exception(at)
+    assert any(t.startswith("Ingested:") for t in texts(at.success)), texts(at.error)
+    assert list(folder.iterdir()) == []
+    report = run_doctor(demo_workspace)
+    assert not [p for p in report.to_json()["problems"] if "uploads" in json.dumps(p)], report
+
+
+def test_upload_service_writes_private_files_and_discards_only_its_own(
+    demo_workspace: Workspace,
+) -> None:
+    import stat
+
     from streamlit.proto.Common_pb2 import FileURLs
     from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
 
-    from ui import uploads
+    from geomesh.errors import PermissionDenied
+    from geomesh.services import uploads
 
     rec = UploadedFileRec(
-        file_id="1", name="../../etc/evil tile.tif", type="image/tiff", data=b"II*\x00"
+        file_id="1", name="../../etc/evil tile.tif", type="image/tiff", data=b"II*"
     )
-    [path] = uploads.save(demo_workspace, "steward", [UploadedFile(rec, FileURLs())])
-    assert path.name == "evil_tile.tif" and path.read_bytes() == b"II*\x00"
-    root = demo_workspace.root.resolve()
-    assert root not in path.resolve().parents
-    elsewhere = root / "keep.tif"
+    with pytest.raises(PermissionDenied):
+        uploads.save_uploads(demo_workspace, "viewer", [UploadedFile(rec, FileURLs())])
+    assert not (demo_workspace.root / "uploads" / "viewer").exists()
+    [path] = uploads.save_uploads(demo_workspace, "steward", [UploadedFile(rec, FileURLs())])
+    assert path.name == "evil_tile.tif" and path.read_bytes() == b"II*"
+    assert path.parent == demo_workspace.root.resolve() / "uploads" / "steward"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    elsewhere = demo_workspace.root / "keep.tif"
     elsewhere.write_bytes(b"x")
-    uploads.discard([str(path), str(elsewhere)])  # only upload copies are removed
+    uploads.discard_uploads(demo_workspace, "admin", [path])  # not admin's upload: kept
+    assert path.exists()
+    uploads.discard_uploads(demo_workspace, "steward", [path, elsewhere])
     assert not path.exists() and elsewhere.exists()
 
 

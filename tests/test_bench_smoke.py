@@ -18,10 +18,13 @@ from conftest import BACKEND, ROOT
 
 EXPECTED = {
     "ingest overhead": 6,  # 2 sizes × (wall, CPU, memory)
-    "batch scaling": 1,
+    "batch scaling": 3,  # default vs best rio-cogeo setup, vs workers=1, remote ingest
     "validation throughput": 2,
-    "rollback / promotion": 3 + 9 + 2,  # flatness ×3, 3 calls × 3 sizes, materialization, build
-    "app responsiveness": 2,
+    "CLI start": 2,  # geomesh --help, geomesh items list
+    # flatness ×3, whole-call growth ×3, 3 calls × 3 sizes, first publication × 3 sizes +
+    # linearity, snapshot × 3 sizes, build
+    "rollback / promotion": 3 + 3 + 9 + 3 + 1 + 3 + 1,
+    "app responsiveness": 6 * 2 + 1,  # 6 pages × (first visit, rerun) + fixture build
 }
 
 

@@ -163,12 +163,14 @@ def test_demo_users_sign_in_with_the_documented_passwords(demo_workspace: Worksp
     assert last is not None and last.action == "auth.sign_in_failed" and last.actor == "anonymous"
 
 
-def test_sso_email_maps_to_a_geomesh_user(demo_workspace: Workspace) -> None:
-    assert auth_session.sign_in_sso(demo_workspace, "steward2@example.org").name == "steward2"
-    assert auth_session.sign_in_sso(demo_workspace, "Steward@Example.org").role == "steward"
-    with pytest.raises(PermissionDenied, match="no geomesh account"):
-        auth_session.sign_in_sso(demo_workspace, "mallory@example.org")
+def test_sso_never_maps_an_email_by_its_local_part(demo_workspace: Workspace) -> None:
+    """Demo users have no registered e-mail: a verified ``steward@…`` is not the steward
+    (the old local-part mapping let anyone who registers that address in).
+    tests/test_identity.py covers SSO with registered e-mails."""
+    for email in ("steward2@example.org", "Steward@Example.org", "mallory@example.org"):
+        with pytest.raises(PermissionDenied, match="no geomesh account"):
+            auth_session.sign_in_sso(demo_workspace, {"email": email, "email_verified": True})
     with pytest.raises(PermissionDenied):
-        auth_session.sign_in_sso(demo_workspace, None)
+        auth_session.sign_in_sso(demo_workspace, {})
     assert auth_session.can(demo_workspace, "steward", "signoff")
     assert not auth_session.can(demo_workspace, "analyst", "signoff")

@@ -19,6 +19,8 @@ import os
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import identity_support
 import numpy as np
 import pytest
 import rasterio
@@ -46,7 +49,7 @@ from geomesh.services.sources import ingest_from_stac
 from geomesh.settings import Settings
 from geomesh.workspace import Workspace
 
-from conftest import BACKEND, EXAMPLE_CONFIG, SHARED
+from conftest import BACKEND, EXAMPLE_CONFIG, ROOT, SHARED
 
 pytest_plugins = ("_app_fixtures",)
 pytestmark = pytest.mark.skipif(
@@ -110,7 +113,8 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBed]:
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     good = _geotiff(base / "good.tif")
     ws = Workspace.open(Settings(storage_root=root, schema_dir=SCHEMAS))
-    users.add_user(ws, actor="system", name="alice", role="steward")
+    users.add_user(ws, actor="system", name="root", role="admin")  # the first user: an admin
+    users.add_user(ws, actor="root", name="alice", role="steward")
     (res,) = ingest_rasters(ws, load_config(config), [str(good)], actor="system").results
     assert res.item_id and res.state == "validation"
     ws.close()
@@ -300,7 +304,8 @@ RASTERS: dict[str, tuple[Callable[[Path, Path], str], str]] = {
         lambda d, g: "https://user:hunter2@127.0.0.1:1/tile.tif?X-Amz-Signature=abc123",
         "rejected",
     ),
-    "png-named-tif": (lambda d, g: _write(d / "image.tif", _png()), "finding"),
+    # GDAL's PNG driver is not in the product's input_drivers (GTiff): refused (issue 14)
+    "png-named-tif": (lambda d, g: _write(d / "image.tif", _png()), "rejected"),
     "no-crs": (lambda d, g: str(_geotiff(d / "nocrs.tif", crs=None)), "finding"),
     # GDAL warps ground control points into a regular grid: a georeferenced COG
     "gcps-only": (lambda d, g: str(_gcps_only(d / "gcp3.tif", 3)), "georeferenced"),
@@ -374,6 +379,7 @@ def test_a_stac_source_cannot_point_at_local_files(bed: TestBed, tmp_path: Path)
     """A (hostile) STAC API whose asset hrefs are local paths, file:// or GDAL /vsi paths."""
     data = yaml.safe_load(bed.config.read_text())
     data["source"] = {"url": "http://127.0.0.1:1/stac", "collection": "s2", "assets": ["B04"]}
+    data["product_metadata"]["product_id"] = "evil-source"  # a product of its own
     cfg_path = tmp_path / "sourced.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
     cfg = load_config(cfg_path)
@@ -399,7 +405,10 @@ def test_a_stac_source_cannot_point_at_local_files(bed: TestBed, tmp_path: Path)
     finally:
         ws.close()
     assert [r.status for r in report.results] == ["failed"] * 3
-    assert all("local files" in (r.error or "") for r in report.results)
+    errors = [r.error or "" for r in report.results]
+    assert "local files cannot be read from a STAC source" in errors[0], errors
+    assert "file:// scheme is not accepted" in errors[1], errors
+    assert "(/vsi…) are not accepted" in errors[2], errors
     assert catalog_state(bed.root) == before
 
 
@@ -771,10 +780,22 @@ ID_COMMANDS: dict[str, Callable[[str, str], list[str]]] = {
 _register("item-id", [f"{c}/{i}" for c in ID_COMMANDS for i in HOSTILE_IDS])
 
 
+@pytest.fixture(scope="module")
+def alice_token(bed: TestBed) -> dict[str, str]:
+    """alice proves who she is (an API token), so each command reaches the hostile id."""
+    ws = Workspace.open(Settings(storage_root=bed.root, schema_dir=SCHEMAS), migrate=False)
+    try:
+        return identity_support.token_env(ws, "alice")
+    finally:
+        ws.close()
+
+
 @pytest.mark.parametrize("ident", list(HOSTILE_IDS))
 @pytest.mark.parametrize("command", list(ID_COMMANDS))
-def test_hostile_item_id(command: str, ident: str, bed: TestBed, unchanged: Guard) -> None:
-    res = invoke(bed, ID_COMMANDS[command](str(bed.config), HOSTILE_IDS[ident]))
+def test_hostile_item_id(
+    command: str, ident: str, bed: TestBed, alice_token: dict[str, str], unchanged: Guard
+) -> None:
+    res = invoke(bed, ID_COMMANDS[command](str(bed.config), HOSTILE_IDS[ident]), **alice_token)
     assert_clean(res, (2,))
     line = assert_one_error_line(res)
     assert "forged" not in line or "\\n" in line  # the newline is shown escaped
@@ -811,8 +832,7 @@ def xss_catalog(settings: Settings, tmp_path: Path) -> Iterator[Workspace]:
     cfg_path.write_text(yaml.safe_dump(data))
     cfg = load_config(cfg_path)
     ws = Workspace.open(settings)
-    for name, role in (("root", "admin"), ("alice", "steward"), ("bob", "steward")):
-        users.add_user(ws, actor="system", name=name, role=role)
+    identity_support.add_users(ws, {"alice": "steward", "bob": "steward"})
     folder = tmp_path / "uploads"
     folder.mkdir()
     evil = _geotiff(folder / f"{IMG}.tif")
@@ -925,3 +945,468 @@ def test_html_in_user_text_renders_as_text(xss_catalog: Workspace) -> None:
 def test_the_corpus_has_at_least_60_cases() -> None:
     assert len(CASES) >= 60, len(CASES)
     assert len(set(CASES)) == len(CASES)
+
+
+def test_readme_states_no_more_cases_than_the_suite_collects() -> None:
+    """README's Guarantees row names a case count; the suite must collect at least that."""
+    row = next(
+        ln for ln in (ROOT / "README.md").read_text().splitlines() if "test_hostile_inputs.py" in ln
+    )
+    stated = int(re.search(r"\*\*(\d+) cases\*\*", row).group(1))  # type: ignore[union-attr]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    collected = int(re.search(r"(\d+) tests? collected", out.stdout).group(1))  # type: ignore[union-attr]
+    assert collected >= stated, (collected, stated, out.stdout[-500:])
+    assert stated >= 188 + 25, "the opening-policy cases (issue 14) are not in README's count"
+
+
+# ------------------------------------------------------------------ the opening policy (issue 14)
+#
+# A file named .tif that is really VRT XML pointing at a local secret, GDAL /vsi paths,
+# file:// and other schemes, loopback / link-local / private addresses (also behind a
+# redirect from an allowed host), paths outside the import directories, pixel bombs and
+# URLs with credentials: each is refused with one clear error, the secret is never read
+# into the catalog and nothing is written. Run through the CLI's untrusted path
+# (`ingest --untrusted`), the app's Ingest page (AppTest) and `ingest --from-stac`.
+
+SECRET_TEXT = b"geomesh-canary-secret-0451;" * 200
+CREDS = ("hunter2", "abc123sig", "tok456")
+
+
+def _vrt(target: Path) -> str:
+    """A VRT whose one band is the raw bytes of ``target`` (what GDAL would read)."""
+    return (
+        '<VRTDataset rasterXSize="64" rasterYSize="64">\n'
+        "  <SRS>EPSG:32610</SRS>\n"
+        "  <GeoTransform>545000, 10, 0, 4185000, 0, -10</GeoTransform>\n"
+        '  <VRTRasterBand dataType="Byte" band="1" subClass="VRTRawRasterBand">\n'
+        f'    <SourceFilename relativeToVRT="0">{target}</SourceFilename>\n'
+        "    <ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset>"
+        "<LineOffset>64</LineOffset>\n"
+        "  </VRTRasterBand>\n"
+        "</VRTDataset>\n"
+    )
+
+
+def _sparse_tiff(path: Path, size: int, dtype: str) -> None:
+    """A tiny, compressed GeoTIFF that declares ``size``² pixels (no block is written)."""
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype=dtype,
+        crs=CRS.from_epsg(32610),
+        transform=from_origin(545000.0, 4185000.0, 10, 10),
+        tiled=True,
+        compress="deflate",
+        sparse_ok=True,
+    ):
+        pass
+
+
+@dataclass
+class Untrusted:
+    imports: Path
+    files: Any  # _stac_server.RangeFileServer
+    env: dict[str, str]
+
+    @property
+    def port(self) -> int:
+        return int(self.files.base_url.rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def untrusted(bed: TestBed) -> Iterator[Untrusted]:
+    from _stac_server import RangeFileServer
+
+    secret = bed.base / "secret.txt"
+    secret.write_bytes(SECRET_TEXT)
+    imports = bed.base / "imports"
+    imports.mkdir()
+    (imports / "evil.tif").write_text(_vrt(secret))
+    shutil.copy(bed.good, imports / "good.tif")
+    (imports / "archive.zip").write_bytes(_zip(bed.good))
+    (imports / "escape.tif").symlink_to(bed.good)
+    _sparse_tiff(imports / "bomb.tif", 30_000, "uint8")  # 9e8 pixels > 5e8
+    _sparse_tiff(imports / "fat.tif", 20_000, "float64")  # 4e8 pixels, 3 GiB > 2 GiB
+    served = bed.base / "served"
+    served.mkdir()
+    for name in ("evil.tif", "good.tif"):
+        shutil.copy(imports / name, served / name)
+    (served / "text.tif").write_bytes(b"just some text\n")
+    with RangeFileServer(served) as files:
+        port = files.base_url.rsplit(":", 1)[1]
+        files.redirects = {
+            "to-metadata.tif": "http://169.254.169.254/latest/meta-data/iam/",
+            "to-localhost.tif": f"http://localhost:{port}/good.tif",
+        }
+        env = {
+            "GEOMESH_IMPORT_DIRS": str(imports),
+            # the file server by address (explicitly allowed) and by a name that resolves
+            # to loopback (refused: only a literal address opts in)
+            "GEOMESH_ALLOWED_SOURCES": f"{files.base_url},http://localhost:{port}",
+        }
+        yield Untrusted(imports, files, env)
+
+
+#: name -> (source builder, what the one error line says)
+OPENING: dict[str, tuple[Callable[[Untrusted, TestBed], str], str]] = {
+    "vrt-named-tif-in-import-dir": (
+        lambda u, b: str(u.imports / "evil.tif"),
+        "not a readable raster of an allowed format (GTiff)",
+    ),
+    "vrt-named-tif-relative-path": (
+        lambda u, b: "evil.tif",
+        "not a readable raster of an allowed format (GTiff)",
+    ),
+    "vrt-named-tif-over-http": (
+        lambda u, b: u.files.url("evil.tif"),
+        "not a readable raster of an allowed format (GTiff)",
+    ),
+    "vrt-through-vsicurl": (
+        lambda u, b: "/vsicurl/" + u.files.url("evil.tif"),
+        "(/vsi…) are not accepted",
+    ),
+    "vsizip-path": (
+        lambda u, b: f"/vsizip/{u.imports}/archive.zip/inner.tif",
+        "(/vsi…) are not accepted",
+    ),
+    "vsimem-upper-case": (lambda u, b: "/VSIMEM/x.tif", "(/vsi…) are not accepted"),
+    "file-url": (lambda u, b: (u.imports / "good.tif").as_uri(), "file:// scheme"),
+    "zip-url": (lambda u, b: f"zip://{u.imports}/archive.zip!inner.tif", "zip:// scheme"),
+    "gdal-connection-string": (
+        lambda u, b: f"GTIFF_DIR:1:{u.imports}/good.tif",
+        "connection strings",
+    ),
+    "http-127-0-0-1-not-allowed": (
+        lambda u, b: "http://127.0.0.1:1/good.tif",
+        "not an allowed source",
+    ),
+    "http-ipv6-loopback": (
+        lambda u, b: f"http://[::1]:{u.port}/good.tif",
+        "not an allowed source",
+    ),
+    "http-link-local-metadata": (
+        lambda u, b: "http://169.254.169.254/latest/meta-data/iam/",
+        "not an allowed source",
+    ),
+    "http-private-10-x": (lambda u, b: "http://10.0.0.1/tile.tif", "not an allowed source"),
+    "allowed-name-resolving-to-loopback": (
+        lambda u, b: f"http://localhost:{u.port}/good.tif",
+        "a loopback, link-local, private or reserved address",
+    ),
+    "redirect-to-link-local": (
+        lambda u, b: u.files.url("to-metadata.tif"),
+        "http://169.254.169.254 is not an allowed source",
+    ),
+    "redirect-to-loopback-name": (
+        lambda u, b: u.files.url("to-localhost.tif"),
+        "a loopback, link-local, private or reserved address",
+    ),
+    "path-outside-import-dirs": (
+        lambda u, b: str(b.good),
+        "outside the import directories",
+    ),
+    "symlink-out-of-import-dir": (
+        lambda u, b: str(u.imports / "escape.tif"),
+        "outside the import directories",
+    ),
+    "dotdot-out-of-import-dir": (
+        lambda u, b: f"{u.imports}/../good.tif",
+        "outside the import directories",
+    ),
+    "pixel-bomb": (lambda u, b: str(u.imports / "bomb.tif"), "ingestion.max_pixels"),
+    "decompressed-size-bomb": (
+        lambda u, b: str(u.imports / "fat.tif"),
+        "ingestion.max_decompressed_mb",
+    ),
+    "url-credentials-in-gdal-error": (
+        lambda u, b: (
+            f"http://user:hunter2@127.0.0.1:{u.port}/text.tif"
+            "?X-Amz-Signature=abc123sig&token=tok456"
+        ),
+        "not a readable raster of an allowed format",
+    ),
+    "url-credentials-on-http-404": (
+        lambda u, b: (
+            f"http://user:hunter2@127.0.0.1:{u.port}/missing.tif"
+            "?X-Amz-Signature=abc123sig&token=tok456"
+        ),
+        "answered HTTP 404",
+    ),
+}
+_register("opening-cli", list(OPENING))
+
+
+def _logs(root: Path) -> str:
+    return "".join(p.read_text() for p in sorted((root / "logs").glob("*.jsonl")))
+
+
+@pytest.mark.parametrize("name", list(OPENING))
+def test_untrusted_cli_ingest_refuses(
+    name: str,
+    bed: TestBed,
+    untrusted: Untrusted,
+    unchanged: Guard,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(untrusted.imports)  # the relative-path case resolves from here
+    build, says = OPENING[name]
+    source = build(untrusted, bed)
+    untrusted.files.clear_log()
+    logs_before = _logs(bed.root)
+    res = invoke(bed, ["ingest", str(bed.config), source, "--untrusted", "--json"], **untrusted.env)
+    assert_clean(res, (1,))
+    (result,) = json.loads(res.stdout)["results"]
+    assert result["status"] == "failed" and says in result["error"], result
+    new_logs = _logs(bed.root)[len(logs_before) :]
+    for secret in (*CREDS, SECRET_TEXT[:20].decode()):
+        assert secret not in res.stdout + res.stderr + new_logs, (secret, result)
+    # refused before GDAL: no byte of a refused source was fetched (only the checked HEAD
+    # of an allowed URL, and GDAL's reads of the two allowed URLs it then failed to open)
+    if name not in ("vrt-named-tif-over-http", "url-credentials-in-gdal-error"):
+        assert not [s for s in untrusted.files.log() if s.method == "GET"], untrusted.files.log()
+    if name.startswith("redirect"):  # the hop to the private address was never contacted
+        assert [s.path for s in untrusted.files.log()] == [f"/{source.rsplit('/', 1)[1]}"]
+    unchanged.check()
+
+
+def test_the_operator_cli_refuses_a_disguised_vrt_but_may_widen_explicitly(
+    bed: TestBed, untrusted: Untrusted, unchanged: Guard, tmp_path: Path
+) -> None:
+    """Without --untrusted (the operator): a VRT named .tif is still not opened as VRT;
+    `--allow-driver VRT` opens it, for files the operator trusts (here: a VRT of good.tif)."""
+    res = invoke(bed, ["ingest", str(bed.config), str(untrusted.imports / "evil.tif"), "--json"])
+    assert_clean(res, (1,))
+    (result,) = json.loads(res.stdout)["results"]
+    assert "not a readable raster of an allowed format (GTiff)" in result["error"], result
+    assert SECRET_TEXT[:20].decode() not in res.stdout
+    unchanged.check()
+    trusted = tmp_path / "mosaic.tif"
+    with rasterio.open(bed.good) as ds:
+        trusted.write_text(
+            f'<VRTDataset rasterXSize="64" rasterYSize="64"><SRS>EPSG:32610</SRS>'
+            f"<GeoTransform>{', '.join(str(v) for v in ds.transform.to_gdal())}</GeoTransform>"
+            '<VRTRasterBand dataType="UInt16" band="1"><SimpleSource>'
+            f'<SourceFilename relativeToVRT="0">{bed.good}</SourceFilename>'
+            "<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>"
+        )
+    unchanged.start()
+    res = invoke(
+        bed,
+        ["ingest", str(bed.config), str(trusted), "--allow-driver", "VRT", "--dry-run", "--json"],
+    )
+    assert_clean(res, (0,))
+    (result,) = json.loads(res.stdout)["results"]
+    assert result["status"] in ("would-stage", "exists") and not result["error"], result
+    unchanged.check()
+    # the untrusted path and remote sources cannot widen it
+    res = invoke(
+        bed, ["ingest", str(bed.config), str(trusted), "--untrusted", "--allow-driver", "VRT"]
+    )
+    assert res.exit_code == 2 and "--allow-driver" in res.output
+    res = invoke(bed, ["ingest", str(bed.config), str(trusted), "--allow-driver", "NoSuchDrv"])
+    assert_clean(res, (2,))
+    assert_one_error_line(res, mentions="NoSuchDrv")
+
+
+# ------------------------------------------------------------------ … through the Ingest page
+
+PAGE_CASES = [
+    "vrt-named-tif-in-import-dir",
+    "vrt-named-tif-over-http",
+    "vrt-through-vsicurl",
+    "file-url",
+    "http-ipv6-loopback",
+    "http-link-local-metadata",
+    "redirect-to-link-local",
+    "path-outside-import-dirs",
+    "symlink-out-of-import-dir",
+    "url-credentials-in-gdal-error",
+]
+_register("opening-page", PAGE_CASES)
+
+
+@pytest.fixture
+def page_env(bed: TestBed, untrusted: Untrusted, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {**bed.env(), **untrusted.env}.items():
+        monkeypatch.setenv(key, value)
+
+
+def _page_results(at: Any) -> list[dict[str, Any]]:
+    frames = [df.value for df in at.dataframe]
+    assert frames, [e.value for e in at.error]
+    return list(frames[0].to_dict("records"))
+
+
+@pytest.mark.parametrize("name", PAGE_CASES)
+def test_ingest_page_refuses(
+    name: str, bed: TestBed, untrusted: Untrusted, page_env: None, unchanged: Guard
+) -> None:
+    pytest.importorskip("streamlit")
+    from _app_helpers import K, app_as, no_exception
+
+    source = OPENING[name][0](untrusted, bed)
+    at = app_as("alice", "pages/ingest.py")
+    no_exception(at)
+    at.text_area(key=K.I_PATHS).input(source).run()
+    at.button(key=K.I_DRY_RUN).click().run()
+    no_exception(at)
+    (row,) = _page_results(at)
+    assert row["status"] == "failed" and OPENING[name][1] in row["error"], row
+    shown = " ".join(str(e.value) for e in at.markdown) + " " + str(row)
+    for secret in (*CREDS, SECRET_TEXT[:20].decode()):
+        assert secret not in shown
+    assert not (bed.root / "uploads" / "alice").exists() or not any(
+        (bed.root / "uploads" / "alice").iterdir()
+    )
+    unchanged.check()
+
+
+UPLOAD_CASES = ["upload-by-a-viewer", "upload-over-the-size-limit", "upload-vrt-named-tif"]
+_register("opening-upload", UPLOAD_CASES)
+
+
+@pytest.mark.parametrize("name", UPLOAD_CASES)
+def test_ingest_page_uploads_are_refused_and_removed(
+    name: str,
+    bed: TestBed,
+    untrusted: Untrusted,
+    page_env: None,
+    unchanged: Guard,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("streamlit")
+    from _app_helpers import K, app_as, no_exception
+
+    user, data, says = {
+        "upload-by-a-viewer": ("victor", (untrusted.imports / "evil.tif").read_bytes(), "viewer"),
+        "upload-over-the-size-limit": ("alice", b"II*\x00" + bytes(2 << 20), "the limit is 1 MiB"),
+        "upload-vrt-named-tif": (
+            "alice",
+            (untrusted.imports / "evil.tif").read_bytes(),
+            "not a readable raster of an allowed format (GTiff)",
+        ),
+    }[name]
+    if user == "victor":
+        ws = Workspace.open(Settings(storage_root=bed.root, schema_dir=SCHEMAS), migrate=False)
+        try:
+            if not any(u.name == "victor" for u in users.list_users(ws)):
+                users.add_user(ws, actor="root", name="victor", role="viewer")
+        finally:
+            ws.close()
+        unchanged.start()
+    monkeypatch.setenv("GEOMESH_UPLOAD_MAX_MB", "1")
+    at = app_as(user, "pages/ingest.py")
+    no_exception(at)
+    at.file_uploader(key=K.I_UPLOAD).upload("evil.tif", data, "image/tiff").run()
+    at.button(key=K.I_DRY_RUN).click().run()
+    no_exception(at)
+    if name == "upload-vrt-named-tif":
+        (row,) = _page_results(at)
+        assert row["status"] == "failed" and says in row["error"], row
+    else:
+        errors = [str(e.value) for e in at.error]
+        assert any(says in e for e in errors), errors
+    # nothing kept: no upload file (the folder is private), nothing in the catalog
+    folder = bed.root / "uploads"
+    if name == "upload-by-a-viewer":
+        assert not (folder / user).exists(), "a byte was saved before the role check"
+    assert not [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else True
+    unchanged.check()
+
+
+# ------------------------------------------------------------------ … through ingest --from-stac
+
+STAC_ASSETS: dict[str, Callable[[Untrusted, TestBed], str]] = {
+    "vrt-served-as-tif": lambda u, b: u.files.url("evil.tif"),
+    "vsizip-href": lambda u, b: f"/vsizip/{u.imports}/archive.zip/inner.tif",
+    "vsicurl-href": lambda u, b: "/vsicurl/" + u.files.url("good.tif"),
+    "file-url-href": lambda u, b: (u.imports / "good.tif").as_uri(),
+    "local-path-href": lambda u, b: str(b.good),
+    "metadata-href": lambda u, b: "http://169.254.169.254/latest/meta-data/iam/",
+    "ipv6-loopback-href": lambda u, b: f"http://[::1]:{u.port}/good.tif",
+    "redirect-href": lambda u, b: u.files.url("to-metadata.tif"),
+    "credentials-href": lambda u, b: (
+        f"http://user:hunter2@127.0.0.1:{u.port}/text.tif?X-Amz-Signature=abc123sig&token=tok456"
+    ),
+}
+_register("opening-stac", list(STAC_ASSETS))
+
+
+@pytest.mark.parametrize("name", list(STAC_ASSETS))
+def test_ingest_from_stac_refuses_hostile_assets(
+    name: str, bed: TestBed, untrusted: Untrusted, unchanged: Guard, tmp_path: Path
+) -> None:
+    from _stac_server import RustacServer, rustac_executable
+
+    from conftest import require_service
+
+    exe = rustac_executable()
+    if exe is None:
+        require_service("the `rustac` CLI (PyPI: rustac) is not installed")
+    assert exe is not None
+    href = STAC_ASSETS[name](untrusted, bed)
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": f"hostile-{name}",
+        "collection": "hostile",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [
+                [
+                    [-122.45, 37.75],
+                    [-122.35, 37.75],
+                    [-122.35, 37.85],
+                    [-122.45, 37.85],
+                    [-122.45, 37.75],
+                ]
+            ],
+        },  # fmt: skip
+        "bbox": [-122.45, 37.75, -122.35, 37.85],
+        "properties": {"datetime": "2024-06-12T19:03:21Z"},
+        "links": [],
+        "assets": {"B04": {"href": href, "type": "image/tiff"}},
+    }
+    items = tmp_path / "item.json"
+    items.write_text(json.dumps(item))
+    data = yaml.safe_load(bed.config.read_text())
+    with RustacServer(exe, [items], tmp_path / "rustac.log") as api:
+        data["source"] = {"url": api.url, "collection": "hostile", "assets": ["B04"]}
+        data["product_metadata"]["product_id"] = f"stac-{name}"  # a product of its own
+        cfg = bed.base / "configs" / f"stac-{name}.yaml"
+        cfg.parent.mkdir(exist_ok=True)
+        cfg.write_text(yaml.safe_dump(data))
+        unchanged.start()
+        untrusted.files.clear_log()
+        res = invoke(bed, ["ingest", "--from-stac", str(cfg), "--json"], **untrusted.env)
+    assert_clean(res, (1,))
+    (result,) = json.loads(res.stdout)["results"]
+    assert result["status"] == "failed" and result["error"], result
+    error = result["error"]
+    assert "refused" in error or "allowed format" in error, error
+    for secret in (*CREDS, SECRET_TEXT[:20].decode()):
+        assert secret not in res.stdout + res.stderr
+    # nothing read through GDAL from a refused href: the file server saw at most HEADs
+    # (discover's identity check) and, for the allowed VRT URL, GDAL's header reads
+    if name not in ("vrt-served-as-tif", "credentials-href"):  # allowed URLs GDAL opened
+        assert not [s for s in untrusted.files.log() if s.method == "GET"], untrusted.files.log()
+    unchanged.check()

@@ -343,3 +343,81 @@ def test_source_digest_shortcut_skips_cog_work(
 
     monkeypatch.setattr(parallel_mod, "prepare_tile", must_not_run)
     assert _ingest(workspace, config, s2_tile).results[0].status == "exists"
+
+
+def test_one_hash_and_one_inspect_per_tile(
+    workspace: Workspace, config: ProductConfig, s2_tile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: the COG is hashed once (validation after staging reuses that digest), the
+    source once (while the COG is written, not before), the COG inspected once; a re-run
+    of the same location hashes the source up front and skips the file work."""
+    import geomesh.raster as raster_mod
+    import geomesh.services.pipeline as pipeline_mod
+    import geomesh.tiles as tiles_mod
+    import geomesh.validation.rules as rules_mod
+
+    calls: dict[str, int] = {}
+
+    def count(module: Any, name: str, key: str) -> None:
+        original = getattr(module, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[key] = calls.get(key, 0) + 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    count(tiles_mod, "sha256_file", "cog hash (prepare)")
+    count(rules_mod, "sha256_file", "cog hash (validation)")
+    count(rules_mod, "cog_validate", "cog_validate (validation)")
+    count(tiles_mod, "source_digest_for", "source hash (prepare)")
+    count(pipeline_mod, "source_digest_for", "source hash (before prepare)")
+    count(tiles_mod, "inspect", "inspect")
+    count(raster_mod, "_inspect_open", "inspect of an open dataset")
+    (res,) = _ingest(workspace, config, s2_tile).results
+    assert res.status == "staged" and res.findings is not None
+    assert calls == {
+        "cog hash (prepare)": 1,
+        "source hash (prepare)": 1,
+        "inspect": 1,  # the COG; the source is inspected from write_cog's open dataset
+        "inspect of an open dataset": 2,
+    }
+    (row,) = _items(workspace)
+    assert row.source_digest == tiles_mod.source_digest_for(str(s2_tile), config)
+    # the findings are those of a full validation that hashes and cog-validates again
+    from geomesh.services.validation import run_rules
+
+    full = run_rules(workspace, config, row)
+    assert calls["cog hash (validation)"] == 1 and calls["cog_validate (validation)"] == 1
+    with workspace.read() as s:
+        from geomesh.models import FindingRecord
+
+        recorded = s.exec(select(FindingRecord).where(FindingRecord.item_id == row.id)).all()
+    assert sorted((r.rule_id, r.path, r.message) for r in recorded) == sorted(
+        (f.rule_id, f.path, f.message) for f in full
+    )
+
+    calls.clear()
+    assert _ingest(workspace, config, s2_tile).results[0].status == "exists"
+    assert calls == {"source hash (before prepare)": 1}
+
+
+def test_a_known_digest_is_used_only_for_the_items_own_content(
+    workspace: Workspace, config: ProductConfig, s2_tile: Path
+) -> None:
+    """Validation trusts the caller's digest only when it is the item's content digest; the
+    promotion's checksum gate always reads the stored bytes."""
+    from geomesh.services.gates import checksum_gate
+    from geomesh.services.validation import run_rules
+    from geomesh.validation.rules import KnownRaster
+
+    (res,) = _ingest(workspace, config, s2_tile).results
+    (row,) = _items(workspace)
+    path = workspace.store.path("staging", row.object_key)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # the stored object changes after staging
+    path.write_bytes(bytes(data))
+    wrong = KnownRaster(sha256="0" * 64)
+    ids = {f.rule_id for f in run_rules(workspace, config, row, known=wrong)}
+    assert "GM-CHECKSUM-003" in ids  # a digest that is not the item's: the bytes are hashed
+    assert not checksum_gate(workspace, row).ok

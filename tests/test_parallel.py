@@ -84,3 +84,61 @@ def test_dask_local_cluster_equals_serial(
     # idempotent on the cluster too: the second batch stages nothing new
     assert {s for s, _ in again[0]} == {"exists"}
     assert again[1] == clustered[1]
+
+
+# ------------------------------------------------------------------ the default (issue 19)
+
+
+def test_auto_plan_uses_one_single_threaded_process_per_core_for_a_batch() -> None:
+    from geomesh.errors import ConfigError
+    from geomesh.parallel import ALL_CPUS, PARALLEL_MIN_BYTES, Plan, plan_remote, plan_workers
+
+    big = PARALLEL_MIN_BYTES
+    # auto (None or 0): a batch → min(cores, tiles) processes × 1 GDAL thread
+    assert plan_workers(16, None, cores=2, total_bytes=big) == Plan(2, "1")
+    assert plan_workers(16, 0, cores=8, total_bytes=big) == Plan(8, "1")
+    assert plan_workers(3, None, cores=8, total_bytes=big) == Plan(3, "1")
+    # a single tile, one core, or a batch too small to repay the pool: in-process, all cores
+    assert plan_workers(1, None, cores=8, total_bytes=big) == Plan(1, ALL_CPUS)
+    assert plan_workers(16, None, cores=1, total_bytes=big) == Plan(1, ALL_CPUS)
+    assert plan_workers(16, None, cores=2, total_bytes=big - 1) == Plan(1, ALL_CPUS)
+    # explicit: 1 = serial; N = N processes sharing the cores' GDAL threads
+    assert plan_workers(16, 1, cores=8) == Plan(1, ALL_CPUS)
+    assert plan_workers(16, 2, cores=8) == Plan(2, "4")
+    assert plan_workers(16, 4, cores=2) == Plan(4, "1")
+    assert plan_workers(1, 4, cores=2) == Plan(1, ALL_CPUS)
+    with pytest.raises(ConfigError, match="workers"):
+        plan_workers(4, -1)
+    # remote reads are I/O bound: more threads than cores, never more than the assets
+    assert plan_remote(8, None, cores=2) == 8
+    assert plan_remote(64, None, cores=2) == 8
+    assert plan_remote(1, None, cores=2) == 1
+    assert plan_remote(8, 1, cores=2) == 1
+
+
+def test_auto_pool_equals_serial_and_records_the_source_digest(
+    tmp_path: Path, config: ProductConfig, tiles: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default on a batch large enough for a pool (the threshold lowered to these small
+    tiles): the same results, rows and objects as a serial run; the digest each worker
+    computed while writing the COG is the one a re-run skips by."""
+    from geomesh import parallel
+    from geomesh.tiles import source_digest_for
+
+    serial = _run(tmp_path / "serial", config, tiles, workers=1)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 1)
+    assert parallel.plan_workers(len(tiles), None, total_bytes=1).processes == min(
+        parallel.default_workers(), len(tiles)
+    )
+    auto = _run(tmp_path / "auto", config, tiles)
+    assert serial[0] == auto[0]
+    assert _strip_hrefs(serial[1], tmp_path / "serial") == _strip_hrefs(auto[1], tmp_path / "auto")
+    ws = Workspace.open(Settings(storage_root=tmp_path / "auto"))
+    try:
+        with ws.read() as s:
+            digests = {i.source: i.source_digest for i in s.exec(select(Item)).all()}
+        assert digests == {str(p.resolve()): source_digest_for(str(p), config) for p in tiles}
+        again = ingest_rasters(ws, config, tiles, actor="system", acquired=WHEN)
+    finally:
+        ws.close()
+    assert [r.status for r in again.results] == ["exists"] * len(tiles)

@@ -6,7 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import identity_support
 import pytest
+from policy_support import change_policy
 from sqlmodel import col, select
 
 from geomesh.config import ProductConfig, load_config
@@ -18,6 +20,7 @@ from geomesh.services.pipeline import ingest_rasters
 from geomesh.workspace import Workspace
 
 SYSTEM = "system"
+ANALYST = "ana"
 DATED = {"TIFFTAG_DATETIME": "2024:06:12 19:03:21"}
 
 
@@ -77,23 +80,26 @@ def test_release_is_blocked_until_revalidated_clean(
     quarantined: str,
     write_config: Callable[..., Path],
 ) -> None:
+    identity_support.add_users(workspace, {ANALYST: "analyst"})  # releasing is a person's call
     with pytest.raises(QuarantineBlocked, match="GM-CRS-001"):
-        q.release(workspace, config, quarantined, actor=SYSTEM)
+        q.release(workspace, config, quarantined, actor=ANALYST)
     still = q.revalidate(workspace, config, quarantined, actor=SYSTEM)
     assert not still.releasable and still.route == "quarantine"
     fixed = relaxed(write_config)
+    change_policy(workspace, fixed)  # the registered policy changes (audited, four eyes)
     # the config changed but the item was not re-validated yet: still blocked
     with pytest.raises(QuarantineBlocked):
-        q.release(workspace, fixed, quarantined, actor=SYSTEM)
+        q.release(workspace, fixed, quarantined, actor=ANALYST)
     result = q.revalidate(workspace, fixed, quarantined, actor=SYSTEM)
     assert result.releasable and result.route == "warn"
     assert state(workspace, quarantined) is ItemState.quarantined  # revalidate never moves it
     again = q.revalidate(workspace, fixed, quarantined, actor=SYSTEM)  # idempotent
     assert again.findings == result.findings
     assert (
-        q.release(workspace, fixed, quarantined, actor=SYSTEM, note="CRS-less is fine") == "staging"
+        q.release(workspace, fixed, quarantined, actor=ANALYST, note="CRS-less is fine")
+        == "staging"
     )
-    assert q.release(workspace, fixed, quarantined, actor=SYSTEM) == "staging"  # no-op
+    assert q.release(workspace, fixed, quarantined, actor=ANALYST) == "staging"  # no-op
     with workspace.read() as s:
         item = s.get(Item, quarantined)
         assert item is not None
@@ -137,7 +143,9 @@ def test_actions_need_a_quarantined_item_and_a_role(
     with pytest.raises(PermissionDenied):
         q.revalidate(workspace, config, quarantined, actor="vic")
     q.discard(workspace, quarantined, actor=SYSTEM, reason="bad")
+    with workspace.transaction() as s:
+        create_user(s, name=ANALYST, role=Role.analyst)
     with pytest.raises(InvalidTransition):
-        q.release(workspace, config, quarantined, actor=SYSTEM)
+        q.release(workspace, config, quarantined, actor=ANALYST)
     with pytest.raises(InvalidTransition):
         q.revalidate(workspace, config, quarantined, actor=SYSTEM)

@@ -12,6 +12,8 @@ import governance_support as gs
 import pystac
 import pytest
 from click.testing import CliRunner
+from identity_support import token_env
+from policy_support import change_policy
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
 from geomesh import releases
@@ -70,10 +72,9 @@ def _manifest(items: list[ManifestItem], **kw: Any) -> Manifest:
         "kind": "promote",
         "spatial_contract": {"crs": "EPSG:4326", "boundary_wkt": "POLYGON((0 0,1 0,1 1,0 0))"},
         "product_metadata": {"title": "t"},
-        "items": tuple(items),
     }
     base.update(kw)
-    return Manifest(**base)
+    return Manifest.build(items=items, **base)
 
 
 def test_compute_delta_pairs_versions_of_the_same_source() -> None:
@@ -141,6 +142,14 @@ def test_manifest_id_is_sha256_of_canonical_json() -> None:
     # order of items does not change the content address
     assert _manifest([_mi("a"), _mi("b")]).id == m.id
     assert Manifest.from_dict(json.loads(m.canonical_json())).id == m.id
+    # the root commits to every item through its parts' content addresses
+    assert _manifest([_mi("a"), _mi("c")]).id != m.id
+    doc = json.loads(m.canonical_json())
+    assert doc["manifest_version"] == 2 and doc["item_count"] == 2
+    for b, ref in doc["parts"].items():
+        assert (
+            ref["id"] == m.inline[b].id == hashlib.sha256(m.inline[b].canonical_json()).hexdigest()
+        )
 
 
 def test_diff_json_lists_changed_paths() -> None:
@@ -169,12 +178,18 @@ def test_first_release_is_1_0_0_and_stores_a_content_addressed_manifest(
     assert manifest["product_id"] == PID
     assert manifest["spatial_contract"] == config.spatial_contract()
     assert manifest["actor"] == "alice"
-    assert all({"id", "digest", "stac_key"} <= set(i) for i in manifest["items"])
+    assert manifest["item_count"] == 2
+    items = []
+    for ref in manifest["parts"].values():  # content-addressed parts, stored beside it
+        part = ws.store.get_bytes("production", releases.part_key(PID, ref["id"]))
+        assert hashlib.sha256(part).hexdigest() == ref["id"]
+        items += json.loads(part)["items"]
+    assert all({"id", "digest", "stac_key"} <= set(i) for i in items)
     # the promoted objects and item JSON were copied to production
-    for i in manifest["items"]:
+    for i in items:
         assert ws.store.exists("production", i["object_key"])
         assert ws.store.exists("production", i["stac_key"])
-    assert gs.production_ids(ws, PID) == {i["id"] for i in manifest["items"]}
+    assert gs.production_ids(ws, PID) == {i["id"] for i in items}
 
 
 def test_version_bumps_minor_patch_major(
@@ -207,6 +222,7 @@ def test_version_bumps_minor_patch_major(
             name="moved.yaml",
         )
     )
+    change_policy(ws, moved)  # the registered spatial contract changes (audited)
     ids = gs.ingest(ws, moved, [tile("c", 4)])
     gs.approve(ws, moved, ids)
     plan = promotion.plan_promotion(ws, moved)
@@ -225,6 +241,7 @@ def test_metadata_change_alone_is_minor(
     retitled = load_config(
         write_config({"product_metadata": {"title": "SF mosaic"}}, name="t.yaml")
     )
+    change_policy(ws, retitled)  # the registered metadata changes (audited)
     ids = gs.ingest(ws, retitled, [tile("a", 2)])  # a reprocessed tile would be PATCH
     gs.approve(ws, retitled, ids)
     assert promotion.plan_promotion(ws, retitled).next_version == "1.1.0"
@@ -371,12 +388,17 @@ def test_published_catalogs_are_immutable(
 ) -> None:
     release(ws, config, [tile("a", 1)])
     first = history.catalog_at(ws, PID, "1.0.0")
-    prefix = first.key.rsplit("/", 1)[0] + "/"
-    before = gs.stored_files(ws, "production", prefix)
-    assert first.key in before and len(before) >= 3  # catalog, collection, item
+    index = releases.index_key(PID)
+    before = gs.stored_files(ws, "production", f"catalogs/{PID}/")
+    before.pop(index)  # the release index is the one rewritten file
+    # catalog, collection (per release), a partition and an item (shared)
+    assert first.key in before and len(before) >= 4
     release(ws, config, [tile("b", 2)])
     rollback.rollback_release(ws, config, actor="alice")
-    assert gs.stored_files(ws, "production", prefix) == before
+    release(ws, config, [tile("a", 3)])  # a new version of the same tile
+    after = gs.stored_files(ws, "production", f"catalogs/{PID}/")
+    assert {k: after[k] for k in before} == before  # nothing published was changed
+    assert len(after) > len(before) + 1
 
 
 # ------------------------------------------------------------------ history
@@ -417,12 +439,20 @@ def test_cli_promote_releases_and_diff(
     assert dry.exit_code == 0, dry.output
     assert json.loads(dry.output)["blocked"][ids[0]][0].startswith("signoff:")
     denied = runner.invoke(
-        cli, ["signoff", str(config_path), ids[0], "--approve", "--actor", "ana"]
+        cli,
+        ["signoff", str(config_path), ids[0], "--approve", "--actor", "ana"],
+        env=token_env(ws, "ana"),
     )
     assert denied.exit_code == 2 and "analyst" in denied.output
-    ok = runner.invoke(cli, ["signoff", str(config_path), ids[0], "--approve", "--actor", "bob"])
+    ok = runner.invoke(
+        cli,
+        ["signoff", str(config_path), ids[0], "--approve", "--actor", "bob"],
+        env=token_env(ws, "bob"),
+    )
     assert ok.exit_code == 0, ok.output
-    out = runner.invoke(cli, ["promote", str(config_path), "--actor", "alice"])
+    out = runner.invoke(
+        cli, ["promote", str(config_path), "--actor", "alice"], env=token_env(ws, "alice")
+    )
     assert out.exit_code == 0, out.output
     assert out.stdout.splitlines()[0] == "1.0.0"
     listed = runner.invoke(cli, ["releases", "list", str(config_path), "--json"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,11 +12,13 @@ from typing import Any
 import governance_support as gs
 import pytest
 from click.testing import CliRunner
+from identity_support import token_env
 from sqlalchemy import event
 from sqlmodel import select
 
-from geomesh import audit
+from geomesh import audit, releases
 from geomesh.config import ProductConfig
+from geomesh.doctor import run_doctor
 from geomesh.errors import NotCurrentRelease, NothingToRollBack, PermissionDenied
 from geomesh.models import AuditEvent, Product
 from geomesh.services import history, promotion, rollback
@@ -116,7 +119,7 @@ def test_cli_bare_release_rollback_is_idempotent(
 
     r1 = release(ws, config, [tile("a", 1)])
     release(ws, config, [tile("b", 2)])
-    runner = CliRunner()
+    runner = CliRunner(env=token_env(ws, "bob"))
     args = ["rollback", str(config_path), "--release", "--actor", "bob"]
     outs = [runner.invoke(cli, args) for _ in range(2)]
     assert [o.exit_code for o in outs] == [0, 0], [o.output for o in outs]
@@ -139,16 +142,50 @@ def test_rollback_of_a_non_current_release_that_never_was_rolled_back_is_refused
         rollback.rollback_release(ws, config, actor="bob", release_id=r1.id)
 
 
-def test_first_release_cannot_be_rolled_back(
+def test_rolling_back_the_first_release_withdraws_it_idempotently(
     ws: Workspace, config: ProductConfig, tile: Callable[..., Path]
 ) -> None:
+    """Withdrawal: the product has no current release, the index says so, a repeat is a
+    no-op, and the next promote continues from the highest version ever released."""
     with pytest.raises(NothingToRollBack, match="no release"):
         # the product exists only once something was ingested
         gs.ingest(ws, config, [tile("z", 9)], post_stage=gs.stay_in_staging)
         rollback.rollback_release(ws, config, actor="bob")
-    release(ws, config, [tile("a", 1)])
-    with pytest.raises(NothingToRollBack, match="first release"):
-        rollback.rollback_release(ws, config, actor="bob")
+    first = release(ws, config, [tile("a", 1), tile("b", 2)])
+    released = gs.manifest_ids(ws, PID)
+    done = rollback.rollback_release(ws, config, actor="bob")
+    assert not done.already and done.current_release_id is None and done.release_id == first.id
+    assert "no release is current" in done.message
+    assert gs.production_ids(ws, PID) == set()
+    assert {gs.states(ws, PID)[i] for i in released} == {"withdrawn"}
+    index = json.loads(ws.store.get_bytes("production", releases.index_key(PID)))
+    assert index["geomesh:current"] is None and index["links"] == []
+    assert [(r["version"], r["deprecated"], r["current"]) for r in index["geomesh:releases"]] == [
+        ("1.0.0", True, False)
+    ]
+    with ws.read() as s:
+        product = s.get(Product, PID)
+        assert product is not None and product.current_release_id is None
+        events = len(s.exec(select(AuditEvent)).all())
+    # a repeat (bare or naming the release) changes nothing
+    for again in (
+        rollback.rollback_release(ws, config, actor="bob"),
+        rollback.rollback_release(ws, config, actor="bob", release_id="1.0.0"),
+    ):
+        assert again.already and again.current_release_id is None
+    with ws.read() as s:
+        assert len(s.exec(select(AuditEvent)).all()) == events
+    assert [r.current for r in history.list_releases(ws, PID)] == [False]
+    assert run_doctor(ws, deep=True).consistent
+    # the next release continues the versions (never a second 1.0.0)
+    later = release(ws, config, [tile("c", 3)])
+    assert later.version == "2.0.0" and later.parent_id is None
+    assert gs.manifest_ids(ws, PID) == {
+        i for i, s in gs.states(ws, PID).items() if s == "production"
+    }
+    # and it can be withdrawn in turn
+    assert rollback.rollback_release(ws, config, actor="bob").current_release_id is None
+    assert run_doctor(ws, deep=True).consistent
 
 
 def test_item_rollback_makes_a_patch_release_without_the_item(
@@ -204,7 +241,7 @@ def test_rollback_events_are_audited_and_chain_verifies(
         assert [(e.state_before, e.state_after) for e in item_events] == [
             ("production", "withdrawn")
         ]
-        assert audit.verify(s) == []
+        assert audit.verify(s, ws.audit_key) == []
 
 
 # ------------------------------------------------------------------ O(delta) cost
@@ -275,7 +312,7 @@ def test_cli_rollback_prints_the_completion_token(
 
     r1 = release(ws, config, [tile("a", 1)])
     r2 = release(ws, config, [tile("b", 2)])
-    runner = CliRunner()
+    runner = CliRunner(env=token_env(ws, "bob"))
     args = ["rollback", str(config_path), "--release", r2.id, "--actor", "bob"]
     first = runner.invoke(cli, args)
     assert first.exit_code == 0, first.output
@@ -290,5 +327,7 @@ def test_cli_rollback_prints_the_completion_token(
     assert re.fullmatch(r"PRODUCT_ROLLBACK_COMPLETE: [0-9a-f]{64}", out.stdout.splitlines()[-1])
     both = runner.invoke(cli, ["rollback", str(config_path), "--item", item, "--release"])
     assert both.exit_code == 2
-    denied = runner.invoke(cli, ["rollback", str(config_path), "--release", "--actor", "vic"])
+    denied = runner.invoke(
+        cli, ["rollback", str(config_path), "--release", "--actor", "vic"], env=token_env(ws, "vic")
+    )
     assert denied.exit_code == 2 and "viewer" in denied.output

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from policy_support import change_policy
 from sqlmodel import col, select
 
 from geomesh import lifecycle
@@ -201,6 +202,7 @@ def test_no_reclip_when_clipping_is_on(
     clip_cfg = config.model_copy(
         update={"ingestion": config.ingestion.model_copy(update={"clip": True})}
     )
+    change_policy(workspace, clip_cfg)  # the registered config changes (audited)
     out = validate_and_route(workspace, clip_cfg, res.item_id, actor=SYSTEM)
     assert out.action == "rollback" and out.task_id is None
 

@@ -23,6 +23,7 @@ import pytest
 import rasterio
 import yaml
 from _forkserver import ForkServer, Result
+from identity_support import token_env
 from rasterio.transform import from_origin
 from sqlmodel import select
 
@@ -144,17 +145,35 @@ def test_passwords_are_stored_only_as_argon2id_hashes(tmp_path: Path, server: Fo
     assert WRONG_PASSWORD not in str(wrong.value)
     with pytest.raises(PermissionDenied):
         auth_session.sign_in(ws, "nobody", WRONG_PASSWORD)
+    token = token_env(ws, "root")["GEOMESH_TOKEN"]  # an API token is a secret too
     ws.close()
-    # and through the CLI, the password on stdin
+    # and through the CLI, the password on stdin (root proves who acts with its token)
     res = run(
         server,
         root,
         ["users", "add", "carol", "--role", "steward", "--password-stdin", "--actor", "root"],
         STDIN=PASSWORD + "2\n",
+        GEOMESH_TOKEN=token,
     )
     assert res.returncode == 0, res.stderr
+    # root proves who acts with its password on stdin; a wrong one is refused
+    proven = run(
+        server,
+        root,
+        ["users", "role", "carol", "analyst", "--actor", "root", "--password-stdin"],
+        STDIN=PASSWORD + "\n",
+    )
+    assert proven.returncode == 0, proven.stderr
+    refused = run(
+        server,
+        root,
+        ["users", "role", "carol", "viewer", "--actor", "root", "--password-stdin"],
+        STDIN=WRONG_PASSWORD + "\n",
+    )
+    assert refused.returncode == 2 and "wrong password" in refused.stderr
     listed = run(server, root, ["users", "list", "--json"])
     assert listed.returncode == 0, listed.stderr
+    assert {u["name"]: u["role"] for u in json.loads(listed.stdout)}["carol"] == "analyst"
 
     ws = Workspace.open(Settings(storage_root=root))
     with ws.read() as s:
@@ -165,9 +184,9 @@ def test_passwords_are_stored_only_as_argon2id_hashes(tmp_path: Path, server: Fo
     assert hashes["carol"] is not None and hashes["carol"].startswith("$argon2id$")
     assert "password_hash" not in listed.stdout and "$argon2" not in listed.stdout
     assert_absent(
-        [PASSWORD, WRONG_PASSWORD],
+        [PASSWORD, WRONG_PASSWORD, token],
         everything_under(root),
-        res.stdout + res.stderr + listed.stdout + listed.stderr,
+        res.stdout + res.stderr + listed.stdout + listed.stderr + proven.stderr + refused.stderr,
     )
 
 
@@ -287,3 +306,65 @@ def test_s3_credentials_are_not_in_errors_or_logs(tmp_path: Path, server: ForkSe
     (result,) = json.loads(res.stdout)["results"]
     assert result["status"] == "failed" and "reachable" in result["error"]
     assert_absent([S3_SECRET], res.stdout, res.stderr, everything_under(root))
+
+
+# ------------------------------------------------------------------ URL credentials (issue 14)
+
+URL_PASSWORD = "UrlPassw0rd-4e1d"
+URL_SIGNATURE = "UrlSig-77aa01"
+URL_TOKEN = "UrlTok-93bb02"
+HOOK_TOKEN = "HookTok-51cc03"
+
+
+def test_url_credentials_never_reach_logs_audit_outbox_or_output(
+    tmp_path: Path, server: ForkServer, receiver: Receiver
+) -> None:
+    """A source URL and a webhook URL carrying ``user:password@`` and token/signature query
+    values: GDAL's error repeats the URL, the outbox stores the webhook URL; neither secret
+    may reach a log line, an audit event, an outbox row, an export or the output."""
+    from _stac_server import RangeFileServer
+
+    root = tmp_path / "root"
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "text.tif").write_bytes(b"not a raster\n")
+    data = yaml.safe_load(EXAMPLE_CONFIG)
+    data["governance"] = {
+        "escalation": [{"name": "hook", "url": f"{receiver.url}?token={HOOK_TOKEN}"}]
+    }
+    cfg = tmp_path / "product.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    outputs: list[Result] = []
+    with RangeFileServer(served) as files:
+        env = {"GEOMESH_ALLOWED_SOURCES": files.base_url}
+        host = files.base_url.split("//", 1)[1]
+        url = (
+            f"http://user:{URL_PASSWORD}@{host}/text.tif"
+            f"?X-Amz-Signature={URL_SIGNATURE}&token={URL_TOKEN}&band=1"
+        )
+
+        def cli(*argv: str) -> Result:
+            res = run(server, root, list(argv), **env)
+            assert "Traceback" not in res.stderr, res.stderr
+            outputs.append(res)
+            return res
+
+        failed = cli("ingest", str(cfg), url, "--json")
+        assert failed.returncode == 1, failed.stderr
+        (result,) = json.loads(failed.stdout)["results"]
+        # the error still names the URL readably: host, path and the harmless parameter
+        assert f"{host}/text.tif" in result["error"] and "band=1" in result["error"], result
+        assert cli("ingest", str(cfg), str(_nocrs_tile(tmp_path / "nocrs.tif"))).returncode == 0
+        assert cli("outbox", "deliver", "--config", str(cfg)).returncode == 0
+        listed = cli("outbox", "list", "--json")
+        export = tmp_path / "audit.jsonl"
+        assert cli("audit", "export", str(cfg), "-o", str(export)).returncode == 0
+    rows = json.loads(listed.stdout)
+    assert rows and all("token=***" in r["url"] for r in rows), rows
+    assert receiver.requests, "the webhook was delivered to its configured URL (token kept)"
+    assert_absent(
+        [URL_PASSWORD, URL_SIGNATURE, URL_TOKEN, HOOK_TOKEN],
+        everything_under(root),
+        export.read_bytes(),
+        *(r.stdout + r.stderr for r in outputs),
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 import governance_support as gs
 import pytest
 from click.testing import CliRunner
+from identity_support import token_env
 from sqlmodel import select
 
 from geomesh.config import ProductConfig, load_config
@@ -242,7 +243,7 @@ def test_plan_reports_every_gate_and_the_next_version(
 def test_cli_signoff_reject_needs_comment(ws: Workspace, config_path: Path, item_id: str) -> None:
     from geomesh.cli import cli
 
-    runner = CliRunner()
+    runner = CliRunner(env=token_env(ws, "bob"))  # bob proves who he is
     res = runner.invoke(cli, ["signoff", str(config_path), item_id, "--reject", "--actor", "bob"])
     assert res.exit_code == 2 and "comment" in res.output
     res = runner.invoke(

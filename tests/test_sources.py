@@ -23,6 +23,7 @@ import rasterio
 import yaml
 from _stac_server import RangeFileServer, RustacServer, rustac_executable
 from click.testing import CliRunner
+from policy_support import change_policy
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_translate
@@ -204,6 +205,7 @@ def stac(
     tmp_path: Path,
     write_config: Callable[..., Path],
     no_proxy: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[StacSetup]:
     exe = rustac_executable()
     if exe is None:
@@ -214,6 +216,9 @@ def stac(
     items = {item_id: _read_item(shared_dir, item_id) for item_id in ITEM_FILES}
     with ExitStack() as stack:
         files = stack.enter_context(RangeFileServer(files_root))
+        # the opening policy reads assets only under allowed prefixes; this one names the
+        # loopback address itself, which allows it (requested before `workspace`)
+        monkeypatch.setenv("GEOMESH_ALLOWED_SOURCES", files.base_url)
         paths = write_items(items, tmp_path / "items", files.base_url, files_root)
         api = stack.enter_context(RustacServer(exe, paths, tmp_path / "rustac.log"))
         yield StacSetup(api, files, tmp_path / "items", items, write_config, stack)
@@ -411,6 +416,7 @@ def test_checksum_identity_and_reprocessed_scene(stac: StacSetup, workspace: Wor
             url=api2.url,
         )
     )
+    change_policy(workspace, cfg2)  # the registered source moves with the API (issue 13)
 
     (cand2,) = discover(workspace, cfg2)
     assert cand2.status == "new" and cand2.asset_status == {"red": "changed"}
@@ -654,3 +660,51 @@ def test_cli_ingest_of_rasters_is_unchanged(
     (row,) = _items(workspace)
     assert row.source_item_id is None and row.source_etag is None
     assert _link(row.stac, "derived_from") == [row.source]
+
+
+def test_parallel_remote_ingest_equals_a_serial_one(
+    stac: StacSetup, workspace: Workspace, tmp_path: Path
+) -> None:
+    """Issue 19: the assets' file work runs on several threads (auto), staging stays in
+    discovery order in the caller: the same results, rows and objects as one at a time."""
+    from geomesh.settings import Settings
+
+    cfg = load_config(
+        stac.config(
+            domain_crs="EPSG:32613",
+            boundary=UTM13_DOMAIN,
+            collection="sentinel-2-l2a",
+            assets=["red", "nir"],
+        )
+    )
+
+    def snapshot(ws: Workspace) -> list[tuple[Any, ...]]:
+        root = str(ws.root)
+        return [
+            (
+                r.id,
+                r.content_digest,
+                r.source_item_id,
+                r.source_etag,
+                r.state.value,
+                json.dumps(r.stac, sort_keys=True).replace(root, "<root>"),
+            )
+            for r in sorted(_items(ws), key=lambda r: r.id)
+        ]
+
+    serial_ws = Workspace.open(
+        Settings(storage_root=tmp_path / "serial", schema_dir=workspace.settings.schema_dir)
+    )
+    try:
+        serial = ingest_from_stac(serial_ws, cfg, actor=SYSTEM, workers=1)
+        want = snapshot(serial_ws)
+        want_objects = sorted(serial_ws.store.list("staging"))
+    finally:
+        serial_ws.close()
+    threaded = ingest_from_stac(workspace, cfg, actor=SYSTEM)  # auto: one thread per asset
+    assert [(r.status, r.item_id, r.source) for r in threaded.results] == [
+        (r.status, r.item_id, r.source) for r in serial.results
+    ]
+    assert [r.status for r in threaded.results] == ["staged", "staged"]
+    assert snapshot(workspace) == want
+    assert sorted(workspace.store.list("staging")) == want_objects

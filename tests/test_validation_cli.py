@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import identity_support
 import pytest
 from click.testing import CliRunner, Result
+from policy_support import change_policy
 
 from geomesh.cli import cli
 from geomesh.config import load_config
@@ -151,6 +153,12 @@ def test_rules_lists_the_registry_with_product_severities(
 # ------------------------------------------------------------------ catalog commands
 
 
+def _prove_as_steward(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state-changing commands that follow act as the steward `sam`, proven by a token."""
+    identity_support.add_users(ws, {"sam": "steward"})
+    monkeypatch.setenv("GEOMESH_TOKEN", identity_support.token_env(ws, "sam")["GEOMESH_TOKEN"])
+
+
 def _ingest(config: Path, raster: Path) -> str:
     result = invoke("ingest", str(config), str(raster), "--json")
     (res,) = json.loads(result.output)["results"]
@@ -163,6 +171,7 @@ def test_quarantine_commands(
     config_path: Path,
     make_raster: Callable[..., Path],
     write_config: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from geomesh.services.pipeline import validate_and_route
 
@@ -172,6 +181,7 @@ def test_quarantine_commands(
     ws = Workspace.open(settings)
     try:
         validate_and_route(ws, load_config(config_path), item_id, actor="system")  # if not wired
+        _prove_as_steward(ws, monkeypatch)
     finally:
         ws.close()
     listed = json.loads(invoke("quarantine", "list", "--json").output)
@@ -184,6 +194,11 @@ def test_quarantine_commands(
         {"validation": {"severity_overrides": {"GM-CRS-001": "P3", "GM-CONTRACT-001": "P3"}}},
         name="fixed.yaml",
     )
+    ws = Workspace.open(settings)
+    try:
+        change_policy(ws, load_config(fixed))  # the registered policy changes (issue 13)
+    finally:
+        ws.close()
     reval = json.loads(invoke("quarantine", "revalidate", str(fixed), item_id, "--json").output)
     assert reval["releasable"] is True
     assert invoke("quarantine", "release", str(fixed), item_id).output.strip().endswith("staging")
@@ -195,6 +210,7 @@ def test_remediate_and_outbox_commands(
     settings: Settings,
     write_config: Callable[..., Path],
     make_raster: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from geomesh.models import Item
 
@@ -211,6 +227,7 @@ def test_remediate_and_outbox_commands(
             del stac["properties"]["proj:bbox"]
             item.stac = stac
             s.add(item)
+        _prove_as_steward(ws, monkeypatch)
     finally:
         ws.close()
     rem = invoke("remediate", str(cfg_path), item_id, "--json")

@@ -24,7 +24,9 @@ from geomesh.hashing import sha256_file
 from geomesh.models import Severity
 from geomesh.raster import inspect, write_cog
 from geomesh.stac import build_item, item_to_dict
-from geomesh.validation import RULES, Finding, Policy, validate_document
+from geomesh.validation.engine import validate_document
+from geomesh.validation.findings import Finding
+from geomesh.validation.registry import RULES, Policy
 
 from conftest import EXAMPLE_CONFIG
 

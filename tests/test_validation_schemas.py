@@ -18,16 +18,10 @@ from typing import Any
 import pytest
 
 from geomesh.models import Severity
-from geomesh.validation import (
-    Finding,
-    check_schemas,
-    clear_cache,
-    load_document,
-    sync_schemas,
-    validate_document,
-    validate_file,
-)
 from geomesh.validation import schemas as schemas_mod
+from geomesh.validation.engine import load_document, validate_document, validate_file
+from geomesh.validation.findings import Finding
+from geomesh.validation.schemas import check_schemas, clear_cache, sync_schemas
 
 ITEMS = "data/stac-items"
 EARTH_SEARCH = [

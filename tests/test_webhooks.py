@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from policy_support import change_policy
 from sqlmodel import select
 
 from geomesh.config import ProductConfig, load_config
@@ -192,6 +193,7 @@ def test_targets_filter_by_severity_and_event(
     out = validate_and_route(workspace, p1_only, item_id, actor=SYSTEM)
     assert out.action == "quarantine" and out.outbox_ids == []  # P2 only: not for this target
     signoff_only = hook_config(events=["signoff_requested"])
+    change_policy(workspace, signoff_only)  # the registered policy changes (audited)
     other = staged(workspace, signoff_only, outside_tile(make_raster))
     assert validate_and_route(workspace, signoff_only, other, actor=SYSTEM).outbox_ids == []
     assert outbox_rows(workspace) == []

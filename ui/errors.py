@@ -20,6 +20,7 @@ from typing import ParamSpec, TypeVar
 import streamlit as st
 
 from geomesh.errors import GeomeshError
+from geomesh.redact import redact
 
 log = logging.getLogger("geomesh.app")
 P = ParamSpec("P")
@@ -33,7 +34,7 @@ def _raise_unexpected() -> bool:
 def report(exc: BaseException) -> str | None:
     """Show ``exc`` on the page; return the error id for unexpected errors."""
     if isinstance(exc, GeomeshError):
-        st.error(str(exc), icon="⚠️")
+        st.error(redact(str(exc)), icon="⚠️")
         return None
     error_id = uuid.uuid4().hex[:8]
     log.error("unexpected error %s in the app", error_id, exc_info=exc)

@@ -24,6 +24,8 @@ PAGES: Final = (
     ("pages/releases.py", "Releases", ":material/history:"),
     ("pages/audit.py", "Audit", ":material/receipt_long:"),
     ("pages/ingest.py", "Ingest", ":material/upload_file:"),
+    ("pages/users.py", "Users", ":material/group:"),
+    ("pages/policy.py", "Policy", ":material/policy:"),
 )
 
 

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import streamlit as st
 
-from geomesh.services import queries
+from geomesh.services import auth_session, queries
 from geomesh.settings import load_settings
 from geomesh.workspace import Workspace
 
@@ -28,6 +28,9 @@ class K:
     USER: Final = "gm.user"  #: signed-in user name (the role is read from the DB each run)
     AUTH_METHOD: Final = "gm.auth_method"  #: "password" | "sso"
     SSO_REFUSED: Final = "gm.sso_refused"  #: an SSO e-mail without an account (no retry)
+    LAST_SEEN: Final = "gm.last_seen"  #: when the signed-in user last interacted (idle timeout)
+    SIGNED_OUT_IDLE: Final = "gm.signed_out_idle"  #: say why the sign-in page is back
+    NEW_TOKEN: Final = "gm.users.new_token"  #: a token just created, shown once
     FLASH: Final = "gm.flash"  #: a success message shown once after a rerun
     MAP_LAST_CLICK: Final = "gm.map.last_click"  #: the last feature clicked on the map
     MAP_PENDING: Final = "gm.map.pending"  #: a click to apply to the tile picker next run
@@ -54,6 +57,7 @@ class K:
     F_STATE: Final = "w.findings.state"
     F_PRODUCT: Final = "w.findings.product"
     F_ALL: Final = "w.findings.include_closed"
+    F_PAGE: Final = "w.findings.page"
 
     # ---- widgets: review queue
     R_ITEM: Final = "w.review.item"
@@ -64,6 +68,7 @@ class K:
     R_BULK_APPROVE: Final = "w.review.bulk_approve"
     R_PROMOTE_CONFIRM: Final = "w.review.promote_confirm"
     R_PROMOTE: Final = "w.review.promote"
+    R_VERIFY: Final = "w.review.verify"  #: "Verify now": re-hash the queue's stored objects
 
     # ---- widgets: quarantine
     Q_ITEM: Final = "w.quarantine.item"
@@ -81,17 +86,42 @@ class K:
     REL_ROLLBACK_RELEASE: Final = "w.releases.rollback_release"
     REL_CONFIRM: Final = "w.releases.confirm"
     REL_CANCEL: Final = "w.releases.cancel"
+    REL_SNAPSHOT: Final = "w.releases.snapshot"
 
     # ---- widgets: audit
     A_TEXT: Final = "w.audit.text"
     A_ACTOR: Final = "w.audit.actor"
     A_ACTION: Final = "w.audit.action"
+    A_VERIFY_FULL: Final = "w.audit.verify_full"  #: recompute the whole chain
+
+    # ---- widgets: users
+    U_PICK: Final = "w.users.pick"
+    U_ROLE: Final = "w.users.role"
+    U_SET_ROLE: Final = "w.users.set_role"
+    U_TOGGLE: Final = "w.users.toggle"
+    U_RESET_PW: Final = "w.users.reset_pw"
+    U_RESET: Final = "w.users.reset"
+    U_NEW_NAME: Final = "w.users.new_name"
+    U_NEW_ROLE: Final = "w.users.new_role"
+    U_NEW_EMAIL: Final = "w.users.new_email"
+    U_NEW_PW: Final = "w.users.new_pw"
+    U_ADD: Final = "w.users.add"
+    U_OWN_CURRENT: Final = "w.users.own_current"
+    U_OWN_NEW: Final = "w.users.own_new"
+    U_OWN_SAVE: Final = "w.users.own_save"
+    U_TOKEN_DAYS: Final = "w.users.token_days"
+    U_TOKEN_CREATE: Final = "w.users.token_create"
+    U_TOKEN_REVOKE: Final = "w.users.token_revoke"
+    U_TOKEN_PICK: Final = "w.users.token_pick"
 
     # ---- widgets: ingest
     I_UPLOAD: Final = "w.ingest.upload"
     I_PATHS: Final = "w.ingest.paths"
     I_DRY_RUN: Final = "w.ingest.dry_run"
     I_INGEST: Final = "w.ingest.ingest"
+
+    # ---- widgets: policy (the registered config)
+    POL_APPROVE: Final = "w.policy.approve"  #: + ".<version>", one button per pending change
 
 
 #: GEOMESH_* variables that select a different workspace (one cached Workspace per combination)
@@ -114,7 +144,14 @@ def _env_key() -> tuple[str, ...]:
 def _open_workspace(env_key: tuple[str, ...]) -> Workspace:
     del env_key  # only the cache key: load_settings() reads the same environment
     # an invalid GEOMESH_* value is a ConfigError naming the variable (shown by ui.errors)
-    return Workspace.open(load_settings())
+    ws = Workspace.open(load_settings())
+    ws.channel = auth_session.app_channel()  # recorded in every audit event of the app
+    return ws
+
+
+def env_key() -> tuple[str, ...]:
+    """Which workspace the app is on (part of every cache key, ``ui.cached``)."""
+    return _env_key()
 
 
 def workspace() -> Workspace:
@@ -131,8 +168,9 @@ def _map_view(
 
 
 def map_view(product_id: str, states: list[str]) -> dict[str, Any]:
-    """The map's read model, cached until the workspace changes (any audited change)."""
-    version = queries.catalog_version(workspace())
+    """The map's read model, cached until the product changes (its change counter,
+    ``queries.product_version``: any audited change of this product)."""
+    version = queries.product_version(workspace(), product_id)
     return _map_view(_env_key(), product_id, tuple(states), version)
 
 

@@ -7,7 +7,8 @@ from typing import TextIO
 
 import click
 
-from geomesh.cli._base import cli, errors_at_edge, json_option, load, open_workspace
+from geomesh.cli._base import cli, errors_at_edge, json_option
+from geomesh.cli._session import load, open_workspace
 from geomesh.errors import AuditChainBroken
 from geomesh.services import history
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from geomesh import demo
-from geomesh.cli._base import cli, echo_json, errors_at_edge, json_option, open_workspace
+from geomesh.cli._base import cli, echo_json, errors_at_edge, json_option
+from geomesh.cli._session import open_workspace
 
 
 @cli.group("demo")

@@ -6,15 +6,9 @@ import sys
 
 import click
 
-from geomesh.cli._base import (
-    actor_option,
-    cli,
-    echo_json,
-    errors_at_edge,
-    json_option,
-    open_workspace,
-    resolve_actor,
-)
+from geomesh.auth import SYSTEM
+from geomesh.cli._base import actor_option, cli, echo_json, errors_at_edge, json_option
+from geomesh.cli._session import open_workspace, prove_actor
 from geomesh.doctor import run_doctor
 
 
@@ -33,9 +27,9 @@ from geomesh.doctor import run_doctor
 def doctor_cmd(gc: bool, deep: bool, min_age: float, actor: str | None, as_json: bool) -> None:
     """Check database ↔ objects ↔ manifests ↔ published catalogs; exit 1 if inconsistent."""
     with errors_at_edge():
-        report = run_doctor(
-            open_workspace(), gc=gc, deep=deep, min_age_s=min_age, actor=resolve_actor(actor)
-        )
+        ws = open_workspace()
+        who = prove_actor(ws, actor) if gc else SYSTEM  # only --gc changes anything
+        report = run_doctor(ws, gc=gc, deep=deep, min_age_s=min_age, actor=who)
         if as_json:
             echo_json(report.to_json())
         else:

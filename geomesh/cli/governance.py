@@ -1,21 +1,13 @@
-"""`geomesh signoff`, `promote`, `rollback` and `releases list|show|diff|catalog`."""
+"""`geomesh signoff`, `promote`, `rollback` and `releases list|show|diff|catalog|snapshot`."""
 
 from __future__ import annotations
 
 import click
 
-from geomesh.cli._base import (
-    actor_option,
-    cli,
-    echo_json,
-    errors_at_edge,
-    json_option,
-    load,
-    open_workspace,
-    resolve_actor,
-)
+from geomesh.cli._base import actor_option, cli, echo_json, errors_at_edge, json_option
+from geomesh.cli._session import load, open_workspace, prove_actor
 from geomesh.errors import SignoffError
-from geomesh.services import history, promotion, rollback, signoff
+from geomesh.services import history, promotion, rollback, signoff, snapshot
 
 #: printed on a successful (or already completed) rollback, for scripts to wait on
 ROLLBACK_TOKEN = "PRODUCT_ROLLBACK_COMPLETE"
@@ -48,7 +40,7 @@ def signoff_cmd(
             )
         cfg = load(config)
         ws = open_workspace(cfg)
-        who = resolve_actor(actor)
+        who = prove_actor(ws, actor)
         if decision == "request":
             status = signoff.request_signoff(ws, cfg, item_id, actor=who)
         else:
@@ -96,7 +88,7 @@ def promote_cmd(
                 )
             )
             return
-        result = promotion.promote(ws, cfg, ids, actor=resolve_actor(actor))
+        result = promotion.promote(ws, cfg, ids, actor=prove_actor(ws, actor))
         if as_json:
             echo_json(result.to_json())
             return
@@ -134,7 +126,7 @@ def rollback_cmd(
             raise click.UsageError("give exactly one of --item ITEM_ID or --release [RELEASE]")
         cfg = load(config)
         ws = open_workspace(cfg)
-        who = resolve_actor(actor)
+        who = prove_actor(ws, actor)
         if item_id is not None:
             result = rollback.rollback_item(ws, cfg, item_id, actor=who)
         else:
@@ -163,9 +155,17 @@ def releases_list(config: str, as_json: bool) -> None:
         if as_json:
             echo_json([i.to_json() for i in infos])
             return
+        if infos and not any(i.current for i in infos):
+            click.echo(f"no current release: {cfg.product_id} was withdrawn", err=True)
         for i in infos:
             flags = " ".join(
-                f for f, on in (("current", i.current), ("rolled-back", i.deprecated)) if on
+                f
+                for f, on in (
+                    ("current", i.current),
+                    ("rolled-back", i.deprecated),
+                    ("geoparquet", i.snapshot_key is not None),
+                )
+                if on
             )
             d = i.delta
             click.echo(
@@ -241,3 +241,21 @@ def releases_catalog(config: str, version: str, as_json: bool) -> None:
             )
             return
         click.echo(str(at.path) if at.path else f"production/{at.key}")
+
+
+@releases_group.command("snapshot")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("version", default="current")
+@actor_option("Who writes it (admin or steward; default: $GEOMESH_USER).")
+@json_option
+def releases_snapshot(config: str, version: str, actor: str | None, as_json: bool) -> None:
+    """Write the stac-geoparquet snapshot of a release (on demand; a repeat is a no-op)."""
+    with errors_at_edge():
+        cfg = load(config)
+        ws = open_workspace(cfg)
+        who = prove_actor(ws, actor)
+        result = snapshot.snapshot_release(ws, cfg.product_id, version, actor=who)
+        if as_json:
+            echo_json(result.to_json())
+            return
+        click.echo(f"production/{result.key}")

@@ -1,4 +1,4 @@
-"""`geomesh ingest`, `geomesh inspect`, `geomesh items list`."""
+"""`geomesh ingest`, `geomesh inspect`."""
 
 from __future__ import annotations
 
@@ -13,18 +13,17 @@ from geomesh.cli._base import (
     echo_json,
     errors_at_edge,
     json_option,
-    load,
-    open_workspace,
-    resolve_actor,
     tile_progress,
 )
+from geomesh.cli._session import load, open_workspace, prove_actor
 from geomesh.cli.sources import run_ingest_from_stac
 from geomesh.errors import ConfigError
+from geomesh.opening import OpeningPolicy
 from geomesh.raster import inspect as inspect_raster
 from geomesh.raster import parse_datetime
-from geomesh.services import queries
 from geomesh.services.ingest import IngestReport
 from geomesh.services.pipeline import ingest_rasters
+from geomesh.settings import load_settings
 
 
 def _parse_dt(value: str | None) -> datetime | None:
@@ -76,11 +75,27 @@ def _print_report(report: IngestReport) -> None:
 @click.option(
     "--workers",
     type=int,
-    default=1,
+    default=0,
     show_default=True,
-    help="Parallel worker processes for the file work.",
+    help="Workers for the file work: 0 = automatic (a batch of at least 64 MiB in one "
+    "single-threaded process per core, else serial with every GDAL thread; --from-stac: "
+    "4 threads per core); 1 = serial; N = N processes sharing the cores' GDAL threads.",
 )
 @click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:port).")
+@click.option(
+    "--allow-driver",
+    "allow_drivers",
+    multiple=True,
+    metavar="NAME",
+    help="Also let GDAL open RASTERS with this driver (e.g. VRT); repeatable. Only for files "
+    "you trust: indirection formats read whatever they point at.",
+)
+@click.option(
+    "--untrusted",
+    is_flag=True,
+    help="Treat RASTERS as untrusted (as the app does): local files only under "
+    "GEOMESH_IMPORT_DIRS, no --allow-driver.",
+)
 @actor_option("Who submits the tiles (default: $GEOMESH_USER).")
 @json_option
 def ingest_cmd(
@@ -93,11 +108,19 @@ def ingest_cmd(
     actor: str | None,
     as_json: bool,
     from_stac: bool = False,
+    allow_drivers: tuple[str, ...] = (),
+    untrusted: bool = False,
 ) -> None:
     """Ingest RASTERS (paths, http(s):// or s3:// URLs) into the product CONFIG.
 
-    With --from-stac, ingest the new scenes of the config's STAC `source` instead.
+    With --from-stac, ingest the new scenes of the config's STAC `source` instead (always
+    under the untrusted opening policy). URLs must match GEOMESH_ALLOWED_SOURCES.
     """
+    if (from_stac or untrusted) and allow_drivers:
+        raise click.UsageError(
+            "--allow-driver widens what the operator's own RASTERS may be; it cannot be "
+            "combined with --from-stac or --untrusted"
+        )
     if from_stac or not rasters:
         run_ingest_from_stac(
             config,
@@ -115,17 +138,23 @@ def ingest_cmd(
     with errors_at_edge():
         cfg = load(config)
         ws = open_workspace(cfg)
+        policy = (
+            OpeningPolicy.untrusted(ws.settings, cfg, context="--untrusted input")
+            if untrusted
+            else OpeningPolicy.operator(ws.settings, cfg, extra_drivers=allow_drivers)
+        )
         with tile_progress(len(rasters), enabled=not as_json and len(rasters) > 1) as tick:
             report = ingest_rasters(
                 ws,
                 cfg,
                 rasters,
-                actor=resolve_actor(actor),
+                actor=prove_actor(ws, actor, system_ok=True),
                 dry_run=dry_run,
                 acquired=_parse_dt(acquired),
                 progress=tick,
                 workers=workers,
                 scheduler=scheduler,
+                policy=policy,
             )
         if as_json:
             echo_json(report.to_json())
@@ -137,11 +166,25 @@ def ingest_cmd(
 @cli.command("inspect")
 @click.argument("raster")
 @click.option("--domain-crs", default=None, help="Also reproject the footprint to this CRS.")
+@click.option(
+    "--allow-driver",
+    "allow_drivers",
+    multiple=True,
+    metavar="NAME",
+    help="Also let GDAL open RASTER with this driver (default: GTiff only); repeatable.",
+)
 @json_option
-def inspect_cmd(raster: str, domain_crs: str | None, as_json: bool) -> None:
+def inspect_cmd(
+    raster: str, domain_crs: str | None, as_json: bool, allow_drivers: tuple[str, ...] = ()
+) -> None:
     """Show what `rio info` shows plus what the product contract needs."""
     with errors_at_edge():
-        info = inspect_raster(raster, domain_crs=domain_crs)
+        policy = OpeningPolicy.operator(load_settings(), extra_drivers=allow_drivers)
+        checked = policy.check(raster)
+        with policy.gdal_env():
+            info = inspect_raster(
+                checked.gdal_path, domain_crs=domain_crs, drivers=policy.drivers, name=raster
+            )
         data = info.to_json()
         if as_json:
             echo_json(data)
@@ -150,35 +193,3 @@ def inspect_cmd(raster: str, domain_crs: str | None, as_json: bool) -> None:
             if key == "footprint_4326" and value:
                 value = f"{value['type']} with {len(value['coordinates'][0])} vertices"
             click.echo(f"{key:<15} {value}")
-
-
-@cli.group("items")
-def items_group() -> None:
-    """List and show staged, quarantined and published items."""
-
-
-@items_group.command("list")
-@click.option("--product", default=None, help="Only this product id.")
-@click.option("--state", default=None, help="Only items in this state.")
-@json_option
-def items_list(product: str | None, state: str | None, as_json: bool) -> None:
-    """List items with their state, source, checksum and findings per severity."""
-    with errors_at_edge():
-        ws = open_workspace()
-        rows = queries.list_items(ws, product_id=product, state=state)
-        if as_json:
-            echo_json(rows)
-            return
-        for r in rows:
-            f = r.get("findings") or {}
-            counts = " ".join(f"{k}:{v}" for k, v in sorted(f.items()) if v)
-            click.echo(f"{r['state']:<12} {r['id']:<48} {counts:<16} {r['source']}")
-
-
-@items_group.command("show")
-@click.argument("item_id")
-def items_show(item_id: str) -> None:
-    """Print one item's STAC JSON."""
-    with errors_at_edge():
-        ws = open_workspace()
-        echo_json(queries.get_item(ws, item_id)["stac"])

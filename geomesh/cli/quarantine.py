@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import click
 
-from geomesh.cli._base import (
-    actor_option,
-    cli,
-    echo_json,
-    errors_at_edge,
-    json_option,
-    load,
-    open_workspace,
-    resolve_actor,
-)
+from geomesh.cli._base import actor_option, cli, echo_json, errors_at_edge, json_option
+from geomesh.cli._session import load, open_workspace, prove_actor
 from geomesh.cli.validate import echo_finding
 from geomesh.services import quarantine as q
-from geomesh.validation import Finding
+from geomesh.validation.findings import Finding
 
 
 @cli.group("quarantine")
@@ -73,9 +65,8 @@ def quarantine_revalidate(
     """Validate a quarantined item again after a fix (it stays quarantined)."""
     with errors_at_edge():
         cfg = load(config)
-        result = q.revalidate(
-            open_workspace(cfg), cfg, item_id, actor=resolve_actor(actor), strict=strict
-        )
+        ws = open_workspace(cfg)
+        result = q.revalidate(ws, cfg, item_id, actor=prove_actor(ws, actor), strict=strict)
     if as_json:
         echo_json(result.to_json())
         return
@@ -94,7 +85,8 @@ def quarantine_release(config: str, item_id: str, note: str | None, actor: str |
     """Move a re-validated quarantined item back to staging."""
     with errors_at_edge():
         cfg = load(config)
-        state = q.release(open_workspace(cfg), cfg, item_id, actor=resolve_actor(actor), note=note)
+        ws = open_workspace(cfg)
+        state = q.release(ws, cfg, item_id, actor=prove_actor(ws, actor), note=note)
     click.echo(f"{item_id}: {state}")
 
 
@@ -105,5 +97,6 @@ def quarantine_release(config: str, item_id: str, note: str | None, actor: str |
 def quarantine_discard(item_id: str, reason: str, actor: str | None) -> None:
     """Discard a quarantined item for good."""
     with errors_at_edge():
-        state = q.discard(open_workspace(), item_id, actor=resolve_actor(actor), reason=reason)
+        ws = open_workspace()
+        state = q.discard(ws, item_id, actor=prove_actor(ws, actor), reason=reason)
     click.echo(f"{item_id}: {state}")

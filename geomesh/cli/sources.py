@@ -8,16 +8,8 @@ from typing import Any
 
 import click
 
-from geomesh.cli._base import (
-    cli,
-    echo_json,
-    errors_at_edge,
-    json_option,
-    load,
-    open_workspace,
-    resolve_actor,
-    tile_progress,
-)
+from geomesh.cli._base import cli, echo_json, errors_at_edge, json_option, tile_progress
+from geomesh.cli._session import load, open_workspace, prove_actor
 from geomesh.errors import ConfigError
 from geomesh.raster import parse_datetime
 from geomesh.remote import Candidate, require_source
@@ -100,8 +92,8 @@ def run_ingest_from_stac(
             f"--from-stac reads the scenes from the config's source section; "
             f"drop the RASTERS ({' '.join(rasters[:3])}{' …' if len(rasters) > 3 else ''})"
         )
-    if workers != 1 or scheduler:
-        raise click.UsageError("--from-stac runs serially: drop --workers and --scheduler")
+    if scheduler:
+        raise click.UsageError("--from-stac reads ranges on local threads: drop --scheduler")
     with errors_at_edge():
         when = None
         if acquired is not None:
@@ -126,10 +118,11 @@ def run_ingest_from_stac(
             report: IngestReport = ingest_from_stac(
                 ws,
                 cfg,
-                actor=resolve_actor(actor),
+                actor=prove_actor(ws, actor, system_ok=True),
                 candidates=candidates,
                 acquired=when,
                 progress=tick,
+                workers=workers or None,
             )
         if as_json:
             echo_json(report.to_json())

@@ -8,37 +8,18 @@ from typing import Any
 
 import click
 
-from geomesh.cli._base import (
-    actor_option,
-    cli,
-    echo_json,
-    errors_at_edge,
-    json_option,
-    load,
-    open_workspace,
-    resolve_actor,
-)
+from geomesh.cli._base import actor_option, cli, echo_json, errors_at_edge, json_option
+from geomesh.cli._session import load, open_workspace, prove_actor
 from geomesh.config import ProductConfig
 from geomesh.errors import DeliveryError, ValidationError
 from geomesh.services.outbox import deliver_outbox, list_outbox, retry_outbox
 from geomesh.services.pipeline import validate_and_route
 from geomesh.services.remediation import remediate_item
 from geomesh.settings import load_settings
-from geomesh.validation import (
-    DEFAULT_SCHEMA_URLS,
-    RULES,
-    FileResult,
-    Finding,
-    Policy,
-    count_by_severity,
-    exit_code,
-    extension_urls,
-    iter_json_files,
-    load_document,
-    sync_schemas,
-    validate_file,
-    worst_severity,
-)
+from geomesh.validation.engine import FileResult, iter_json_files, load_document, validate_file
+from geomesh.validation.findings import Finding, count_by_severity, exit_code, worst_severity
+from geomesh.validation.registry import RULES, Policy
+from geomesh.validation.schemas import DEFAULT_SCHEMA_URLS, extension_urls, sync_schemas
 
 _COLOURS = {"P1": "red", "P2": "yellow", "P3": "cyan"}
 
@@ -182,7 +163,7 @@ def remediate_cmd(
     with errors_at_edge():
         cfg = load(config)
         ws = open_workspace(cfg)
-        who = resolve_actor(actor)
+        who = prove_actor(ws, actor)
         result = remediate_item(ws, cfg, item_id, actor=who)
         outcome = None
         if not no_route and result.created:
@@ -280,9 +261,8 @@ def outbox_retry(ids: tuple[int, ...], all_failed: bool, actor: str | None) -> N
     with errors_at_edge():
         if not ids and not all_failed:
             raise DeliveryError("give message ids or --all", hint="see `geomesh outbox list`")
-        retried = retry_outbox(
-            open_workspace(), list(ids) if ids else None, actor=resolve_actor(actor)
-        )
+        ws = open_workspace()
+        retried = retry_outbox(ws, list(ids) if ids else None, actor=prove_actor(ws, actor))
     click.echo(f"{len(retried)} message(s) queued again: {', '.join(map(str, retried)) or '-'}")
 
 

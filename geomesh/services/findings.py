@@ -12,7 +12,7 @@ from sqlmodel import Session, col, func, select
 
 from geomesh.models import FindingRecord, Severity, ValidationRun
 from geomesh.services.lookup import chunks
-from geomesh.validation import Finding, sort_findings
+from geomesh.validation.findings import Finding, sort_findings
 
 
 def zero_counts() -> dict[str, int]:

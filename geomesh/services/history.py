@@ -38,6 +38,8 @@ class ReleaseInfo:
     current: bool
     created_at: str
     manifest_key: str
+    #: production key of the stac-geoparquet snapshot (None until one is written)
+    snapshot_key: str | None = None
 
     @classmethod
     def of(cls, row: Release, current_id: str | None) -> ReleaseInfo:
@@ -54,6 +56,7 @@ class ReleaseInfo:
             current=row.id == current_id,
             created_at=row.created_at.isoformat(),
             manifest_key=row.manifest_key,
+            snapshot_key=row.snapshot_key,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -102,12 +105,14 @@ def list_releases(ws: Workspace, product_id: str) -> list[ReleaseInfo]:
 
 
 def show_release(ws: Workspace, product_id: str, ref: str = "current") -> dict[str, Any]:
-    """One release: its row (version, delta, current, deprecated) and its manifest."""
+    """One release: its row (version, delta, current, deprecated) and its manifest (the
+    stored root, plus ``items``: every item of every partition, an O(items) export)."""
     with ws.read() as session:
         row = _resolve_release(session, product_id, ref)
         info = ReleaseInfo.of(row, get_product(session, product_id).current_release_id)
     manifest = releases.load_manifest(ws.store, product_id, row.id)
-    return info.to_json() | {"manifest": manifest.to_dict()}
+    items = [m.to_dict() for m in releases.iter_items(ws.store, manifest)]
+    return info.to_json() | {"manifest": manifest.to_dict() | {"items": items}}
 
 
 @dataclass(frozen=True)
@@ -155,11 +160,20 @@ def diff_releases(ws: Workspace, product_id: str, a: str, b: str) -> ReleaseDiff
         rb = _resolve_release(session, product_id, b)
     ma = releases.load_manifest(ws.store, product_id, ra.id)
     mb = releases.load_manifest(ws.store, product_id, rb.id)
-    delta = releases.compute_delta(ma.items, mb.items)
+    # partitions with the same content address are equal: only the others are read
+    differ = sorted(
+        b for b in ma.parts.keys() | mb.parts.keys() if ma.parts.get(b) != mb.parts.get(b)
+    )
+    old_items: dict[str, releases.ManifestItem] = {}
+    new_items: dict[str, releases.ManifestItem] = {}
+    for b in differ:
+        old_items.update(releases.load_part(ws.store, ma, b).by_id)
+        new_items.update(releases.load_part(ws.store, mb, b).by_id)
+    delta = releases.compute_delta(old_items.values(), new_items.values())
     changed = []
     for c in delta.changed:
-        old = releases.load_item_json(ws.store, ma.by_id[c.from_id])
-        new = releases.load_item_json(ws.store, mb.by_id[c.to_id])
+        old = releases.load_item_json(ws.store, old_items[c.from_id])
+        new = releases.load_item_json(ws.store, new_items[c.to_id])
         changed.append(ItemChange(c.source_key, c.from_id, c.to_id, releases.diff_json(old, new)))
     return ReleaseDiff(
         product_id=product_id,
@@ -205,7 +219,7 @@ def catalog_at(ws: Workspace, product_id: str, version: str = "current") -> Cata
 def verify_audit(ws: Workspace) -> list[audit.ChainProblem]:
     """Recompute the audit hash chain; the problems name each edited/inserted/deleted event."""
     with ws.read() as session:
-        return audit.verify(session)
+        return audit.verify_stored(session, ws.audit_key, ws.store)
 
 
 def export_audit(ws: Workspace, *, product_id: str | None = None) -> Iterator[dict[str, Any]]:

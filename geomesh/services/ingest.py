@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 from sqlmodel import Session, col, select
 
-from geomesh import audit, auth, faults, lifecycle
+from geomesh import audit, auth, db, faults, lifecycle
 from geomesh.config import ProductConfig
 from geomesh.errors import StorageError
 from geomesh.models import Item, ItemState
+from geomesh.redact import redact
 from geomesh.services.products import register_product
 from geomesh.stac import is_safe_item_id, item_id_for
 from geomesh.storage import object_key
@@ -45,9 +46,15 @@ class TileResult:
     error: str | None = None
     item: dict[str, Any] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.error:
+            self.error = redact(self.error)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("item")
+        if d["error"]:
+            d["error"] = redact(d["error"])
         return d
 
     @classmethod
@@ -156,59 +163,82 @@ def stage_tile(
     ws.store.put_bytes("staging", skey, payload)
     faults.point("ingest.files_stored")
 
-    with ws.transaction() as session:
-        auth.require(session, actor, "ingest")
-        register_product(session, config, actor=actor)
-        if session.get(Item, item_id) is not None:  # a concurrent run staged it first
-            result.status = "exists"
-            return result
-        prev = session.get(Item, previous.id) if previous is not None else None
-        item = Item(
-            id=item_id,
-            product_id=product_id,
-            source=prepared.source_name,
-            source_key=prepared.source_key,
-            source_digest=prepared.source_digest,
-            content_digest=prepared.hexdigest,
-            size=prepared.size,
-            object_key=okey,
-            stac_key=skey,
-            stac=stac,
-            state=ItemState.staging,
-            submitted_by=actor,
-            supersedes=prev.id if prev is not None else None,
-            source_item_id=prepared.source_meta.source_item_id if prepared.source_meta else None,
-            source_etag=prepared.source_meta.source_etag if prepared.source_meta else None,
-        )
-        session.add(item)
-        session.flush()
-        audit.append(
-            session,
-            actor=actor,
-            action="ingest",
-            target=item_id,
-            product_id=product_id,
-            state_after=ItemState.staging.value,
-            digest=prepared.hexdigest,
-            details={
-                "source": prepared.source_name,
-                "size": prepared.size,
-                "supersedes": item.supersedes,
-                "clipped": prepared.clipped,
-            },
-        )
-        if prev is not None and prev.state in (ItemState.staging, ItemState.validation):
-            lifecycle.transition(
-                session,
-                prev,
-                ItemState.superseded,
-                actor=actor,
-                action="supersede",
-                details={"by": item_id},
-            )
+    def insert() -> bool:
+        """The row, its audit event and the superseding, in ONE transaction (False: a
+        concurrent run staged the same content first)."""
+        with ws.transaction() as session:
+            return _insert_item(session, config, prepared, stac, previous, actor=actor)
+
+    if not db.retry_on_conflict(insert):
+        result.status = "exists"
+        return result
     result.state = ItemState.staging.value
     result.item = stac
     return result
+
+
+def _insert_item(
+    session: Session,
+    config: ProductConfig,
+    prepared: PreparedTile,
+    stac: dict[str, Any],
+    previous: Item | None,
+    *,
+    actor: str,
+) -> bool:
+    product_id = config.product_id
+    item_id = item_id_for(product_id, prepared.hexdigest)
+    okey = object_key(prepared.hexdigest)
+    skey = stac_key_for(product_id, item_id)
+    auth.require(session, actor, "ingest")
+    register_product(session, config, actor=actor)
+    if session.get(Item, item_id) is not None:  # a concurrent run staged it first
+        return False
+    prev = session.get(Item, previous.id) if previous is not None else None
+    item = Item(
+        id=item_id,
+        product_id=product_id,
+        source=prepared.source_name,
+        source_key=prepared.source_key,
+        source_digest=prepared.source_digest,
+        content_digest=prepared.hexdigest,
+        size=prepared.size,
+        object_key=okey,
+        stac_key=skey,
+        stac=stac,
+        state=ItemState.staging,
+        submitted_by=actor,
+        supersedes=prev.id if prev is not None else None,
+        source_item_id=prepared.source_meta.source_item_id if prepared.source_meta else None,
+        source_etag=prepared.source_meta.source_etag if prepared.source_meta else None,
+    )
+    session.add(item)
+    session.flush()
+    audit.append(
+        session,
+        actor=actor,
+        action="ingest",
+        target=item_id,
+        product_id=product_id,
+        state_after=ItemState.staging.value,
+        digest=prepared.hexdigest,
+        details={
+            "source": prepared.source_name,
+            "size": prepared.size,
+            "supersedes": item.supersedes,
+            "clipped": prepared.clipped,
+        },
+    )
+    if prev is not None and prev.state in (ItemState.staging, ItemState.validation):
+        lifecycle.transition(
+            session,
+            prev,
+            ItemState.superseded,
+            actor=actor,
+            action="supersede",
+            details={"by": item_id},
+        )
+    return True
 
 
 def find_by_source_digest(ws: Workspace, product_id: str, digest: str | None) -> Item | None:

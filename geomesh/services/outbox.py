@@ -2,9 +2,17 @@
 
 Rows are written in the SAME transaction as the routing or governance event (unique
 idempotency key: a retry or a crash neither loses nor duplicates one) and sent by
-:func:`deliver_outbox`: JSON body, ``X-Geomesh-Signature: sha256=<hmac hex>`` over the raw
-body, ``Idempotency-Key``, bounded retries with exponential backoff. Secrets are read at
-delivery time from the config or the environment and never stored or logged.
+:func:`deliver_outbox` (``geomesh worker`` calls it continuously): each message is leased
+to one worker (``SKIP LOCKED``, lease end from the database clock), POSTed with httpx2
+(connection errors retried at once by tenacity), and recorded as delivered, retried later
+with exponential backoff, or ``failed`` (the dead-letter state) after
+``governance.webhook_max_attempts``. Every POST carries the message's stable
+``Idempotency-Key``, so a receiver sees each message once even when a killed worker's
+message is sent again. The body depends on the target's ``kind``: ``generic`` = the
+geomesh envelope signed with ``X-Geomesh-Signature: sha256=<hmac hex>`` over the raw body;
+``slack`` = an incoming-webhook message; ``jira`` = a REST v2 create-issue body (the
+secret, if any, as a bearer token). Secrets are read at delivery time from the config or
+the environment and never stored or logged.
 """
 
 from __future__ import annotations
@@ -14,19 +22,22 @@ import hmac
 import json
 import logging
 import os
-import urllib.error
-import urllib.request
-from collections.abc import Iterable, Mapping
+import socket
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import httpx2
 from sqlmodel import Session, col, select
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from geomesh import audit, auth, faults
-from geomesh.config import EscalationTarget, ProductConfig
+from geomesh.config import DEFAULT_JIRA_PRIORITIES, EscalationTarget, ProductConfig
+from geomesh.db import db_now
 from geomesh.errors import ConfigError, DeliveryError, NotFound
 from geomesh.models import Item, OutboxMessage, OutboxStatus, Severity, utcnow
+from geomesh.redact import MASK, redact, redact_url, redact_value
 from geomesh.services.products import registered_config
 from geomesh.workspace import Workspace
 
@@ -76,9 +87,11 @@ def enqueue_escalations(
             idempotency_key=ikey,
             product_id=item.product_id,
             target_name=target.name,
-            url=target.url,
+            # the row keeps a readable URL without credentials or tokens; delivery uses
+            # the configured target's URL
+            url=redact_url(target.url),
             event=event,
-            payload=json.loads(json.dumps(dict(payload), default=str)),
+            payload=redact_value(json.loads(json.dumps(dict(payload), default=str))),
         )
         session.add(msg)
         session.flush()
@@ -115,30 +128,175 @@ class DeliveryReport:
     def to_json(self) -> dict[str, Any]:
         return {"delivered": self.delivered, "retrying": self.retrying, "failed": self.failed}
 
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A webhook that redirects is an error, never a silent GET elsewhere."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    @property
+    def count(self) -> int:
+        return len(self.delivered) + len(self.retrying) + len(self.failed)
 
 
-def _post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> str | None:
-    """POST once; None on a 2xx answer, else a short reason (never containing secrets)."""
-    opener = urllib.request.build_opener(_NoRedirect)
-    req = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+# ------------------------------------------------------------------ bodies per target kind
+
+SEVERITY_ORDER: Final = ("P1", "P2", "P3")
+#: Slack: a section block's text holds at most 3000 characters, a context block 10 elements
+SLACK_TEXT_MAX: Final = 3000
+JIRA_SUMMARY_MAX: Final = 255
+
+
+def _worst(msg: OutboxMessage) -> str | None:
+    value = msg.payload.get("worst_severity")
+    return value if value in SEVERITY_ORDER else None
+
+
+def _headline(msg: OutboxMessage) -> str:
+    data = msg.payload
+    item = data.get("item_id", "?")
+    if msg.event == "finding":
+        return (
+            f"[{data.get('worst_severity') or '-'}] {msg.product_id}: item {item} "
+            f"{data.get('action', 'routed')} ({data.get('state', '?')})"
+        )
+    if msg.event == "signoff_requested":
+        return f"{msg.product_id}: sign-off requested for item {item}"
+    if msg.event == "signoff_decided":
+        return f"{msg.product_id}: item {item} {data.get('decision', 'decided')} by {data.get('decided_by', '?')}"
+    return f"{msg.product_id}: {msg.event} for item {item}"
+
+
+def _detail_lines(msg: OutboxMessage) -> list[str]:
+    data = msg.payload
+    lines: list[str] = []
+    for f in data.get("findings") or []:
+        lines.append(f"{f.get('severity')} {f.get('rule_id')} {f.get('path')}: {f.get('message')}")
+    if data.get("quarantine_reason"):
+        lines.append(f"quarantine reason: {data['quarantine_reason']}")
+    if data.get("reclip_task_id") is not None:
+        lines.append(f"re-clip task {data['reclip_task_id']} queued")
+    if data.get("content_digest"):
+        lines.append(f"content digest: {data['content_digest']}")
+    callback = data.get("callback")
+    if isinstance(callback, dict) and callback.get("url"):
+        lines.append(f"decide: POST {callback['url']}")
+    return lines
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def slack_body(msg: OutboxMessage) -> dict[str, Any]:
+    """A Slack incoming-webhook message: ``text`` (the notification fallback) and
+    ``blocks`` (a section with the headline and details, a context with ids)."""
+    headline = _headline(msg)
+    details = "\n".join(_detail_lines(msg))
+    section = f"*{headline}*" + (f"\n{details}" if details else "")
+    return {
+        "text": _clip(headline, SLACK_TEXT_MAX),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": _clip(section, SLACK_TEXT_MAX)}},
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "text": f"event `{msg.event}`"},
+                    {"type": "mrkdwn", "text": f"id `{msg.idempotency_key}`"},
+                ],
+            },
+        ],
+    }
+
+
+def jira_body(target: EscalationTarget, msg: OutboxMessage) -> dict[str, Any]:
+    """A Jira REST v2 create-issue body (``POST /rest/api/2/issue``): project key, summary,
+    issue type, the priority of the worst severity, a description, and labels that carry
+    the idempotency key (Jira itself does not de-duplicate)."""
+    worst = _worst(msg) or "P3"
+    priorities = {str(k): v for k, v in DEFAULT_JIRA_PRIORITIES.items()}
+    priorities.update({str(k): v for k, v in target.jira_priorities.items()})
+    priority = priorities[worst]
+    description = "\n".join(
+        [_headline(msg), "", *_detail_lines(msg), "", f"geomesh event: {msg.event}",
+         f"idempotency key: {msg.idempotency_key}"]
+    )  # fmt: skip
+    return {
+        "fields": {
+            "project": {"key": target.jira_project},
+            "summary": _clip(_headline(msg), JIRA_SUMMARY_MAX),
+            "issuetype": {"name": target.jira_issue_type},
+            "priority": {"name": priority},
+            "description": description,
+            "labels": ["geomesh", msg.idempotency_key],
+        }
+    }
+
+
+def request_for(
+    target: EscalationTarget | None, msg: OutboxMessage, secret: bytes | None
+) -> tuple[bytes, dict[str, str]]:
+    """The exact body and headers POSTed for ``msg`` to ``target`` (stable across retries)."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "geomesh-webhook/1",
+        IDEMPOTENCY_HEADER: msg.idempotency_key,
+        EVENT_HEADER: msg.event,
+    }
+    kind = target.kind if target is not None else "generic"
+    if kind == "slack":
+        body = json.dumps(slack_body(msg), sort_keys=True, separators=(",", ":")).encode()
+    elif kind == "jira":
+        assert target is not None
+        body = json.dumps(jira_body(target, msg), sort_keys=True, separators=(",", ":")).encode()
+        if secret is not None:
+            headers["Authorization"] = "Bearer " + secret.decode()
+        return body, headers
+    else:
+        body = envelope_bytes(msg)
+    if secret is not None:
+        headers[SIGNATURE_HEADER] = sign(secret, body)
+    return body, headers
+
+
+# ------------------------------------------------------------------ one POST, with retries
+
+#: answers worth a quick retry inside one attempt (the receiver is briefly unavailable)
+_TRANSIENT_STATUS: Final = frozenset({429, 502, 503, 504})
+
+
+class _Transient(Exception):
+    """A quick-retry answer (connection trouble); carries the reason."""
+
+
+def _post(
+    client: httpx2.Client,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    tries: int,
+) -> str | None:
+    """POST with quick retries on transport errors (tenacity, exponential backoff with
+    jitter); None on a 2xx answer, else a short reason (never containing secrets). An HTTP
+    error status is an attempt's answer: the outbox backs off and tries again later."""
+
+    def once() -> str | None:
+        try:
+            resp = client.post(url, content=body, headers=dict(headers))
+        except httpx2.TransportError as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+        if 200 <= resp.status_code < 300:
+            return None
+        reason = resp.reason_phrase or ""
+        return f"HTTP {resp.status_code} {reason}".strip()
+
     try:
-        with opener.open(req, timeout=timeout) as resp:
-            status = int(resp.status)
-            resp.read(1024)
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code} {exc.reason}"
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"{type(exc).__name__}: {reason}"
-    if 200 <= status < 300:
-        return None
-    return f"HTTP {status}"
+        for attempt in Retrying(
+            retry=retry_if_exception_type(_Transient),
+            stop=stop_after_attempt(max(1, tries)),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
+            reraise=True,
+        ):
+            with attempt:
+                return once()
+    except _Transient as exc:
+        return str(exc)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -147,6 +305,7 @@ class _Resolved:
     secret: bytes | None
     max_attempts: int
     error: str | None = None
+    url: str | None = None
 
 
 def _resolve(ws: Workspace, msg: OutboxMessage, configs: Mapping[str, ProductConfig]) -> _Resolved:
@@ -166,6 +325,25 @@ def _resolve(ws: Workspace, msg: OutboxMessage, configs: Mapping[str, ProductCon
         return _Resolved(
             None, None, attempts, f"escalation target {msg.target_name!r} is no longer configured"
         )
+    url = target.url
+    if target.url_env:
+        url = os.environ.get(target.url_env, "")
+        if not url.startswith(("http://", "https://")):
+            return _Resolved(
+                target,
+                None,
+                attempts,
+                f"environment variable {target.url_env} (URL of target {target.name!r}) is "
+                "not set to an http(s) URL",
+            )
+    elif given is None and MASK in target.url:
+        return _Resolved(
+            target,
+            None,
+            attempts,
+            f"the URL of target {target.name!r} carries a token that is only in the product "
+            "config file; pass --config to deliver",
+        )
     if target.secret_env:
         value = os.environ.get(target.secret_env)
         if not value:
@@ -176,7 +354,7 @@ def _resolve(ws: Workspace, msg: OutboxMessage, configs: Mapping[str, ProductCon
                 f"environment variable {target.secret_env} (secret of target "
                 f"{target.name!r}) is not set",
             )
-        return _Resolved(target, value.encode(), attempts)
+        return _Resolved(target, value.encode(), attempts, url=url)
     if target.secret is not None:
         value = target.secret.get_secret_value()
         if given is None and value == MASKED_SECRET:
@@ -187,13 +365,111 @@ def _resolve(ws: Workspace, msg: OutboxMessage, configs: Mapping[str, ProductCon
                 f"the secret of target {target.name!r} is only in the product config file; pass "
                 "--config to deliver, or use secret_env",
             )
-        return _Resolved(target, value.encode(), attempts)
-    return _Resolved(target, None, attempts)
+        return _Resolved(target, value.encode(), attempts, url=url)
+    return _Resolved(target, None, attempts, url=url)
 
 
 def _aware(ts: datetime) -> datetime:
     """SQLite hands back naive UTC timestamps; make them comparable with aware ones."""
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def _claim(
+    ws: Workspace,
+    *,
+    owner: str,
+    lease: timedelta,
+    now: datetime | None,
+    ids: list[int] | None,
+    skip: set[int],
+) -> OutboxMessage | None:
+    """Lease the oldest due pending message to ``owner`` (one short transaction).
+
+    ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL: concurrent workers take different
+    rows. The lease ends at the DATABASE clock + ``lease`` (``now`` overrides the clock,
+    for tests and ``--now``-style catch-up runs); until then no one else sends it.
+    """
+    with ws.transaction() as session:
+        clock = _aware(now) if now is not None else db_now(session)
+        stmt = (
+            select(OutboxMessage)
+            .where(OutboxMessage.status == OutboxStatus.pending)
+            .where(col(OutboxMessage.next_attempt_at) <= clock)
+            .order_by(col(OutboxMessage.id))
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if ids is not None:
+            stmt = stmt.where(col(OutboxMessage.id).in_(ids))
+        if skip:
+            stmt = stmt.where(col(OutboxMessage.id).not_in(sorted(skip)))
+        msg = session.exec(stmt).first()
+        if msg is None:
+            return None
+        msg.next_attempt_at = clock + lease
+        msg.lease_owner = owner
+        session.add(msg)
+        session.flush()
+        return OutboxMessage(**msg.model_dump())  # detached copy for the send
+
+
+def _record(
+    ws: Workspace,
+    msg_id: int,
+    error: str | None,
+    *,
+    max_attempts: int,
+    backoff_s: float,
+    now: datetime | None,
+    actor: str,
+    report: DeliveryReport,
+) -> None:
+    with ws.transaction() as session:
+        msg = session.get(OutboxMessage, msg_id)
+        if msg is None or msg.status != OutboxStatus.pending:
+            return  # another worker (after our lease ended) recorded it
+        msg.attempts += 1
+        msg.lease_owner = None
+        if error is None:
+            msg.status = OutboxStatus.delivered
+            msg.delivered_at = utcnow()
+            msg.last_error = None
+            report.delivered.append(msg_id)
+            audit.append(
+                session,
+                actor=actor,
+                action="outbox.delivered",
+                target=f"outbox:{msg_id}",
+                product_id=msg.product_id,
+                details={"target": msg.target_name, "event": msg.event, "attempts": msg.attempts},
+            )
+        else:
+            msg.last_error = error[:500]
+            if msg.attempts >= max_attempts:
+                msg.status = OutboxStatus.failed  # the dead-letter state
+                report.failed.append(msg_id)
+                audit.append(
+                    session,
+                    actor=actor,
+                    action="outbox.failed",
+                    target=f"outbox:{msg_id}",
+                    product_id=msg.product_id,
+                    details={
+                        "target": msg.target_name,
+                        "event": msg.event,
+                        "attempts": msg.attempts,
+                        "error": msg.last_error,
+                    },
+                )
+                log.warning(
+                    "webhook %s to %s failed for good: %s", msg_id, msg.target_name, msg.last_error
+                )
+            else:
+                delay = min(backoff_s * 2 ** (msg.attempts - 1), MAX_BACKOFF_S)
+                clock = _aware(now) if now is not None else db_now(session)
+                msg.next_attempt_at = clock + timedelta(seconds=delay)
+                report.retrying.append(msg_id)
+        session.add(msg)
 
 
 def deliver_outbox(
@@ -206,13 +482,19 @@ def deliver_outbox(
     backoff_s: float = 30.0,
     ids: Iterable[int] | None = None,
     actor: str = auth.SYSTEM,
+    owner: str | None = None,
+    quick_tries: int = 3,
+    stop: Callable[[], bool] | None = None,
 ) -> DeliveryReport:
-    """Send due pending messages once each; record delivered / retry later / failed.
+    """Send up to ``limit`` due pending messages once each; record delivered / retry later
+    / failed (the dead-letter state, after ``governance.webhook_max_attempts`` attempts).
 
-    A message is claimed (its next attempt moved past the send timeout) before it is sent,
-    so two workers do not post it at the same time; receivers de-duplicate by
-    ``Idempotency-Key`` in any case. After ``governance.webhook_max_attempts`` failed
-    attempts a message is ``failed`` (see `geomesh outbox list`, `geomesh outbox retry`).
+    Each message is leased to ``owner`` before it is sent (see :func:`_claim`), so two
+    workers never post it at the same time; a worker killed after the POST leaves the lease
+    to run out, and the message is sent again with the same ``Idempotency-Key`` (at least
+    once: receivers de-duplicate by that key). Connection errors are retried at once
+    (``quick_tries``, tenacity); error answers back off exponentially between attempts.
+    ``stop`` is asked before each message (a worker's SIGTERM).
     """
     if configs is None:
         cfgs: dict[str, ProductConfig] = {}
@@ -220,98 +502,40 @@ def deliver_outbox(
         cfgs = dict(configs)
     else:
         cfgs = {c.product_id: c for c in configs}
-    now = _aware(now) if now is not None else utcnow()
+    owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+    wanted = list(ids) if ids is not None else None
     report = DeliveryReport()
     with ws.read() as session:
         auth.require(session, actor, "outbox.retry")
-        stmt = (
-            select(OutboxMessage.id)
-            .where(OutboxMessage.status == OutboxStatus.pending)
-            .where(col(OutboxMessage.next_attempt_at) <= now)
-            .order_by(col(OutboxMessage.id))
-            .limit(limit)
-        )
-        if ids is not None:
-            stmt = stmt.where(col(OutboxMessage.id).in_(list(ids)))
-        due = [i for i in session.exec(stmt).all() if i is not None]
-    lease = timedelta(seconds=timeout * 2 + 1)
-    for msg_id in due:
-        with ws.transaction() as session:  # claim
-            msg = session.get(OutboxMessage, msg_id)
-            if (
-                msg is None
-                or msg.status != OutboxStatus.pending
-                or _aware(msg.next_attempt_at) > now
-            ):
-                continue
-            msg.next_attempt_at = now + lease
-            session.add(msg)
-            snapshot = OutboxMessage(**msg.model_dump())  # detached copy for the send
-        resolved = _resolve(ws, snapshot, cfgs)
-        error = resolved.error
-        if error is None:
-            body = envelope_bytes(snapshot)
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": "geomesh-webhook/1",
-                IDEMPOTENCY_HEADER: snapshot.idempotency_key,
-                EVENT_HEADER: snapshot.event,
-            }
-            if resolved.secret is not None:
-                headers[SIGNATURE_HEADER] = sign(resolved.secret, body)
-            error = _post(snapshot.url, body, headers, timeout)
-            faults.point("outbox.sent")
-        with ws.transaction() as session:
-            msg = session.get(OutboxMessage, msg_id)
-            if msg is None or msg.status != OutboxStatus.pending:
-                continue
-            msg.attempts += 1
+    # the lease covers one send with all its quick retries (each wait is at most 2 s)
+    lease = timedelta(seconds=(timeout + 2.0) * max(1, quick_tries) + 1)
+    seen: set[int] = set()
+    with httpx2.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        while report.count < limit and not (stop is not None and stop()):
+            snapshot = _claim(ws, owner=owner, lease=lease, now=now, ids=wanted, skip=seen)
+            if snapshot is None:
+                break
+            assert snapshot.id is not None
+            seen.add(snapshot.id)
+            resolved = _resolve(ws, snapshot, cfgs)
+            error = resolved.error
             if error is None:
-                msg.status = OutboxStatus.delivered
-                msg.delivered_at = utcnow()
-                msg.last_error = None
-                report.delivered.append(msg_id)
-                audit.append(
-                    session,
-                    actor=actor,
-                    action="outbox.delivered",
-                    target=f"outbox:{msg_id}",
-                    product_id=msg.product_id,
-                    details={
-                        "target": msg.target_name,
-                        "event": msg.event,
-                        "attempts": msg.attempts,
-                    },
-                )
-            else:
-                msg.last_error = error[:500]
-                if msg.attempts >= resolved.max_attempts:
-                    msg.status = OutboxStatus.failed
-                    report.failed.append(msg_id)
-                    audit.append(
-                        session,
-                        actor=actor,
-                        action="outbox.failed",
-                        target=f"outbox:{msg_id}",
-                        product_id=msg.product_id,
-                        details={
-                            "target": msg.target_name,
-                            "event": msg.event,
-                            "attempts": msg.attempts,
-                            "error": msg.last_error,
-                        },
-                    )
-                    log.warning(
-                        "webhook %s to %s failed for good: %s",
-                        msg_id,
-                        msg.target_name,
-                        msg.last_error,
-                    )
-                else:
-                    delay = min(backoff_s * 2 ** (msg.attempts - 1), MAX_BACKOFF_S)
-                    msg.next_attempt_at = now + timedelta(seconds=delay)
-                    report.retrying.append(msg_id)
-            session.add(msg)
+                body, headers = request_for(resolved.target, snapshot, resolved.secret)
+                url = resolved.url or snapshot.url
+                error = _post(client, url, body, headers, tries=quick_tries)
+                if error is not None:
+                    error = redact(error, url)
+                faults.point("outbox.sent")
+            _record(
+                ws,
+                snapshot.id,
+                error,
+                max_attempts=resolved.max_attempts,
+                backoff_s=backoff_s,
+                now=now,
+                actor=actor,
+                report=report,
+            )
     return report
 
 
@@ -321,11 +545,11 @@ def outbox_to_json(msg: OutboxMessage) -> dict[str, Any]:
         "idempotency_key": msg.idempotency_key,
         "product_id": msg.product_id,
         "target": msg.target_name,
-        "url": msg.url,
+        "url": redact_url(msg.url),
         "event": msg.event,
         "status": OutboxStatus(msg.status).value,
         "attempts": msg.attempts,
-        "last_error": msg.last_error,
+        "last_error": redact(msg.last_error) if msg.last_error else msg.last_error,
         "next_attempt_at": msg.next_attempt_at.isoformat(),
         "created_at": msg.created_at.isoformat(),
         "delivered_at": msg.delivered_at.isoformat() if msg.delivered_at else None,

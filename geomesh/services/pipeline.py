@@ -16,12 +16,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlmodel import col, select
+
 from geomesh.config import ProductConfig
 from geomesh.errors import GeomeshError
 from geomesh.logs import RunLog
 from geomesh.models import Item
+from geomesh.opening import OpeningPolicy
 from geomesh.parallel import iter_prepared
 from geomesh.raster import sanitize_source
+from geomesh.redact import redact
 from geomesh.services.ingest import (
     IngestReport,
     TileResult,
@@ -29,12 +33,23 @@ from geomesh.services.ingest import (
     find_by_source_digest,
     stage_tile,
 )
+from geomesh.services.lookup import chunks
+from geomesh.services.products import resolve_config
 from geomesh.services.routing import RouteOutcome, route_action, route_item
 from geomesh.services.validation import validate_item
 from geomesh.stac import item_id_for
 from geomesh.storage import TMP_PREFIX, object_key
-from geomesh.tiles import PreparedTile, build_stac, object_href, source_digest_for, stac_key_for
-from geomesh.validation import count_by_severity, validate_document
+from geomesh.tiles import (
+    PreparedTile,
+    build_stac,
+    object_href,
+    source_digest_for,
+    source_key_for,
+    stac_key_for,
+)
+from geomesh.validation.engine import validate_document
+from geomesh.validation.findings import count_by_severity
+from geomesh.validation.rules import KnownRaster
 from geomesh.workspace import Workspace
 
 #: called after a tile is staged (validation + routing)
@@ -44,10 +59,16 @@ PostStage = Callable[
 
 
 def validate_and_route(
-    ws: Workspace, config: ProductConfig, item_id: str, *, actor: str, strict: bool = False
+    ws: Workspace,
+    config: ProductConfig,
+    item_id: str,
+    *,
+    actor: str,
+    strict: bool = False,
+    known: KnownRaster | None = None,
 ) -> RouteOutcome:
     """Validate a staged item (findings persisted) and route it by its worst severity."""
-    findings = validate_item(ws, config, item_id, actor=actor, strict=strict)
+    findings = validate_item(ws, config, item_id, actor=actor, strict=strict, known=known)
     return route_item(ws, config, item_id, findings, actor=actor)
 
 
@@ -57,6 +78,53 @@ def validate_and_route_staged(
     """The ingest pipeline hook: (state, route action, counts per severity)."""
     out = validate_and_route(ws, config, item_id, actor=actor)
     return out.state, out.action, out.counts
+
+
+def known_raster(prepared: PreparedTile) -> KnownRaster:
+    """What the file work computed of a tile's COG: its digest and rio-cogeo's verdict."""
+    return KnownRaster(
+        sha256=prepared.hexdigest,
+        cog_errors=tuple(prepared.cog_errors),
+        cog_warnings=tuple(prepared.cog_warnings),
+    )
+
+
+def post_stage_hook(
+    ws: Workspace,
+    config: ProductConfig,
+    item_id: str,
+    actor: str,
+    post_stage: PostStage | None,
+    *,
+    known: KnownRaster | None = None,
+) -> tuple[str | None, str | None, dict[str, int]]:
+    """Run ``post_stage``, or the default (validation + routing) when it is None.
+
+    The default gets ``known`` (the digest and COG verdict of the object just staged from
+    this tile), so validation does not hash or cog-validate those bytes a second time; a
+    caller's own hook is called as ``post_stage(ws, config, item_id, actor)``.
+    """
+    if post_stage is None:
+        out = validate_and_route(ws, config, item_id, actor=actor, known=known)
+        return out.state, out.action, out.counts
+    return post_stage(ws, config, item_id, actor)
+
+
+def held_source_keys(ws: Workspace, product_id: str, keys: list[str]) -> set[str]:
+    """Which of ``keys`` (``source_key_for``) the product holds an item of."""
+    held: set[str] = set()
+    unique = sorted(set(keys))
+    with ws.read() as session:
+        for chunk in chunks(unique):
+            held.update(
+                session.exec(
+                    select(Item.source_key)
+                    .where(Item.product_id == product_id)
+                    .where(col(Item.source_key).in_(chunk))
+                    .distinct()
+                ).all()
+            )
+    return held
 
 
 def dry_run_findings(
@@ -79,16 +147,30 @@ def ingest_rasters(
     acquired: datetime | None = None,
     progress: Callable[[TileResult], None] | None = None,
     post_stage: PostStage | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     scheduler: str | None = None,
+    policy: OpeningPolicy | None = None,
 ) -> IngestReport:
     """Ingest rasters into the product's staging area. Idempotent per content.
 
-    ``post_stage`` (validation + routing) runs after each tile is staged; the default is
-    :func:`validate_and_route_staged`.
+    ``post_stage`` runs after each tile is staged; the default (None) is validation +
+    routing (:func:`validate_and_route`, given the digest the file work computed).
+    ``policy`` says what may be opened (default: the operator's,
+    :meth:`OpeningPolicy.operator`); the app passes an untrusted one. A source it refuses
+    fails before a byte of it is read. ``workers``: None or 0 = automatic
+    (:func:`geomesh.parallel.plan_workers`: a batch in one single-threaded process per
+    core, a single tile in-process with every GDAL thread), 1 = serial, N = N processes.
+
+    A local source is hashed up front only when the product already holds an item from
+    the same location (a re-run: the same bytes and options skip the file work); any other
+    source is hashed while its COG is written, and the digest recorded on its item.
     """
     srcs = [str(s) for s in sources]
     check_can_ingest(ws, actor)
+    # the registered policy (a differing config is refused); a first ingest registers it
+    config = resolve_config(ws, config, unregistered_ok=True)
+    if policy is None:
+        policy = OpeningPolicy.operator(ws.settings, config)
     log = (
         None
         if dry_run
@@ -97,14 +179,21 @@ def ingest_rasters(
     report = IngestReport(
         product_id=config.product_id, run_id=log.run_id if log else "dry-run", dry_run=dry_run
     )
-    if post_stage is None and not dry_run:
-        post_stage = validate_and_route_staged
-
     # skip the file work for local sources already ingested with the same options
     tasks: list[tuple[str, str | None]] = []
     done: dict[str, TileResult] = {}
+    allowed: list[str] = []
     for s in srcs:
-        sdigest = source_digest_for(s, config)
+        try:
+            policy.check(s, probe=False)  # refused: fails before the source is hashed
+        except GeomeshError as exc:
+            done[s] = _refused(s, exc, log)
+            continue
+        allowed.append(s)
+    held = held_source_keys(ws, config.product_id, [source_key_for(s) for s in allowed])
+    for s in allowed:
+        # a location the product holds: hash now, a re-run of the same bytes skips the work
+        sdigest = source_digest_for(s, config) if source_key_for(s) in held else None
         hit = find_by_source_digest(ws, config.product_id, sdigest)
         if hit is not None:
             done[s] = TileResult.existing(hit)
@@ -115,7 +204,13 @@ def ingest_rasters(
     workdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}ingest-", dir=base))
     try:
         prepared_iter = iter_prepared(
-            config, tasks, workdir, acquired=acquired, workers=workers, scheduler=scheduler
+            config,
+            tasks,
+            workdir,
+            acquired=acquired,
+            workers=workers,
+            scheduler=scheduler,
+            policy=policy,
         )
         prepared_by_source: dict[str, PreparedTile | GeomeshError] = {}
         pending = iter(prepared_iter)
@@ -125,7 +220,7 @@ def ingest_rasters(
                 try:
                     _run_post_stage(ws, config, res, actor=actor, post_stage=post_stage, log=log)
                 except GeomeshError as exc:
-                    res.status, res.error = "failed", str(exc)
+                    res.status, res.error = "failed", redact(str(exc), s)
             else:
                 if s not in prepared_by_source:
                     for src, value in pending:
@@ -150,6 +245,14 @@ def ingest_rasters(
     return report
 
 
+def _refused(source: str, exc: GeomeshError, log: RunLog | None) -> TileResult:
+    name = sanitize_source(source)
+    error = redact(str(exc), source)
+    if log:
+        log.write(step="prepare", outcome="refused", source=name, error=error)
+    return TileResult(source=name, status="failed", error=error)
+
+
 def _finish_one(
     ws: Workspace,
     config: ProductConfig,
@@ -163,9 +266,10 @@ def _finish_one(
 ) -> TileResult:
     name = sanitize_source(source)
     if isinstance(prepared, GeomeshError):
+        error = redact(str(prepared), source)
         if log:
-            log.write(step="prepare", outcome="error", source=name, error=str(prepared))
-        return TileResult(source=name, status="failed", error=str(prepared))
+            log.write(step="prepare", outcome="error", source=name, error=error)
+        return TileResult(source=name, status="failed", error=error)
     if log:
         log.write(
             step="prepare",
@@ -180,12 +284,13 @@ def _finish_one(
         assert log is not None
         with log.step("stage", item_id=item_id_for(config.product_id, prepared.hexdigest)):
             res = stage_tile(ws, config, prepared, actor=actor)
-        _run_post_stage(ws, config, res, actor=actor, post_stage=post_stage, log=log)
+        known = known_raster(prepared) if res.status == "staged" else None
+        _run_post_stage(ws, config, res, actor=actor, post_stage=post_stage, log=log, known=known)
     except GeomeshError as exc:
         return TileResult(
             source=name,
             status="failed",
-            error=str(exc),
+            error=redact(str(exc), source),
             item_id=item_id_for(config.product_id, prepared.hexdigest),
         )
     return res
@@ -199,14 +304,20 @@ def _run_post_stage(
     actor: str,
     post_stage: PostStage | None,
     log: RunLog | None,
+    known: KnownRaster | None = None,
 ) -> None:
-    """Validate + route a newly staged item, or one a crash left in staging unrouted."""
-    if post_stage is None or log is None or res.item_id is None:
+    """Validate + route a newly staged item, or one a crash left in staging unrouted.
+
+    No ``log``: a dry run, nothing is validated or routed.
+    """
+    if log is None or res.item_id is None:
         return
     if not (res.status == "staged" or (res.status == "exists" and res.state == "staging")):
         return
     with log.step("validate+route", item_id=res.item_id) as info:
-        res.state, res.route, res.findings = post_stage(ws, config, res.item_id, actor)
+        res.state, res.route, res.findings = post_stage_hook(
+            ws, config, res.item_id, actor, post_stage, known=known
+        )
         info["outcome"] = res.route or "ok"
 
 

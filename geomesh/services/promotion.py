@@ -20,10 +20,17 @@ from geomesh import auth, faults, lifecycle, releases
 from geomesh.config import ProductConfig
 from geomesh.errors import ConcurrentUpdate, NotFound, PromotionBlocked
 from geomesh.models import Item, ItemState, Product, Release
-from geomesh.releases import Bump, Delta, Manifest, ManifestItem, ReleaseKind
-from geomesh.services.gates import Gate, checksum_gate, validation_gate
+from geomesh.releases import Bump, Delta, Derived, Manifest, ManifestItem, ReleaseKind
+from geomesh.services.gates import (
+    Gate,
+    cached_checksum_gate,
+    checksum_gate,
+    validation_gate,
+    validation_gates,
+)
 from geomesh.services.history import ReleaseInfo, _highest_version
 from geomesh.services.lookup import get_product, items_by_id
+from geomesh.services.products import check_config
 from geomesh.services.publication import _add_release, _move_pointer, publish_catalog
 from geomesh.services.signoff import approvals_by_item, status_from
 from geomesh.workspace import Workspace
@@ -80,7 +87,9 @@ class PromotionPlan:
     next_version: str | None
     spatial_contract_changed: bool
     delta: Delta = field(default_factory=Delta)
-    new_items: tuple[ManifestItem, ...] = ()
+    #: the eligible item versions (one per source tile) and the new manifest's partitions
+    chosen: tuple[ManifestItem, ...] = ()
+    derived: Derived | None = None
 
     @property
     def eligible(self) -> list[ItemPlan]:
@@ -116,9 +125,19 @@ def _manifest_item(item: Item) -> ManifestItem:
 
 
 def _current_manifest(ws: Workspace, product: Product) -> Manifest | None:
+    """The current release's manifest root (its partitions are read only when needed)."""
     if product.current_release_id is None:
         return None
     return releases.load_manifest(ws.store, product.id, product.current_release_id)
+
+
+def _released(ws: Workspace, current: Manifest | None, items: Iterable[Item]) -> set[str]:
+    """The ids among ``items`` that the current release holds (reads their partitions only)."""
+    if current is None:
+        return set()
+    return {
+        i.id for i in items if releases.find_item(ws.store, current, i.id, i.source_key) is not None
+    }
 
 
 def plan_promotion(
@@ -132,12 +151,14 @@ def plan_promotion(
 
     Candidates are ``item_ids`` or, by default, every item of the product in state
     ``validation``. Read-only. With ``verify_checksums=False`` the (slow) checksum gate is
-    reported as not checked; :func:`promote` always verifies.
+    the cached hash of the unchanged object (``gates.cached_checksum_gate``), or reported as
+    not checked; :func:`promote` always verifies.
     """
     pid = config.product_id
-    required = config.governance.approvals_required
     with ws.read() as session:
         product = get_product(session, pid)
+        config = check_config(session, config)  # the registered policy decides the gates
+        required = config.governance.approvals_required
         current = _current_manifest(ws, product)
         if item_ids is None:
             candidates = list(
@@ -157,6 +178,7 @@ def plan_promotion(
                 )
             candidates = [found[i] for i in dict.fromkeys(item_ids)]
         approvals = approvals_by_item(session, [item.id for item in candidates])
+        validated = validation_gates(session, candidates)  # two queries, not two per item
         gates: dict[str, list[Gate]] = {}
         for item in candidates:
             g: list[Gate] = []
@@ -169,7 +191,7 @@ def plan_promotion(
                         "can be promoted",
                     )
                 )
-            g.append(validation_gate(session, item))
+            g.append(validated[item.id])
             g.append(status_from(item, approvals[item.id], required).gate())
             gates[item.id] = g
         highest = _highest_version(session, pid)
@@ -178,9 +200,11 @@ def plan_promotion(
     for item in candidates:
         if verify_checksums:
             gates[item.id].insert(1, checksum_gate(ws, item))
-        else:
+        else:  # the last hash of the unchanged object (no read); promote re-verifies
+            known = cached_checksum_gate(ws, item)
             gates[item.id].insert(
-                1, Gate("checksum", True, "not checked in this plan; promote re-verifies it")
+                1,
+                known or Gate("checksum", True, "not checked in this plan; promote re-verifies it"),
             )
     # at most one version per source tile in a batch: the newest wins
     newest: dict[str, Item] = {}
@@ -195,13 +219,17 @@ def plan_promotion(
             gates[item.id].append(
                 Gate("batch", False, f"a newer version of the same tile ({winner.id}) is promoted")
             )
-    parent_items = list(current.items) if current else []
-    by_source = {m.source_key: m for m in parent_items}
     plans: list[ItemPlan] = []
     chosen: list[ManifestItem] = []
-    replaced: set[str] = set()
+    parts: dict[str, releases.ManifestPart] = {}
     for item in candidates:
-        prev = by_source.get(item.source_key)
+        # the version of the same tile in the current release: in that tile's partition
+        prev = None
+        if current is not None:
+            b = releases.partition_of(item.source_key)
+            if b not in parts:
+                parts[b] = releases.load_part(ws.store, current, b)
+            prev = parts[b].by_source.get(item.source_key)
         replaces = prev.id if prev is not None and prev.id != item.id else None
         plan = ItemPlan(
             item_id=item.id,
@@ -214,12 +242,9 @@ def plan_promotion(
         plans.append(plan)
         if plan.eligible:
             chosen.append(_manifest_item(item))
-            if replaces:
-                replaced.add(replaces)
-    new_items = tuple(
-        sorted([m for m in parent_items if m.id not in replaced] + chosen, key=lambda m: m.id)
-    )
-    delta = releases.compute_delta(parent_items, new_items)
+    # O(changed): only the partitions of the chosen tiles are read and rebuilt
+    derived = releases.derive(ws.store, current, put=chosen)
+    delta = derived.delta
     contract = config.spatial_contract()
     bump = (
         releases.bump_for(
@@ -241,7 +266,8 @@ def plan_promotion(
         next_version=releases.next_version(highest, bump) if bump else None,
         spatial_contract_changed=current is not None and current.spatial_contract != contract,
         delta=delta,
-        new_items=new_items,
+        chosen=tuple(chosen),
+        derived=derived,
     )
 
 
@@ -293,9 +319,11 @@ def promote(
     with ws.read() as session:
         auth.require(session, actor, "promote")
         product = get_product(session, pid)
+        config = check_config(session, config)  # the registered policy decides
         current = _current_manifest(ws, product)
+        named = items_by_id(session, list(item_ids)) if item_ids is not None else {}
     if item_ids is not None:
-        released = current.by_id if current else {}
+        released = _released(ws, current, named.values())
         todo = [i for i in dict.fromkeys(item_ids) if i not in released]
         if not todo:
             if product.current_release_id is not None:  # finish an interrupted publication
@@ -335,6 +363,7 @@ def promote(
                 hint="see `geomesh promote CONFIG --dry-run` for the gates of each item",
             )
     assert plan.next_version is not None and plan.bump is not None
+    assert plan.derived is not None
     eligible = plan.eligible
     manifest = Manifest(
         product_id=pid,
@@ -345,11 +374,11 @@ def promote(
         kind=ReleaseKind.promote.value,
         spatial_contract=config.spatial_contract(),
         product_metadata=_product_metadata(config),
-        items=plan.new_items,
+        parts=plan.derived.parts,
+        inline=plan.derived.inline,
     )
     # objects first: a crash leaves complete, unreferenced copies that a retry reuses
-    for p in eligible:
-        m = manifest.by_id[p.item_id]
+    for m in plan.chosen:
         ws.store.copy("staging", "production", m.object_key)
         ws.store.copy("staging", "production", m.stac_key)
     faults.point("promote.objects_copied")
@@ -360,6 +389,7 @@ def promote(
     with ws.transaction() as session:
         auth.require(session, actor, "promote")
         product = get_product(session, pid, lock=True)
+        check_config(session, config)  # the policy did not change since the plan
         _move_pointer(
             product,
             expected_current=plan.current_release_id,

@@ -3,11 +3,14 @@
 :func:`_add_release` and :func:`_move_pointer` run inside the transaction of a promotion
 or rollback (they are shared by both). The static STAC catalog of a release and the
 release index (``latest.json``) are (re)written after that transaction, idempotently:
-:func:`publish_catalog` is safe to re-run after a crash.
+:func:`publish_catalog` is safe to re-run after a crash. A catalog shares every unchanged
+partition with its parent's (``geomesh.releases.catalog``), so publishing costs what
+changed, not what exists.
 """
 
 from __future__ import annotations
 
+from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
 from geomesh import audit, faults, releases
@@ -21,9 +24,12 @@ from geomesh.workspace import Workspace
 
 
 def _move_pointer(
-    product: Product, *, expected_current: str | None, expected_counter: int, new_id: str
+    product: Product, *, expected_current: str | None, expected_counter: int, new_id: str | None
 ) -> None:
-    """Optimistic check + pointer move (the product row is locked by the caller)."""
+    """Optimistic check + pointer move (the product row is locked by the caller).
+
+    ``new_id=None`` withdraws the product's only remaining release: no release is current.
+    """
     if (
         product.current_release_id != expected_current
         or product.version_counter != expected_counter
@@ -47,7 +53,7 @@ def _add_release(
         version=manifest.version,
         parent_id=manifest.parent_id,
         manifest_key=releases.manifest_key(manifest.product_id, manifest.id),
-        item_count=len(manifest.items),
+        item_count=manifest.item_count,
         delta=delta.to_dict(),
         kind=kind.value,
         actor=manifest.actor,
@@ -65,7 +71,7 @@ def _add_release(
             "version": manifest.version,
             "parent_id": manifest.parent_id,
             "kind": kind.value,
-            "item_count": len(manifest.items),
+            "item_count": manifest.item_count,
             "added": len(delta.added),
             "removed": len(delta.removed),
             "changed": len(delta.changed),
@@ -77,39 +83,70 @@ def _add_release(
 # ------------------------------------------------------------------ after the transaction
 
 
-def publish_catalog(ws: Workspace, product_id: str, release_id: str) -> str:
+def publish_catalog(
+    ws: Workspace,
+    product_id: str,
+    release_id: str | None,
+    *,
+    stats: releases.MaterializeStats | None = None,
+) -> str | None:
     """Materialize the release's static catalog (if missing) and rewrite the index.
 
     Idempotent; called after every promote/rollback and safe to re-run after a crash.
+    ``release_id=None`` (no release is current) only rewrites the index.
     """
-    key = ensure_catalog(ws, product_id, release_id)
+    key = ensure_catalog(ws, product_id, release_id, stats=stats) if release_id else None
     faults.point("publish.catalog_written")
     refresh_index(ws, product_id)
     return key
 
 
-def ensure_catalog(ws: Workspace, product_id: str, release_id: str) -> str:
+def ensure_catalog(
+    ws: Workspace,
+    product_id: str,
+    release_id: str,
+    *,
+    stats: releases.MaterializeStats | None = None,
+    manifest: Manifest | None = None,
+) -> str:
     """The key of the release's ``catalog.json``, materializing it from the manifest if it
-    is missing (e.g. after a crash between the release transaction and publication)."""
+    is missing (e.g. after a crash between the release transaction and publication).
+
+    Incremental when the parent release is published in layout 2 (its partitions are
+    reused); a release whose parent is unpublished or in the old layout is built whole.
+    """
     with ws.read() as session:
-        row = session.get(Release, release_id)
-        if row is None or row.product_id != product_id:
+        row = session.exec(
+            select(Release.product_id, Release.version, Release.parent_id).where(
+                Release.id == release_id
+            )
+        ).first()
+        if row is None or row[0] != product_id:
             raise NotFound(f"release {release_id} of product {product_id!r} does not exist")
-        parent = session.get(Release, row.parent_id) if row.parent_id else None
-    key = releases.catalog_key(product_id, row.version)
-    if not ws.store.exists("production", key):
-        manifest = releases.load_manifest(ws.store, product_id, release_id)
+        version, parent_id = row[1], row[2]
+        parent_version = (
+            session.exec(select(Release.version).where(Release.id == parent_id)).first()
+            if parent_id
+            else None
+        )
+    key = releases.catalog_key(product_id, version)
+    if not ws.store.exists(releases.AREA, key):
+        if manifest is None or manifest.id != release_id:
+            manifest = releases.load_manifest(ws.store, product_id, release_id)
         key = releases.materialize_catalog(
-            ws.store, manifest, predecessor_version=parent.version if parent else None
+            ws.store, manifest, predecessor_version=parent_version, stats=stats
         )
     return key
 
 
 def refresh_index(ws: Workspace, product_id: str) -> str:
-    """Rewrite ``catalogs/<product>/latest.json`` from the release rows (O(releases))."""
+    """Rewrite ``catalogs/<product>/latest.json`` from the release rows (O(releases); the
+    rows' deltas, which list every item of a first release, are not read)."""
     with ws.read() as session:
         product = get_product(session, product_id)
-        rows = session.exec(select(Release).where(Release.product_id == product_id)).all()
+        rows = session.exec(
+            select(Release).where(Release.product_id == product_id).options(defer(Release.delta))  # type: ignore[arg-type]
+        ).all()
         entries = [
             releases.IndexEntry(
                 version=r.version,
@@ -118,6 +155,7 @@ def refresh_index(ws: Workspace, product_id: str) -> str:
                 kind=r.kind,
                 deprecated=r.deprecated,
                 created_at=r.created_at.isoformat(),
+                snapshot_key=r.snapshot_key,
             )
             for r in rows
         ]

@@ -20,9 +20,10 @@ from geomesh.errors import InvalidTransition, QuarantineBlocked
 from geomesh.models import AuditEvent, Item, ItemState
 from geomesh.services.findings import finding_counts, open_findings
 from geomesh.services.lookup import get_item
+from geomesh.services.products import check_config
 from geomesh.services.routing import route_action
 from geomesh.services.validation import validate_item
-from geomesh.validation import Finding, count_by_severity, worst_severity
+from geomesh.validation.findings import Finding, count_by_severity, worst_severity
 from geomesh.workspace import Workspace
 
 _HINT = "see `geomesh quarantine list` for item ids"
@@ -116,7 +117,11 @@ def revalidate(
     """Validate a quarantined item again (after a fix). Idempotent; the item stays put."""
     with ws.read() as session:
         auth.require(session, actor, "quarantine")
-        _require_quarantined(get_item(session, item_id, hint=_HINT), ItemState.staging)
+        config = check_config(session, config)  # the registered policy decides
+        _require_quarantined(
+            get_item(session, item_id, product_id=config.product_id, hint=_HINT),
+            ItemState.staging,
+        )
     findings = validate_item(ws, config, item_id, actor=actor, strict=strict)
     return RevalidateResult(item_id, findings, route_action(config, findings))
 
@@ -131,7 +136,8 @@ def release(
     """
     with ws.transaction() as session:
         auth.require(session, actor, "quarantine.release")
-        item = get_item(session, item_id, hint=_HINT)
+        config = check_config(session, config)  # the registered routing table decides
+        item = get_item(session, item_id, product_id=config.product_id, hint=_HINT)
         state = ItemState(item.state)
         if state is ItemState.staging and _last_action(session, item_id) == "quarantine.release":
             return state.value

@@ -22,11 +22,18 @@ from geomesh.config import ProductConfig
 from geomesh.errors import InvalidTransition, StacError, ValidationError
 from geomesh.models import Item, ItemState
 from geomesh.services.lookup import get_item
+from geomesh.services.products import check_config
 from geomesh.services.validation import check_product, stored_raster
 from geomesh.stac import is_safe_item_id, item_to_dict
 from geomesh.tiles import object_href, stac_key_for
-from geomesh.validation import read_raster_facts
-from geomesh.validation.rules import CRS_FIELDS, REQUIRED_PROJ, Subject, check_crs, check_drift
+from geomesh.validation.rules import (
+    CRS_FIELDS,
+    REQUIRED_PROJ,
+    Subject,
+    check_crs,
+    check_drift,
+    read_raster_facts,
+)
 from geomesh.workspace import Workspace
 
 PROJECTION_V2: Final = ProjectionExtension.get_schema_uri()
@@ -120,6 +127,7 @@ def remediate_item(
         auth.require(session, actor, "remediate")
         old = get_item(session, item_id)
         check_product(config, old)
+        check_config(session, config)  # a differing caller config is refused
         done = session.exec(select(Item).where(Item.derived_from == item_id)).first()
         if done is not None:
             return RemediationResult(item_id, done.id, [], False, ItemState(old.state).value)

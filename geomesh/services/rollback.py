@@ -20,6 +20,7 @@ from geomesh.models import ItemState, Release
 from geomesh.releases import Bump, Delta, Manifest, ReleaseKind
 from geomesh.services.history import _highest_version, _resolve_release
 from geomesh.services.lookup import get_item, get_product, items_by_id
+from geomesh.services.products import check_config
 from geomesh.services.publication import _add_release, _move_pointer, publish_catalog
 from geomesh.workspace import Workspace
 
@@ -55,13 +56,16 @@ def rollback_item(
     with ws.read() as session:
         auth.require(session, actor, "rollback")
         product = get_product(session, pid)
+        check_config(session, config)  # a differing caller config is refused
         item = get_item(session, item_id, product_id=pid, hint=_ITEMS_HINT)
         highest = _highest_version(session, pid)
         current_id, counter = product.current_release_id, product.version_counter
         current_row = session.get(Release, current_id) if current_id else None
         current_version = current_row.version if current_row else None
     current = releases.load_manifest(ws.store, pid, current_id) if current_id else None
-    if current is None or item_id not in current.by_id:
+    # the item's entry, looked up in its source tile's partition only (O(partition))
+    entry = releases.find_item(ws.store, current, item_id, item.source_key) if current else None
+    if current is None or entry is None:
         if item.state == ItemState.withdrawn:
             if current_id is not None:  # finish an interrupted publication
                 publish_catalog(ws, pid, current_id)
@@ -79,7 +83,7 @@ def rollback_item(
             f"{current_version or '-'} of {pid}",
             hint="only released items can be rolled back; see `geomesh releases show CONFIG`",
         )
-    delta = Delta(removed=(item_id,))
+    derived = releases.derive(ws.store, current, remove=[entry])
     manifest = Manifest(
         product_id=pid,
         version=releases.next_version(highest, Bump.patch),
@@ -89,7 +93,8 @@ def rollback_item(
         kind=ReleaseKind.item_rollback.value,
         spatial_contract=dict(current.spatial_contract),
         product_metadata=dict(current.product_metadata),
-        items=tuple(m for m in current.items if m.id != item_id),
+        parts=derived.parts,
+        inline=derived.inline,
     )
     releases.store_manifest(ws.store, manifest)
     faults.point("rollback.manifest_stored")
@@ -108,7 +113,7 @@ def rollback_item(
             action="rollback.item",
             details={"release": manifest.id, "version": manifest.version, "from": current.id},
         )
-        _add_release(session, manifest, delta, kind=ReleaseKind.item_rollback)
+        _add_release(session, manifest, derived.delta, kind=ReleaseKind.item_rollback)
         session.add(product)
     faults.point("rollback.committed")
     publish_catalog(ws, pid, manifest.id)
@@ -132,7 +137,7 @@ def rollback_release(
     restored release (its catalog and the release index).
     """
     result = _rollback_release(ws, config, actor=actor, release_id=release_id)
-    if result.already and result.current_release_id is not None:
+    if result.already:
         publish_catalog(ws, config.product_id, result.current_release_id)
     return result
 
@@ -152,6 +157,7 @@ def _rollback_release(
     with ws.transaction() as session:
         auth.require(session, actor, "rollback")
         product = get_product(session, pid, lock=True)
+        check_config(session, config)  # a differing caller config is refused
         current = product.current_release_id
         if release_id is None and current is not None:
             # "roll back the current release" means "undo the latest release": once that
@@ -176,6 +182,24 @@ def _rollback_release(
                     f"({latest_id[:12]}…) was rolled back and {version} is current; to roll "
                     f"back {version} as well, name it (--release {version})",
                 )
+        if release_id is None and current is None:
+            # every release was withdrawn (the first one rolled back): a repeat is a no-op
+            withdrawn = session.exec(
+                select(Release.id, Release.version)
+                .where(Release.product_id == pid)
+                .order_by(col(Release.created_at).desc())
+                .limit(1)
+            ).first()
+            if withdrawn is not None:
+                return RollbackResult(
+                    product_id=pid,
+                    already=True,
+                    current_release_id=None,
+                    current_version=None,
+                    release_id=withdrawn[0],
+                    message=f"already rolled back: {pid} has no current release (the latest, "
+                    f"{withdrawn[1]}, was withdrawn)",
+                )
         target_id = release_id or current
         if target_id is None:
             raise NothingToRollBack(f"product {pid!r} has no release to roll back")
@@ -196,20 +220,18 @@ def _rollback_release(
                 f"release {rel.version} ({rel.id[:12]}…) is not the current release of {pid}",
                 hint="only the current release can be rolled back; see `geomesh releases list`",
             )
-        if rel.parent_id is None:
-            raise NothingToRollBack(
-                f"release {rel.version} is the first release of {pid}; there is no earlier "
-                "release to roll back to",
-                hint="roll back single items with `geomesh rollback CONFIG --item ITEM_ID`",
-            )
-        parent = session.get(Release, rel.parent_id)
-        if parent is None:  # pragma: no cover - parent rows are never deleted
+        # the first release has no parent: rolling it back withdraws it, and the product
+        # has no current release until the next promote (which continues the versions)
+        parent = session.get(Release, rel.parent_id) if rel.parent_id else None
+        if rel.parent_id is not None and parent is None:  # pragma: no cover - never deleted
             raise NotFound(f"parent release {rel.parent_id} of {rel.version} is missing")
+        restored_id = parent.id if parent else None
+        restored_version = parent.version if parent else None
         delta = Delta.from_dict(rel.delta)
         to_withdraw = [*delta.added, *(c.to_id for c in delta.changed)]
         to_production = [*delta.removed, *(c.from_id for c in delta.changed)]
         items = items_by_id(session, [*to_withdraw, *to_production])
-        details = {"release": rel.id, "version": rel.version, "restored": parent.version}
+        details = {"release": rel.id, "version": rel.version, "restored": restored_version}
         for iid in to_withdraw:
             lifecycle.transition(
                 session,
@@ -232,7 +254,7 @@ def _rollback_release(
             product,
             expected_current=rel.id,
             expected_counter=product.version_counter,
-            new_id=parent.id,
+            new_id=restored_id,
         )
         rel.deprecated = True
         session.add(rel)
@@ -243,11 +265,11 @@ def _rollback_release(
             action="rollback.release",
             target=rel.id,
             product_id=pid,
-            digest=parent.id,
+            digest=restored_id,
             details={
                 "version": rel.version,
-                "restored_release": parent.id,
-                "restored_version": parent.version,
+                "restored_release": restored_id,
+                "restored_version": restored_version,
                 "withdrawn_items": len(to_withdraw),
                 "restored_items": len(to_production),
             },
@@ -255,12 +277,16 @@ def _rollback_release(
         result = RollbackResult(
             product_id=pid,
             already=False,
-            current_release_id=parent.id,
-            current_version=parent.version,
+            current_release_id=restored_id,
+            current_version=restored_version,
             release_id=rel.id,
-            message=f"rolled back {pid} {rel.version}; current is {parent.version} again",
+            message=(
+                f"rolled back {pid} {rel.version}; current is {restored_version} again"
+                if parent is not None
+                else f"withdrew {pid} {rel.version}, its first release: no release is current"
+            ),
             items=tuple(to_withdraw),
         )
     faults.point("rollback.committed")
-    publish_catalog(ws, pid, parent.id)
+    publish_catalog(ws, pid, restored_id)
     return result

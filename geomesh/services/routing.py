@@ -31,17 +31,13 @@ from geomesh.models import (
     Item,
     ItemState,
     Severity,
-    Task,
 )
 from geomesh.services.findings import latest_run
 from geomesh.services.lookup import get_item
 from geomesh.services.outbox import enqueue_escalations
-from geomesh.validation import (
-    Finding,
-    count_by_severity,
-    sort_findings,
-    worst_severity,
-)
+from geomesh.services.products import check_config, resolve_config
+from geomesh.services.tasks import enqueue as enqueue_task
+from geomesh.validation.findings import Finding, count_by_severity, sort_findings, worst_severity
 from geomesh.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -143,6 +139,7 @@ def route_item(
     Only items in ``staging`` or ``validation`` are routed; for any other state nothing
     changes and the outcome says ``action="none"``.
     """
+    config = resolve_config(ws, config)  # the registered routing table decides
     findings = sort_findings(findings)
     action = route_action(config, findings)
     worst = worst_severity(findings)
@@ -156,7 +153,12 @@ def route_item(
     )
     with ws.read() as session:
         auth.require(session, actor, _PERMISSION[action])
-        item = get_item(session, item_id, hint="see `geomesh items list` for item ids")
+        item = get_item(
+            session,
+            item_id,
+            product_id=config.product_id,
+            hint="see `geomesh items list` for item ids",
+        )
         routable = ItemState(item.state) in (ItemState.staging, ItemState.validation)
         object_key, stac_key = item.object_key, item.stac_key
     if routable and action == "quarantine":
@@ -168,6 +170,7 @@ def route_item(
 
     with ws.transaction() as session:
         auth.require(session, actor, _PERMISSION[action])
+        check_config(session, config)  # the policy did not change since it was resolved
         item = get_item(session, item_id, hint="see `geomesh items list` for item ids")
         state = ItemState(item.state)
         run_id = _latest_run_id(session, item_id)
@@ -291,24 +294,19 @@ def _queue_reclip(
     boundary = [f for f in findings if f.rule_id in BOUNDARY_RULES and f.severity is Severity.P1]
     if not boundary:
         return None
-    existing = session.exec(
-        select(Task).where(Task.item_id == item.id, Task.kind == "reclip", Task.status == "queued")
-    ).first()
-    if existing is not None:
-        return existing.id
-    task = Task(
+    task = enqueue_task(
+        session,
+        kind="reclip",
         product_id=item.product_id,
         item_id=item.id,
-        kind="reclip",
+        dedupe_key=f"reclip:{item.id}",
         details={
             "source": item.source,
             "rules": sorted({f.rule_id for f in boundary}),
             "overlap_fraction": boundary[0].context.get("overlap_fraction"),
-            "hint": "enable ingestion.clip in the product config and ingest the source again",
+            "hint": "`geomesh worker` re-ingests the source clipped to the domain",
         },
     )
-    session.add(task)
-    session.flush()
     return task.id
 
 

@@ -8,9 +8,9 @@ functions here and the read models (which load decisions in bulk with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from sqlmodel import Session, col, select
 
@@ -21,6 +21,7 @@ from geomesh.models import Approval, AuditEvent, Decision, Item, utcnow
 from geomesh.services.gates import REVIEWABLE, Gate
 from geomesh.services.lookup import chunks, get_item
 from geomesh.services.outbox import enqueue_escalations
+from geomesh.services.products import check_config
 from geomesh.workspace import Workspace
 
 _ITEMS_HINT = "list items with `geomesh items list CONFIG`"
@@ -128,6 +129,7 @@ def _signoff_status(session: Session, item: Item, required: int) -> SignoffStatu
 
 def signoff_status(ws: Workspace, config: ProductConfig, item_id: str) -> SignoffStatus:
     with ws.read() as session:
+        config = check_config(session, config)
         item = get_item(session, item_id, product_id=config.product_id, hint=_ITEMS_HINT)
         return _signoff_status(session, item, config.governance.approvals_required)
 
@@ -147,6 +149,35 @@ def _notify(
 
 # ------------------------------------------------------------------ sign-off
 
+#: the decisions ``POST /v1/signoff`` accepts
+CALLBACK_DECISIONS: Final = ("approve", "reject")
+
+
+def signoff_callback(ws: Workspace, item: Item) -> dict[str, Any]:
+    """The part of ``signoff_requested`` an approval tool echoes back to ``geomesh api``:
+    where to POST, and the body fields that bind the decision to this content."""
+    base = (ws.settings.api_url or "").rstrip("/")
+    return {
+        "url": f"{base}/v1/signoff" if base else None,
+        "status_url": (
+            f"{base}/v1/products/{item.product_id}/items/{item.id}/status" if base else None
+        ),
+        "method": "POST",
+        "body": {
+            "product_id": item.product_id,
+            "item_id": item.id,
+            "content_digest": item.content_digest,
+            "decision": list(CALLBACK_DECISIONS),
+            "approver": "<the approver's id in your tool>",
+        },
+        "headers": [
+            "X-Geomesh-Integration",
+            "X-Geomesh-Timestamp",
+            "Idempotency-Key",
+            "X-Geomesh-Signature",
+        ],
+    }
+
 
 def request_signoff(
     ws: Workspace, config: ProductConfig, item_id: str, *, actor: str
@@ -155,6 +186,7 @@ def request_signoff(
     per content digest (a second request for the same content is a no-op)."""
     with ws.transaction() as session:
         auth.require(session, actor, "signoff.request")
+        config = check_config(session, config)  # the registered approvals_required decides
         item = get_item(session, item_id, product_id=config.product_id, hint=_ITEMS_HINT)
         if item.state not in REVIEWABLE:
             raise SignoffError(
@@ -187,6 +219,8 @@ def request_signoff(
                 "requested_by": actor,
                 "submitted_by": item.submitted_by,
                 "approvals_required": required,
+                # what an approval tool needs to call back (`geomesh api`, POST /v1/signoff)
+                "callback": signoff_callback(ws, item),
             },
             key=f"signoff_requested:{item.content_digest}",
         )
@@ -201,8 +235,13 @@ def sign_off(
     actor: str,
     approve: bool,
     comment: str | None = None,
+    within: Callable[[Session, Item], None] | None = None,
 ) -> SignoffStatus:
     """Record a steward's decision on the item's *current content digest*.
+
+    ``within`` runs inside the decision's transaction once the item passed the checks (the
+    inbound webhook binds the decision to the digest it names and records its request id
+    there, so both commit or neither does).
 
     Only stewards decide; the submitter cannot approve its own item; a rejection needs a
     comment. Repeating the same decision is a no-op; a different decision by the same
@@ -217,6 +256,7 @@ def sign_off(
         )
     with ws.transaction() as session:
         auth.require(session, actor, "signoff")
+        config = check_config(session, config)  # the registered approvals_required decides
         item = get_item(session, item_id, product_id=config.product_id, hint=_ITEMS_HINT)
         if decision is Decision.approve and actor == item.submitted_by:
             raise PermissionDenied(
@@ -228,6 +268,8 @@ def sign_off(
                 f"item {item.id} is in state {item.state.value!r}; only items in 'staging' or "
                 "'validation' can be signed off"
             )
+        if within is not None:
+            within(session, item)
         existing = session.exec(
             select(Approval).where(
                 Approval.item_id == item.id,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +31,10 @@ from geomesh.config import ProductConfig
 from geomesh.errors import GeomeshError, SourceError
 from geomesh.logs import RunLog
 from geomesh.models import Item, utcnow
+from geomesh.opening import OpeningPolicy
+from geomesh.parallel import plan_remote
 from geomesh.raster import sanitize_source
+from geomesh.redact import redact
 from geomesh.remote import (
     AssetStatus,
     Candidate,
@@ -45,15 +49,15 @@ from geomesh.remote import (
     open_client,
     remote_config,
     require_source,
-    scrub,
     search_items,
     self_href,
 )
 from geomesh.services.ingest import IngestReport, TileResult, stage_tile
 from geomesh.services.lookup import chunks
-from geomesh.services.pipeline import PostStage, validate_and_route_staged
+from geomesh.services.pipeline import PostStage, known_raster, post_stage_hook
+from geomesh.services.products import check_config
 from geomesh.storage import TMP_PREFIX
-from geomesh.tiles import SourceMeta, prepare_tile
+from geomesh.tiles import PreparedTile, SourceMeta, prepare_tile
 from geomesh.workspace import Workspace
 
 
@@ -78,13 +82,24 @@ def _known(ws: Workspace, product_id: str, ids: Sequence[str]) -> dict[str, dict
 # ------------------------------------------------------------------ discover
 
 
-def discover(ws: Workspace, config: ProductConfig) -> list[Candidate]:
+def source_policy(ws: Workspace, config: ProductConfig) -> OpeningPolicy:
+    """What a STAC source's assets may point at: the untrusted policy (allowed URL
+    prefixes with public addresses, local files only under the import directories)."""
+    return OpeningPolicy.untrusted(ws.settings, config, context="a STAC source")
+
+
+def discover(
+    ws: Workspace, config: ProductConfig, *, policy: OpeningPolicy | None = None
+) -> list[Candidate]:
     """Candidate scenes over the domain, each marked new or already ingested. No pixel reads.
 
     Sorted by datetime, then item id. Items the API returns although they miss the domain
     or exceed ``max_cloud_cover`` (APIs without the query/filter extension) are dropped.
+    An asset's identity HEAD goes only where the opening policy allows.
     """
     source = require_source(config)
+    if policy is None:
+        policy = source_policy(ws, config)
     client = open_client(source)
     domain = domain_geometry_4326(config)
     found: list[tuple[pystac.Item, dict[str, str], dict[str, str | None], dict[str, str]]] = []
@@ -109,7 +124,7 @@ def discover(ws: Workspace, config: ProductConfig) -> list[Candidate]:
             href = asset.get_absolute_href() or asset.href
             hrefs[key] = href
             try:
-                identities[key] = asset_identity(href, asset)
+                identities[key] = asset_identity(href, asset, policy=policy)
             except SourceError as exc:
                 identities[key] = None
                 errors[key] = str(exc)
@@ -173,6 +188,7 @@ def ingest_from_stac(
     acquired: datetime | None = None,
     progress: Callable[[TileResult], None] | None = None,
     post_stage: PostStage | None = None,
+    workers: int | None = None,
 ) -> IngestReport:
     """Ingest the new assets of the discovered scenes; skip what is already ingested.
 
@@ -180,27 +196,58 @@ def ingest_from_stac(
     :func:`~geomesh.services.ingest.stage_tile` (idempotent per content) and recorded with
     ``source_item_id = "<stac item id>/<asset key>"`` and its identity, so a re-run ingests
     only what is new and an interrupted run resumes where it stopped.
+
+    The file work of the assets (range reads, warp, COG, hash) runs on
+    :func:`~geomesh.parallel.plan_remote` threads (``workers``: None or 0 = auto, more
+    threads than cores: the reads wait on the network); staging, validation and routing
+    stay in the caller, one asset at a time in discovery order, so the rows are a serial
+    run's. ``post_stage`` None = validation + routing.
     """
     require_source(config)
     with ws.read() as session:
         auth.require(session, actor, "ingest")
-    cands = list(discover(ws, config) if candidates is None else candidates)
-    if post_stage is None:
-        post_stage = validate_and_route_staged
+        # the registered policy (a differing config is refused); a first ingest registers it
+        config = check_config(session, config, unregistered_ok=True)
+    policy = source_policy(ws, config)
+    cands = list(discover(ws, config, policy=policy) if candidates is None else candidates)
     log = RunLog(ws.root, product_id=config.product_id, stderr=ws.settings.log_stderr)
     report = IngestReport(product_id=config.product_id, run_id=log.run_id, dry_run=False)
     workdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}ingest-", dir=ws.root))
-    run = _Run(ws, config, remote_config(config), actor, log, workdir, post_stage, acquired)
+    run = _Run(ws, config, remote_config(config), actor, log, workdir, post_stage, acquired, policy)
     try:
         with gdal_remote_env():
-            for cand in cands:
-                for res in run.candidate(cand):
+            steps = [step for cand in cands for step in run.plan(cand)]
+            jobs = [step for step in steps if isinstance(step, _Asset)]
+            pool = ThreadPoolExecutor(
+                max_workers=plan_remote(len(jobs), workers), thread_name_prefix="geomesh-remote"
+            )
+            try:
+                # every asset's file work starts now; each is staged when its turn comes
+                futures = {id(job): pool.submit(run.prepare, job) for job in jobs}
+                for step in steps:
+                    res = (
+                        run.finish(step, futures[id(step)].result())
+                        if isinstance(step, _Asset)
+                        else step
+                    )
                     report.results.append(res)
                     if progress is not None:
                         progress(res)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return report
+
+
+@dataclass(frozen=True)
+class _Asset:
+    """One asset whose file work is to run: where it is and what its item carries."""
+
+    cand: Candidate
+    key: str
+    href: str
+    meta: tuple[dict[str, Any], list[str]]
 
 
 @dataclass
@@ -211,10 +258,12 @@ class _Run:
     actor: str
     log: RunLog
     workdir: Path
-    post_stage: PostStage
+    post_stage: PostStage | None
     acquired: datetime | None
+    policy: OpeningPolicy
 
-    def candidate(self, cand: Candidate) -> Iterator[TileResult]:
+    def plan(self, cand: Candidate) -> Iterator[TileResult | _Asset]:
+        """The candidate's assets in order: a result already known, or file work to do."""
         if not cand.assets:
             offered = ", ".join(cand.offered_assets) or "none"
             msg = (
@@ -229,6 +278,10 @@ class _Run:
             if cand.asset_status.get(key) == "ingested":
                 yield self._existing(cand, key, href)
                 continue
+            refused = self._refused(cand, key, href)
+            if refused is not None:
+                yield refused
+                continue
             if meta is None:
                 props, exts, dropped = carried_metadata(self.ws.schema_dir, cand.properties)
                 if dropped:
@@ -236,7 +289,7 @@ class _Run:
                         step="carry", outcome="dropped", source=cand.item_id, fields=dropped
                     )
                 meta = (props, exts)
-            yield self._ingest_asset(cand, key, href, meta)
+            yield _Asset(cand, key, href, meta)
 
     def _existing(self, cand: Candidate, key: str, href: str) -> TileResult:
         item_id = cand.ingested_items[key]
@@ -246,32 +299,46 @@ class _Run:
             return TileResult(source=sanitize_source(href), status="exists", item_id=item_id)
         return TileResult.existing(row)
 
-    def _ingest_asset(
-        self, cand: Candidate, key: str, href: str, meta: tuple[dict[str, Any], list[str]]
-    ) -> TileResult:
+    def _refused(self, cand: Candidate, key: str, href: str) -> TileResult | None:
+        """The opening policy's verdict: no /vsi or file://, local files only under the
+        import directories, URLs only under allowed prefixes with public addresses."""
+        try:
+            self.policy.check(href, probe=False)
+        except GeomeshError as exc:
+            error = f"{cand.item_id}/{key}: {redact(str(exc), href)}"
+            self.log.write(
+                step="prepare",
+                outcome="error",
+                source=sanitize_source(href),
+                source_item_id=cand.source_item_id(key),
+                error=error,
+            )
+            return TileResult(source=sanitize_source(href), status="failed", error=error)
+        return None
+
+    def prepare(self, job: _Asset) -> PreparedTile | GeomeshError:
+        """The file work of one asset (runs on a worker thread; no database access)."""
+        forget_cached(job.href)  # a remote asset replaced in place is read afresh
+        try:
+            # rasterio's GDAL options are per thread: this thread's own remote settings
+            with gdal_remote_env():
+                return prepare_tile(
+                    self.remote,
+                    job.href,
+                    self.workdir,
+                    acquired=job.cand.datetime or self.acquired,
+                    policy=self.policy,
+                )
+        except GeomeshError as exc:
+            return exc
+
+    def finish(self, job: _Asset, prepared: PreparedTile | GeomeshError) -> TileResult:
+        """Stage, validate and route one prepared asset (in the caller, in order)."""
+        cand, key, href = job.cand, job.key, job.href
         name = sanitize_source(href)
         source_item_id = cand.source_item_id(key)
-        if not href.startswith(("http://", "https://", "s3://")):
-            # a remote catalog must not point geomesh at local files (or GDAL /vsi paths)
-            error = (
-                f"{cand.item_id}/{key}: the asset href is not an http(s) or s3 URL "
-                f"({name[:200]!r}); a STAC source may not point at local files"
-            )
-            self.log.write(
-                step="prepare",
-                outcome="error",
-                source=name,
-                source_item_id=source_item_id,
-                error=error,
-            )
-            return TileResult(source=name, status="failed", error=error)
-        forget_cached(href)
-        try:
-            prepared = prepare_tile(
-                self.remote, href, self.workdir, acquired=cand.datetime or self.acquired
-            )
-        except GeomeshError as exc:
-            error = scrub(str(exc), href)
+        if isinstance(prepared, GeomeshError):
+            error = redact(str(prepared), href)
             self.log.write(
                 step="prepare",
                 outcome="error",
@@ -281,7 +348,7 @@ class _Run:
             )
             return TileResult(source=name, status="failed", error=error)
         try:
-            props, exts = meta
+            props, exts = job.meta
             prepared.source_meta = SourceMeta(
                 source_item_id=source_item_id,
                 source_etag=cand.identities.get(key),
@@ -303,12 +370,17 @@ class _Run:
                 self._record_identity(res.item_id, prepared.source_meta)
             elif res.status == "staged" and res.item_id:
                 with self.log.step("validate+route", item_id=res.item_id) as info:
-                    res.state, res.route, res.findings = self.post_stage(
-                        self.ws, self.config, res.item_id, self.actor
+                    res.state, res.route, res.findings = post_stage_hook(
+                        self.ws,
+                        self.config,
+                        res.item_id,
+                        self.actor,
+                        self.post_stage,
+                        known=known_raster(prepared),
                     )
                     info["outcome"] = res.route or "ok"
         except GeomeshError as exc:
-            return TileResult(source=name, status="failed", error=scrub(str(exc), href))
+            return TileResult(source=name, status="failed", error=redact(str(exc), href))
         finally:
             prepared.cog_path.unlink(missing_ok=True)
         return res

@@ -22,15 +22,12 @@ from geomesh.errors import ConfigError
 from geomesh.models import FindingRecord, Item, Severity, ValidationRun, utcnow
 from geomesh.services.findings import latest_run
 from geomesh.services.lookup import get_item
+from geomesh.services.products import check_config
 from geomesh.storage import Area
-from geomesh.validation import (
-    Finding,
-    Policy,
-    count_by_severity,
-    make_finding,
-    validate_document,
-    worst_severity,
-)
+from geomesh.validation.engine import validate_document
+from geomesh.validation.findings import Finding, count_by_severity, worst_severity
+from geomesh.validation.registry import Policy, make_finding
+from geomesh.validation.rules import KnownRaster
 from geomesh.workspace import Workspace
 
 
@@ -69,9 +66,23 @@ def stored_raster(ws: Workspace, item: Item) -> Iterator[tuple[Path | None, list
 
 
 def run_rules(
-    ws: Workspace, config: ProductConfig, item: Item, *, strict: bool = False
+    ws: Workspace,
+    config: ProductConfig,
+    item: Item,
+    *,
+    strict: bool = False,
+    known: KnownRaster | None = None,
 ) -> list[Finding]:
-    """The findings of ``item`` (no database writes)."""
+    """The findings of ``item`` (no database writes).
+
+    ``known``: the digest and COG verdict of the staged object as the caller computed them
+    while writing it (the pipeline, right after staging). Used only when it names the
+    item's own content and the staging object is there; otherwise the bytes are hashed.
+    """
+    if known is not None and (
+        known.sha256 != item.content_digest or not ws.store.exists("staging", item.object_key)
+    ):
+        known = None
     with stored_raster(ws, item) as (raster, problems):
         return validate_document(
             dict(item.stac),
@@ -82,6 +93,7 @@ def run_rules(
             raster_findings=problems,
             raster_label=f"object {item.object_key}",
             strict=strict,
+            known=known,
         )
 
 
@@ -92,18 +104,30 @@ def _same_findings(previous: Iterable[FindingRecord], findings: Iterable[Finding
 
 
 def validate_item(
-    ws: Workspace, config: ProductConfig, item_id: str, *, actor: str, strict: bool = False
+    ws: Workspace,
+    config: ProductConfig,
+    item_id: str,
+    *,
+    actor: str,
+    strict: bool = False,
+    known: KnownRaster | None = None,
 ) -> list[Finding]:
-    """Validate a stored item and persist the run; returns the findings, worst first."""
-    strict = strict or config.validation.strict
-    Policy.from_config(config)  # an unknown rule id in the config fails before any work
+    """Validate a stored item and persist the run; returns the findings, worst first.
+
+    The product's registered config decides (a differing ``config`` is refused).
+    ``known``: see :func:`run_rules`.
+    """
     with ws.read() as session:
         auth.require(session, actor, "validate")
         item = get_item(session, item_id)
         check_product(config, item)
-    findings = run_rules(ws, config, item, strict=strict)
+        config = check_config(session, config)
+    strict = strict or config.validation.strict
+    Policy.from_config(config)  # an unknown rule id in the config fails before any work
+    findings = run_rules(ws, config, item, strict=strict, known=known)
     with ws.transaction() as session:
         auth.require(session, actor, "validate")
+        check_config(session, config)  # the policy did not change while the rules ran
         item = get_item(session, item_id)
         previous = session.exec(
             select(FindingRecord).where(

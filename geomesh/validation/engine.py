@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 from geomesh.config import ProductConfig
 from geomesh.validation.findings import Finding, sort_findings
 from geomesh.validation.registry import Policy, make_finding
-from geomesh.validation.rules import CHECKS, Subject, as_dict, data_asset_key
+from geomesh.validation.rules import CHECKS, KnownRaster, Subject, as_dict, data_asset_key
 from geomesh.validation.schemas import check_schemas
 
 MAX_DOCUMENT_BYTES: Final = 16 << 20
@@ -132,12 +132,14 @@ def validate_document(
     raster_label: str | None = None,
     policy: Policy | None = None,
     strict: bool = False,
+    known: KnownRaster | None = None,
 ) -> list[Finding]:
     """All findings for one STAC item dict, with the product policy applied, worst first.
 
     Without ``config`` only the generic rules run (schema, CRS, checksum form and, with a
     raster, COG/CRS-header/drift); with it also the product contract and boundary rules.
-    ``schema_dir`` None skips the schema rules.
+    ``schema_dir`` None skips the schema rules. ``known``: the raster's digest and COG
+    verdict as the caller just computed them (:class:`~geomesh.validation.rules.KnownRaster`).
     """
     pol = policy or Policy.from_config(config, strict=strict)
     iid = item_id or (doc.get("id") if isinstance(doc.get("id"), str) else None) or "<no id>"
@@ -151,6 +153,7 @@ def validate_document(
         raster_path=raster_path,
         raster_findings=list(raster_findings),
         raster_label=raster_label,
+        known=known,
     )
     for rc in CHECKS:
         if pol.any_enabled(rc.rule_ids):

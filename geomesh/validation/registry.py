@@ -117,6 +117,15 @@ RULES: Final[dict[str, Rule]] = _rules(
         "Enable ingestion.clip in the product config to clip tiles to the domain, or accept it.",
         scope="product",
     ),
+    Rule(
+        "GM-RECLIP-001",
+        P2,
+        "The automatic re-clip of a rolled-back tile failed: its source cannot be re-read, or "
+        "no part of it lies inside the domain.",
+        "Make the source readable again (or ingest a corrected tile), then queue the task "
+        "again with `geomesh tasks retry TASK_ID`.",
+        scope="product",
+    ),
     # -------------------------------------------------------------- checksum
     Rule(
         "GM-CHECKSUM-001",

@@ -202,6 +202,20 @@ def read_raster_facts(path: Path) -> RasterFacts:
 # --------------------------------------------------------------------------- the subject
 
 
+@dataclass(frozen=True)
+class KnownRaster:
+    """What the caller computed from the raster's bytes just before validating them: their
+    SHA-256 (hex) and rio-cogeo's verdict. The checksum rule then does not hash the same
+    bytes again and the COG rule does not re-run ``cog_validate``; the findings are the
+    same. Only for bytes the caller itself wrote and hashed a moment ago (the validation
+    right after staging); the promotion's checksum gate always re-hashes the stored object.
+    """
+
+    sha256: str
+    cog_errors: tuple[str, ...] = ()
+    cog_warnings: tuple[str, ...] = ()
+
+
 @dataclass
 class Subject:
     """One item under validation: its STAC dict and, when available, its local raster."""
@@ -214,6 +228,8 @@ class Subject:
     raster_findings: list[Finding] = field(default_factory=list)
     #: how messages name the raster (a storage key or href, never a temporary local path)
     raster_label: str | None = None
+    #: the raster's digest and COG verdict, already computed by the caller (or None)
+    known: KnownRaster | None = None
 
     @property
     def raster_name(self) -> str:
@@ -515,7 +531,10 @@ def check_checksum(s: Subject) -> Iterator[Finding]:
         return
     if s.raster_path is None:
         return
-    actual, size = sha256_file(s.raster_path)
+    if s.known is not None:
+        actual, size = s.known.sha256, s.raster_path.stat().st_size
+    else:
+        actual, size = sha256_file(s.raster_path)
     if digest is not None and digest != actual:
         yield s.finding(
             "GM-CHECKSUM-003",
@@ -580,9 +599,12 @@ def check_cog(s: Subject) -> Iterator[Finding]:
             context={"error": str(raster)[:300]},
         )
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        _valid, errors, warns = cog_validate(str(s.raster_path), quiet=True)
+    if s.known is not None:
+        errors, warns = list(s.known.cog_errors), list(s.known.cog_warnings)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            _valid, errors, warns = cog_validate(str(s.raster_path), quiet=True)
     name = s.raster_name
     for msg in errors:
         yield s.finding("GM-COG-001", href, f"{name}: {msg}", context={"cogeo": msg})

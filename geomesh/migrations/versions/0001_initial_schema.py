@@ -14,8 +14,8 @@ brought to the same schema by ``0002``.
 from __future__ import annotations
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+from sqlmodel.sql.sqltypes import AutoString
 
 revision = "0001"
 down_revision = None
@@ -27,18 +27,18 @@ def upgrade() -> None:
     op.create_table(
         "auditevent",
         sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("event_id", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
+        sa.Column("event_id", AutoString(length=36), nullable=False),
         sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("action", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("product_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
-        sa.Column("target", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
-        sa.Column("state_before", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
-        sa.Column("state_after", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
-        sa.Column("digest", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("actor", AutoString(length=64), nullable=False),
+        sa.Column("action", AutoString(length=64), nullable=False),
+        sa.Column("product_id", AutoString(length=128), nullable=True),
+        sa.Column("target", AutoString(length=255), nullable=False),
+        sa.Column("state_before", AutoString(length=32), nullable=True),
+        sa.Column("state_after", AutoString(length=32), nullable=True),
+        sa.Column("digest", AutoString(length=64), nullable=True),
         sa.Column("details", sa.JSON(), nullable=False),
-        sa.Column("prev_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("prev_hash", AutoString(length=64), nullable=False),
+        sa.Column("hash", AutoString(length=64), nullable=False),
         sa.PrimaryKeyConstraint("seq"),
         sa.UniqueConstraint("event_id"),
         sa.UniqueConstraint("hash"),
@@ -52,7 +52,7 @@ def upgrade() -> None:
         "audithead",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("last_seq", sa.Integer(), nullable=False),
-        sa.Column("last_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("last_hash", AutoString(length=64), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     # the audit chain head exists from the start, so concurrent first appenders lock it
@@ -61,11 +61,11 @@ def upgrade() -> None:
     op.create_table(
         "outbox",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("idempotency_key", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-        sa.Column("product_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-        sa.Column("target_name", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("idempotency_key", AutoString(length=128), nullable=False),
+        sa.Column("product_id", AutoString(length=128), nullable=False),
+        sa.Column("target_name", AutoString(length=128), nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
-        sa.Column("event", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("event", AutoString(length=64), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column(
             "status", sa.Enum("pending", "delivered", "failed", name="outboxstatus"), nullable=False
@@ -84,10 +84,10 @@ def upgrade() -> None:
 
     op.create_table(
         "product",
-        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("id", AutoString(length=128), nullable=False),
         sa.Column("config_json", sa.JSON(), nullable=False),
-        sa.Column("config_digest", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("current_release_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("config_digest", AutoString(length=64), nullable=False),
+        sa.Column("current_release_id", AutoString(length=64), nullable=True),
         sa.Column("version_counter", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -96,10 +96,10 @@ def upgrade() -> None:
     op.create_table(
         "task",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("product_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-        sa.Column("item_id", sqlmodel.sql.sqltypes.AutoString(length=160), nullable=False),
-        sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("product_id", AutoString(length=128), nullable=False),
+        sa.Column("item_id", AutoString(length=160), nullable=False),
+        sa.Column("kind", AutoString(length=32), nullable=False),
+        sa.Column("status", AutoString(length=16), nullable=False),
         sa.Column("details", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
@@ -109,11 +109,11 @@ def upgrade() -> None:
 
     op.create_table(
         "user",
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("name", AutoString(length=64), nullable=False),
         sa.Column(
             "role", sa.Enum("admin", "steward", "analyst", "viewer", name="role"), nullable=False
         ),
-        sa.Column("display_name", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("display_name", AutoString(), nullable=True),
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("password_hash", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -124,15 +124,15 @@ def upgrade() -> None:
 
     op.create_table(
         "item",
-        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=160), nullable=False),
-        sa.Column("product_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("id", AutoString(length=160), nullable=False),
+        sa.Column("product_id", AutoString(length=128), nullable=False),
         sa.Column("source", sa.Text(), nullable=False),
-        sa.Column("source_key", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("source_digest", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-        sa.Column("content_digest", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("source_key", AutoString(length=64), nullable=False),
+        sa.Column("source_digest", AutoString(length=64), nullable=True),
+        sa.Column("content_digest", AutoString(length=64), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
-        sa.Column("object_key", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
-        sa.Column("stac_key", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+        sa.Column("object_key", AutoString(length=255), nullable=False),
+        sa.Column("stac_key", AutoString(length=255), nullable=False),
         sa.Column("stac", sa.JSON(), nullable=False),
         sa.Column(
             "state",
@@ -152,14 +152,14 @@ def upgrade() -> None:
             ),
             nullable=False,
         ),
-        sa.Column("submitted_by", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("supersedes", sqlmodel.sql.sqltypes.AutoString(length=160), nullable=True),
-        sa.Column("derived_from", sqlmodel.sql.sqltypes.AutoString(length=160), nullable=True),
+        sa.Column("submitted_by", AutoString(length=64), nullable=False),
+        sa.Column("supersedes", AutoString(length=160), nullable=True),
+        sa.Column("derived_from", AutoString(length=160), nullable=True),
         sa.Column("worst_severity", sa.Enum("P1", "P2", "P3", name="severity"), nullable=True),
         sa.Column("quarantine_reason", sa.Text(), nullable=True),
-        sa.Column("quarantine_key", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
-        sa.Column("source_item_id", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
-        sa.Column("source_etag", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
+        sa.Column("quarantine_key", AutoString(length=255), nullable=True),
+        sa.Column("source_item_id", AutoString(length=255), nullable=True),
+        sa.Column("source_etag", AutoString(length=255), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -182,15 +182,15 @@ def upgrade() -> None:
 
     op.create_table(
         "release",
-        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("product_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-        sa.Column("version", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("parent_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-        sa.Column("manifest_key", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+        sa.Column("id", AutoString(length=64), nullable=False),
+        sa.Column("product_id", AutoString(length=128), nullable=False),
+        sa.Column("version", AutoString(length=64), nullable=False),
+        sa.Column("parent_id", AutoString(length=64), nullable=True),
+        sa.Column("manifest_key", AutoString(length=255), nullable=False),
         sa.Column("item_count", sa.Integer(), nullable=False),
         sa.Column("delta", sa.JSON(), nullable=False),
-        sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("kind", AutoString(length=32), nullable=False),
+        sa.Column("actor", AutoString(length=64), nullable=False),
         sa.Column("deprecated", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -206,9 +206,9 @@ def upgrade() -> None:
     op.create_table(
         "approval",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("item_id", sqlmodel.sql.sqltypes.AutoString(length=160), nullable=False),
-        sa.Column("content_digest", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("item_id", AutoString(length=160), nullable=False),
+        sa.Column("content_digest", AutoString(length=64), nullable=False),
+        sa.Column("actor", AutoString(length=64), nullable=False),
         sa.Column("decision", sa.Enum("approve", "reject", name="decision"), nullable=False),
         sa.Column("comment", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -225,12 +225,12 @@ def upgrade() -> None:
     op.create_table(
         "validationrun",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("item_id", sqlmodel.sql.sqltypes.AutoString(length=160), nullable=False),
-        sa.Column("content_digest", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("item_id", AutoString(length=160), nullable=False),
+        sa.Column("content_digest", AutoString(length=64), nullable=False),
         sa.Column("passed", sa.Boolean(), nullable=False),
         sa.Column("worst_severity", sa.Enum("P1", "P2", "P3", name="severity"), nullable=True),
         sa.Column("strict", sa.Boolean(), nullable=False),
-        sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("actor", AutoString(length=64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["item_id"],
@@ -245,9 +245,9 @@ def upgrade() -> None:
         "finding",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("run_id", sa.Integer(), nullable=False),
-        sa.Column("item_id", sqlmodel.sql.sqltypes.AutoString(length=160), nullable=False),
-        sa.Column("product_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-        sa.Column("rule_id", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("item_id", AutoString(length=160), nullable=False),
+        sa.Column("product_id", AutoString(length=128), nullable=False),
+        sa.Column("rule_id", AutoString(length=32), nullable=False),
         sa.Column("severity", sa.Enum("P1", "P2", "P3", name="severity"), nullable=False),
         sa.Column("path", sa.Text(), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),

@@ -10,7 +10,7 @@ Callers use the package (``queries.list_products(ws)``); the modules are:
 * :mod:`.map` — the map page (boundary and footprints);
 * :mod:`.findings` — the findings page (table, rule choices, downloads);
 * :mod:`.review` — the review page (sign-off queue, one item under review);
-* :mod:`.releases` — the releases page (rollback impact);
+* :mod:`.releases` — the releases page (rollback impact, the current release's items);
 * :mod:`.audit` — the audit page (events, facets, chain check, download);
 * :mod:`.users` — a user's role.
 """
@@ -26,15 +26,21 @@ from geomesh.services.queries.audit import (
 )
 from geomesh.services.queries.findings import (
     FINDING_COLUMNS,
+    export_findings,
     finding_rules,
     findings_csv,
     findings_json,
+    findings_page,
     findings_table,
+    iter_findings,
+    write_findings,
 )
+from geomesh.services.queries.findings import PAGE_SIZE as FINDINGS_PAGE_SIZE
 from geomesh.services.queries.items import (
     get_item,
     item_detail,
     item_summary,
+    iter_items,
     list_items,
     production_counterpart,
     raster_facts,
@@ -56,12 +62,14 @@ from geomesh.services.queries.products import (
     is_empty,
     list_products,
     product_config,
+    product_version,
 )
-from geomesh.services.queries.releases import rollback_impact
-from geomesh.services.queries.review import review_item, review_queue
+from geomesh.services.queries.releases import released_item_ids, rollback_impact
+from geomesh.services.queries.review import review_item, review_queue, verify_checksums
 from geomesh.services.queries.users import user_role
 
 __all__ = [
+    "FINDINGS_PAGE_SIZE",
     "FINDING_COLUMNS",
     "MAP_STATES",
     "MAX_MAP_FEATURES",
@@ -74,22 +82,28 @@ __all__ = [
     "audit_jsonl",
     "boundary_geojson",
     "catalog_version",
+    "export_findings",
     "finding_rules",
     "findings_csv",
     "findings_json",
+    "findings_page",
     "findings_table",
     "get_item",
     "is_empty",
     "item_detail",
     "item_summary",
+    "iter_findings",
+    "iter_items",
     "list_items",
     "list_products",
     "map_layer",
     "map_view",
     "overview",
     "product_config",
+    "product_version",
     "production_counterpart",
     "raster_facts",
+    "released_item_ids",
     "review_item",
     "review_queue",
     "rollback_impact",
@@ -98,4 +112,6 @@ __all__ = [
     "state_counts",
     "user_role",
     "verify_item_checksum",
+    "verify_checksums",
+    "write_findings",
 ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import func
 from sqlmodel import col, select
 
 from geomesh import audit
@@ -65,12 +64,22 @@ def audit_facets(ws: Workspace) -> dict[str, list[str]]:
     return {"actors": sorted(actors), "actions": sorted(actions)}
 
 
-def audit_chain_status(ws: Workspace) -> dict[str, Any]:
-    """Recompute the hash chain: {"ok", "events", "problems": [str]}."""
+def audit_chain_status(ws: Workspace, *, full: bool = False) -> dict[str, Any]:
+    """Check the hash chain: {"ok", "events", "problems": [str], "from_seq", "full"}.
+
+    Incremental (``audit.verify_incremental``): only the events after the head the last
+    clean check reached are recomputed, and the checkpoints written since; ``full=True``
+    recomputes the whole chain (the Audit page's "Verify the whole chain").
+    """
     with ws.read() as session:
-        problems = audit.verify(session)
-        n = session.exec(select(func.count()).select_from(AuditEvent)).one()
-    return {"ok": not problems, "events": int(n), "problems": [str(p) for p in problems]}
+        result = audit.verify_incremental(session, ws.audit_key, ws.store, full=full)
+    return {
+        "ok": not result.problems,
+        "events": result.head_seq,
+        "problems": [str(p) for p in result.problems],
+        "from_seq": result.from_seq,
+        "full": result.from_seq == 1,
+    }
 
 
 def audit_jsonl(ws: Workspace, *, product_id: str | None = None) -> str:

@@ -10,10 +10,11 @@ from typing import Any, Final
 import shapely
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
+from sqlalchemy import case, func
 from sqlalchemy import select as sa_select
 from sqlmodel import col
 
-from geomesh.models import Item, ItemState
+from geomesh.models import Item, ItemState, Severity
 from geomesh.services.findings import finding_counts, zero_counts
 from geomesh.services.queries._common import SEVERITIES, val
 from geomesh.services.queries.products import boundary_geojson, product_config
@@ -24,8 +25,8 @@ MAP_STATES: Final = ("staging", "validation", "quarantined", "production")
 MAX_MAP_FEATURES: Final = 5000
 #: ~1 m at San Francisco's latitude: invisible at any zoom the review map is used at
 SIMPLIFY_DEGREES: Final = 1e-5
-
-_SEV_RANK: Final = {"P1": 0, "P2": 1, "P3": 2, None: 3}
+#: rows read beyond the cap, for items without a footprint (not drawn, listed)
+FOOTPRINT_SLACK: Final = 500
 
 
 @dataclass
@@ -56,8 +57,18 @@ def map_layer(
     for tooltips (folium inserts tooltip values as HTML).
     """
     wanted = [ItemState(s) for s in states]
+    where = (col(Item.product_id) == product_id, col(Item.state).in_(wanted))
+    # worst first, in SQL: only the rows that can be drawn (plus slack for footprint-less
+    # ones) are read, and only their findings are counted
+    rank = case(
+        (col(Item.worst_severity) == Severity.P1, 0),
+        (col(Item.worst_severity) == Severity.P2, 1),
+        (col(Item.worst_severity) == Severity.P3, 2),
+        else_=3,
+    )
     with ws.read() as session:
-        rows = session.execute(
+        total = int(session.execute(sa_select(func.count()).where(*where)).scalar_one())
+        ranked = session.execute(
             sa_select(
                 col(Item.id),
                 col(Item.state),
@@ -66,14 +77,11 @@ def map_layer(
                 # the GeoJSON as text: GEOS parses it (vectorised) faster than json + shape
                 col(Item.stac)["geometry"].as_string(),
             )
-            .where(col(Item.product_id) == product_id, col(Item.state).in_(wanted))
-            .order_by(col(Item.created_at))
+            .where(*where)
+            .order_by(rank, col(Item.state), col(Item.id))
+            .limit(max_features + FOOTPRINT_SLACK)
         ).all()
-        counts = finding_counts(session, product_id=product_id) if rows else {}
-    ranked = sorted(
-        rows,
-        key=lambda r: (_SEV_RANK.get(val(r[2]), 3), str(val(r[1])), r[0]),
-    )
+        counts = finding_counts(session, [r[0] for r in ranked]) if ranked else {}
     parsed = shapely.from_geojson(  # None for a null geometry (no CRS)
         [r[4] if r[4] and r[4] != "null" else "null" for r in ranked], on_invalid="ignore"
     )
@@ -120,7 +128,7 @@ def map_layer(
         )
     return MapLayer(
         features={"type": "FeatureCollection", "features": features},
-        total=len(rows),
+        total=total,
         shown=len(features),
         without_footprint=without,
     )

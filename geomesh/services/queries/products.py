@@ -13,10 +13,11 @@ import shapely
 from pyproj import CRS, Transformer
 from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from geomesh.config import ProductConfig
-from geomesh.models import AuditHead, Product, Release
+from geomesh.models import AuditEvent, AuditHead, Product, Release
 from geomesh.services.products import registered_config
 from geomesh.workspace import Workspace
 
@@ -76,6 +77,24 @@ def is_empty(ws: Workspace) -> bool:
     """True when no product is registered (the demo seeds only then with --if-empty)."""
     with ws.read() as session:
         return session.exec(select(Product.id).limit(1)).first() is None
+
+
+def product_version(ws: Workspace, product_id: str | None) -> int:
+    """A product's change counter: the sequence number of its newest audit event.
+
+    Every change to a product (its items, findings, approvals, releases, config) appends an
+    audit event naming it in the change's own transaction, so a read model of the product
+    computed at the same counter is still current, and a change elsewhere (another product,
+    a sign-in, a user) leaves it alone. One lookup in ``ix_auditevent_product_seq``.
+    ``product_id=None`` (all products): :func:`catalog_version`.
+    """
+    if product_id is None:
+        return catalog_version(ws)
+    with ws.read() as session:
+        seq = session.exec(
+            select(func.max(AuditEvent.seq)).where(AuditEvent.product_id == product_id)
+        ).one()
+        return int(seq or 0)
 
 
 def catalog_version(ws: Workspace) -> int:

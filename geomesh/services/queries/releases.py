@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from geomesh.errors import NotFound, NothingToRollBack
-from geomesh.models import Release
+from geomesh.models import Item, ItemState, Release
 from geomesh.releases import Bump, Delta, highest_version, next_version
 from geomesh.services.lookup import get_product
 from geomesh.services.queries.products import PRODUCT_HINT
@@ -43,7 +43,8 @@ def rollback_impact(
             "restores": parent.version if parent else None,
             "withdrawn": [*delta.added, *(c.to_id for c in delta.changed)],
             "restored": [*delta.removed, *(c.from_id for c in delta.changed)],
-            "possible": parent is not None,
+            # the first release can be rolled back too: the product is then withdrawn
+            "possible": True,
         }
     if item_id is None:
         raise NotFound("choose the item to roll back")
@@ -55,3 +56,17 @@ def rollback_impact(
         "items_after": max(current.item_count - 1, 0),
         "possible": True,
     }
+
+
+def released_item_ids(ws: Workspace, product_id: str) -> list[str]:
+    """The ids of the current release's items (state ``production``; `geomesh doctor`
+    checks that this equals the current manifest), from the indexed table, not the
+    manifest."""
+    with ws.read() as session:
+        return list(
+            session.exec(
+                select(Item.id)
+                .where(Item.product_id == product_id, Item.state == ItemState.production)
+                .order_by(col(Item.id))
+            ).all()
+        )

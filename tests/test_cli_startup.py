@@ -1,0 +1,84 @@
+"""The CLI starts light: `geomesh --help` imports no heavy library, every command still loads.
+
+The root group lists commands from a registry (`geomesh.cli._base.COMMANDS`) and imports a
+command's module only when it runs; these tests keep the registry equal to the commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from geomesh.cli import cli
+from geomesh.cli._base import COMMANDS
+
+#: what `geomesh --help` must not import (each costs from tens of ms to a second)
+HEAVY = (
+    "rasterio",
+    "rio_cogeo",
+    "rio_tiler",
+    "pystac",
+    "pystac_client",
+    "sqlmodel",
+    "sqlalchemy",
+    "dask",
+    "distributed",
+    "obstore",
+    "pyproj",
+    "shapely",
+    "numpy",
+    "jsonschema",
+    "starlette",
+    "uvicorn",
+)
+
+
+def _modules_loaded_by(argv: list[str]) -> set[str]:
+    code = (
+        "import json, sys\n"
+        "from geomesh.cli import cli\n"
+        "try:\n"
+        f"    cli.main({argv!r}, prog_name='geomesh', standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def test_help_imports_no_heavy_library() -> None:
+    loaded = _modules_loaded_by(["--help"])
+    assert {m.split(".")[0] for m in loaded} & set(HEAVY) == set()
+    assert not any(m.startswith("geomesh.services") for m in loaded)
+
+
+def test_the_check_can_fail_a_command_that_loads_the_stack() -> None:
+    """The same probe sees the heavy stack when a command that needs it runs."""
+    loaded = _modules_loaded_by(["inspect", "--help"])
+    assert {"rasterio", "sqlmodel"} <= {m.split(".")[0] for m in loaded}
+
+
+def test_the_registry_names_every_command_with_its_own_help() -> None:
+    for module in {m for m, _ in COMMANDS.values()}:
+        importlib.import_module(f"geomesh.cli.{module}")
+    assert set(cli.commands) == set(COMMANDS)
+    for name, command in cli.commands.items():
+        module, help_line = COMMANDS[name]
+        assert command.callback is not None
+        assert command.callback.__module__ == f"geomesh.cli.{module}", name
+        assert command.get_short_help_str(limit=1000) == help_line, name
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_loads_on_demand(name: str) -> None:
+    result = CliRunner().invoke(cli, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert f"Usage: cli {name}" in result.output or f"Usage: geomesh {name}" in result.output
