@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from functools import cache
 from typing import Final
@@ -15,7 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlmodel import Session, select
 
 from geomesh.errors import AlreadyExists, NotFound, PermissionDenied, WeakPassword
-from geomesh.models import Role, User
+from geomesh.models import Role, User, as_utc
 
 #: The built-in principal for automated actions (routing, demo seeding, unproven CLI ingest).
 SYSTEM: Final = "system"
@@ -141,10 +141,8 @@ def normalise_email(email: str) -> str:
 
 
 def aware(ts: datetime | None) -> datetime | None:
-    """SQLite returns naive UTC datetimes; make them comparable with aware ones."""
-    if ts is None or ts.tzinfo is not None:
-        return ts
-    return ts.replace(tzinfo=UTC)
+    """:func:`geomesh.models.as_utc` for an optional timestamp."""
+    return None if ts is None else as_utc(ts)
 
 
 def get_user(session: Session, name: str) -> User | None:

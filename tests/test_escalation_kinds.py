@@ -23,8 +23,9 @@ from sqlmodel import select
 
 from geomesh.config import EscalationTarget, ProductConfig, load_config
 from geomesh.errors import ConfigError
+from geomesh.escalation import jira_body, slack_body
 from geomesh.models import OutboxMessage
-from geomesh.services.outbox import deliver_outbox, jira_body, slack_body
+from geomesh.services.outbox import deliver_outbox
 from geomesh.services.pipeline import ingest_rasters
 from geomesh.workspace import Workspace
 

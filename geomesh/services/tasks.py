@@ -22,7 +22,7 @@ from sqlmodel import Session, col, func, or_, select
 from geomesh import audit, auth
 from geomesh.db import db_now
 from geomesh.errors import NotFound, TaskError
-from geomesh.models import OutboxMessage, OutboxStatus, Task, TaskStatus, utcnow
+from geomesh.models import OutboxMessage, OutboxStatus, Task, TaskStatus, as_utc, utcnow
 from geomesh.redact import redact
 from geomesh.workspace import Workspace
 
@@ -35,12 +35,6 @@ KIND_PERMISSIONS: Final[dict[str, str]] = {
 DEFAULT_LEASE_S: Final = 600.0
 MAX_BACKOFF_S: Final = 3600.0
 MAX_ERROR_CHARS: Final = 2000
-
-
-def _aware(ts: datetime) -> datetime:
-    value = auth.aware(ts)
-    assert value is not None
-    return value
 
 
 def _permission(kind: str) -> str:
@@ -206,7 +200,7 @@ def claim_task(
             details=dict(task.details),
             attempt=task.attempts,
             max_attempts=task.max_attempts,
-            lease_expires_at=_aware(task.lease_expires_at),
+            lease_expires_at=as_utc(task.lease_expires_at),
             reclaimed=reclaimed,
         )
 
