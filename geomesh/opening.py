@@ -4,8 +4,8 @@ GDAL picks a driver from a file's content, not its name, and follows what the co
 says: a VRT named ``evil.tif`` reads any file the server can reach, a ``/vsizip/`` or
 ``/vsicurl/`` path reads through archives or the network, a URL reaches whatever address
 its host resolves to. So every source goes through :meth:`OpeningPolicy.check` first, and
-every open passes the policy's driver allow-list (``rasterio.open(path, driver=[...])``
-tries only those drivers):
+every open passes the policy's driver allow-list (``raster._open_with`` tries each allowed
+driver by name, so GDAL never picks one from the content):
 
 * drivers: the product's ``ingestion.input_drivers`` (GTiff by default; COGs are GTiffs;
   JP2OpenJPEG only when the product asks). VRT and other indirection formats are never

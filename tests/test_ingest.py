@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import governance_support as gs
 import pystac
 import pytest
 import rasterio
@@ -413,10 +414,8 @@ def test_a_known_digest_is_used_only_for_the_items_own_content(
 
     (res,) = _ingest(workspace, config, s2_tile).results
     (row,) = _items(workspace)
-    path = workspace.store.path("staging", row.object_key)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF  # the stored object changes after staging
-    path.write_bytes(bytes(data))
+    # the stored object changes after staging (through the store: any backend)
+    gs.tamper(workspace, "staging", row.object_key, lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]))
     wrong = KnownRaster(sha256="0" * 64)
     ids = {f.rule_id for f in run_rules(workspace, config, row, known=wrong)}
     assert "GM-CHECKSUM-003" in ids  # a digest that is not the item's: the bytes are hashed
