@@ -16,15 +16,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from geomesh import audit, db
-from geomesh.config import ProductConfig
 from geomesh.errors import AuditKeyError, ConfigError, StorageError
 from geomesh.settings import Settings, load_settings
 from geomesh.storage import TMP_PREFIX, LocalStore, ObjectStore
+
+if TYPE_CHECKING:  # only read by the caller that loaded a config
+    from geomesh.config import ProductConfig
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -38,7 +40,7 @@ HEAVY = (
 )
 
 
-def _modules_loaded_by(argv: list[str]) -> set[str]:
+def _modules_loaded_by(argv: list[str], env: dict[str, str] | None = None) -> set[str]:
     code = (
         "import json, sys\n"
         "from geomesh.cli import cli\n"
@@ -49,7 +51,12 @@ def _modules_loaded_by(argv: list[str]) -> set[str]:
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
     ).stdout
     return set(json.loads(out.splitlines()[-1]))
 
@@ -58,6 +65,46 @@ def test_help_imports_no_heavy_library() -> None:
     loaded = _modules_loaded_by(["--help"])
     assert {m.split(".")[0] for m in loaded} & set(HEAVY) == set()
     assert not any(m.startswith("geomesh.services") for m in loaded)
+
+
+#: what a read-only command such as `geomesh items list` must not import: GDAL, STAC,
+#: geometry and the identity, migration and delivery stacks belong to other commands
+NOT_FOR_READING = (
+    "rasterio",
+    "rio_cogeo",
+    "pystac",
+    "rustac",
+    "pyproj",
+    "shapely",
+    "alembic",
+    "httpx",
+    "tenacity",
+    "dask",
+)
+
+
+def test_items_list_imports_only_the_database_stack(tmp_path: Path) -> None:
+    """`items list` opens a workspace and reads: the item queries and the ORM, no more."""
+    env = {**os.environ, "GEOMESH_STORAGE_ROOT": str(tmp_path / "root")}
+    env.pop("GEOMESH_DATABASE_URL", None)
+    env.pop("GEOMESH_OBJECT_STORE", None)
+    subprocess.run(  # the first call creates and migrates the catalog (alembic, once)
+        [sys.executable, "-m", "geomesh.cli", "items", "list"],
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    loaded = _modules_loaded_by(["items", "list"], env=env)
+    assert {"sqlmodel", "geomesh.services.queries.items"} <= loaded
+    assert {m.split(".")[0] for m in loaded} & set(NOT_FOR_READING) == set()
+    others = {m for m in loaded if m.startswith("geomesh.services.queries.")}
+    assert others <= {
+        "geomesh.services.queries._common",
+        "geomesh.services.queries.items",
+        "geomesh.services.queries.findings",
+    }
+    assert "geomesh.services.auth_session" not in loaded  # no proof needed to read
 
 
 def test_the_check_can_fail_a_command_that_loads_the_stack() -> None:

@@ -8,7 +8,8 @@ from typing import TextIO
 import click
 
 from geomesh.cli._base import cli, errors_at_edge, json_option
-from geomesh.cli._session import load, open_workspace
+from geomesh.cli._session import open_workspace
+from geomesh.config import load_config
 from geomesh.errors import AuditChainBroken
 from geomesh.services import history
 
@@ -24,7 +25,7 @@ def audit_group() -> None:
 def audit_verify(config: str, as_json: bool) -> None:
     """Recompute the chain; name every edited, inserted or deleted event (exit 2 if any)."""
     with errors_at_edge():
-        ws = open_workspace(load(config))
+        ws = open_workspace(load_config(config))
         problems = history.verify_audit(ws)
         if as_json:
             click.echo(
@@ -64,7 +65,7 @@ def audit_verify(config: str, as_json: bool) -> None:
 def audit_export(config: str, output: TextIO, only_product: bool) -> None:
     """Every audit event as one JSON object per line, oldest first."""
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         ws = open_workspace(cfg)
         pid = cfg.product_id if only_product else None
         for event in history.export_audit(ws, product_id=pid):

@@ -8,7 +8,8 @@ import click
 
 from geomesh.auth import SYSTEM
 from geomesh.cli._base import actor_option, cli, echo_json, errors_at_edge, json_option
-from geomesh.cli._session import open_workspace, prove_actor
+from geomesh.cli._identity import prove_actor
+from geomesh.cli._session import open_workspace
 from geomesh.doctor import run_doctor
 
 

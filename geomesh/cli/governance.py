@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from geomesh.cli._base import actor_option, cli, echo_json, errors_at_edge, json_option
-from geomesh.cli._session import load, open_workspace, prove_actor
+from geomesh.cli._identity import prove_actor
+from geomesh.cli._session import open_workspace
+from geomesh.config import load_config
 from geomesh.errors import SignoffError
 from geomesh.services import history, promotion, rollback, signoff, snapshot
 
@@ -38,7 +40,7 @@ def signoff_cmd(
                 f"say what to do with item {item_id}: --approve, --reject --comment TEXT "
                 "or --request"
             )
-        cfg = load(config)
+        cfg = load_config(config)
         ws = open_workspace(cfg)
         who = prove_actor(ws, actor)
         if decision == "request":
@@ -66,7 +68,7 @@ def promote_cmd(
 ) -> None:
     """Release items whose gates are met (default: every eligible item) as a new version."""
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         ws = open_workspace(cfg)
         ids = list(item_ids) or None
         if dry_run:
@@ -124,7 +126,7 @@ def rollback_cmd(
     with errors_at_edge():
         if (item_id is None) == (release is None):
             raise click.UsageError("give exactly one of --item ITEM_ID or --release [RELEASE]")
-        cfg = load(config)
+        cfg = load_config(config)
         ws = open_workspace(cfg)
         who = prove_actor(ws, actor)
         if item_id is not None:
@@ -150,7 +152,7 @@ def releases_group() -> None:
 def releases_list(config: str, as_json: bool) -> None:
     """Every release of the product, oldest first."""
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         infos = history.list_releases(open_workspace(cfg), cfg.product_id)
         if as_json:
             echo_json([i.to_json() for i in infos])
@@ -182,7 +184,7 @@ def releases_list(config: str, as_json: bool) -> None:
 def releases_show(config: str, release: str, as_json: bool) -> None:
     """One release (id, id prefix, version or 'current') with its manifest."""
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         shown = history.show_release(open_workspace(cfg), cfg.product_id, release)
         if as_json:
             echo_json(shown)
@@ -203,7 +205,7 @@ def releases_show(config: str, release: str, as_json: bool) -> None:
 def releases_diff(config: str, from_release: str, to_release: str, as_json: bool) -> None:
     """Items added, removed and changed (with changed item fields) between two releases."""
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         diff = history.diff_releases(open_workspace(cfg), cfg.product_id, from_release, to_release)
         if as_json:
             echo_json(diff.to_json())
@@ -228,7 +230,7 @@ def releases_diff(config: str, from_release: str, to_release: str, as_json: bool
 def releases_catalog(config: str, version: str, as_json: bool) -> None:
     """Where the static STAC catalog of a release is (path or key)."""
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         at = history.catalog_at(open_workspace(cfg), cfg.product_id, version)
         if as_json:
             echo_json(
@@ -251,7 +253,7 @@ def releases_catalog(config: str, version: str, as_json: bool) -> None:
 def releases_snapshot(config: str, version: str, actor: str | None, as_json: bool) -> None:
     """Write the stac-geoparquet snapshot of a release (on demand; a repeat is a no-op)."""
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         ws = open_workspace(cfg)
         who = prove_actor(ws, actor)
         result = snapshot.snapshot_release(ws, cfg.product_id, version, actor=who)

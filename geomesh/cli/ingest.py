@@ -15,8 +15,10 @@ from geomesh.cli._base import (
     json_option,
     tile_progress,
 )
-from geomesh.cli._session import load, open_workspace, prove_actor
+from geomesh.cli._identity import prove_actor
+from geomesh.cli._session import open_workspace
 from geomesh.cli.sources import run_ingest_from_stac
+from geomesh.config import load_config
 from geomesh.errors import ConfigError
 from geomesh.opening import OpeningPolicy
 from geomesh.raster import inspect as inspect_raster
@@ -136,7 +138,7 @@ def ingest_cmd(
         )
         return
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         ws = open_workspace(cfg)
         policy = (
             OpeningPolicy.untrusted(ws.settings, cfg, context="--untrusted input")

@@ -6,7 +6,9 @@ import click
 import yaml
 
 from geomesh.cli._base import actor_option, cli, echo_json, errors_at_edge, json_option
-from geomesh.cli._session import load, open_workspace, prove_actor
+from geomesh.cli._identity import prove_actor
+from geomesh.cli._session import open_workspace
+from geomesh.config import load_config
 from geomesh.errors import NotFound
 from geomesh.services import policy
 from geomesh.services.policy import PolicyChange, PolicyVersion
@@ -35,7 +37,7 @@ def products_update(config: str, actor: str | None, as_json: bool) -> None:
     or steward runs `geomesh products approve PRODUCT_ID DIGEST`; others apply at once.
     """
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         ws = open_workspace(cfg)
         change = policy.update_config(ws, cfg, actor=prove_actor(ws, actor))
     if as_json:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from geomesh.cli._base import actor_option, cli, echo_json, errors_at_edge, json_option
-from geomesh.cli._session import load, open_workspace, prove_actor
+from geomesh.cli._identity import prove_actor
+from geomesh.cli._session import open_workspace
 from geomesh.cli.validate import echo_finding
+from geomesh.config import load_config
 from geomesh.services import quarantine as q
 from geomesh.validation.findings import Finding
 
@@ -64,7 +66,7 @@ def quarantine_revalidate(
 ) -> None:
     """Validate a quarantined item again after a fix (it stays quarantined)."""
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         ws = open_workspace(cfg)
         result = q.revalidate(ws, cfg, item_id, actor=prove_actor(ws, actor), strict=strict)
     if as_json:
@@ -84,7 +86,7 @@ def quarantine_revalidate(
 def quarantine_release(config: str, item_id: str, note: str | None, actor: str | None) -> None:
     """Move a re-validated quarantined item back to staging."""
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         ws = open_workspace(cfg)
         state = q.release(ws, cfg, item_id, actor=prove_actor(ws, actor), note=note)
     click.echo(f"{item_id}: {state}")

@@ -9,7 +9,9 @@ from typing import Any
 import click
 
 from geomesh.cli._base import cli, echo_json, errors_at_edge, json_option, tile_progress
-from geomesh.cli._session import load, open_workspace, prove_actor
+from geomesh.cli._identity import prove_actor
+from geomesh.cli._session import open_workspace
+from geomesh.config import load_config
 from geomesh.errors import ConfigError
 from geomesh.raster import parse_datetime
 from geomesh.remote import Candidate, require_source
@@ -55,7 +57,7 @@ def discover_cmd(config: str, as_json: bool) -> None:
     Each scene is `new` or `ingested` (by source item id + asset checksum/ETag).
     """
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         require_source(cfg)
         ws = open_workspace(cfg)
         candidates = discover(ws, cfg)
@@ -103,7 +105,7 @@ def run_ingest_from_stac(
                     f"--datetime {acquired!r} is not an ISO 8601 datetime "
                     "(e.g. 2024-06-12T19:03:21Z)"
                 )
-        cfg = load(config)
+        cfg = load_config(config)
         require_source(cfg)
         ws = open_workspace(cfg)
         candidates = discover(ws, cfg)

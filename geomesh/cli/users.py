@@ -13,8 +13,9 @@ import sys
 import click
 
 from geomesh.cli._base import actor_option, cli, echo_json, errors_at_edge, json_option
-from geomesh.cli._session import load, open_workspace, prove_actor
-from geomesh.config import ProductConfig
+from geomesh.cli._identity import prove_actor
+from geomesh.cli._session import open_workspace
+from geomesh.config import ProductConfig, load_config
 from geomesh.errors import WeakPassword
 from geomesh.models import Role, UserPublic
 from geomesh.services import tokens, users
@@ -29,7 +30,7 @@ _config_option = click.option(
 
 
 def _cfg(config: str | None) -> ProductConfig | None:
-    return load(config) if config else None
+    return load_config(config) if config else None
 
 
 def _new_password(from_stdin: bool, name: str) -> str:

@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from geomesh.cli._base import actor_option, cli, echo_json, errors_at_edge, json_option
-from geomesh.cli._session import load, open_workspace, prove_actor
-from geomesh.config import ProductConfig
+from geomesh.cli._identity import prove_actor
+from geomesh.cli._session import open_workspace
+from geomesh.config import ProductConfig, load_config
 from geomesh.errors import DeliveryError, ValidationError
 from geomesh.services.outbox import deliver_outbox, list_outbox, retry_outbox
 from geomesh.services.pipeline import validate_and_route
@@ -66,7 +67,7 @@ def validate_cmd(
     Exit status by worst finding: 0 clean, 1 P3 only, 2 P2, 3 P1.
     """
     with errors_at_edge():
-        cfg = load(config_path) if config_path else None
+        cfg = load_config(config_path) if config_path else None
         policy = Policy.from_config(cfg, strict=strict)
         store = _schema_store(cfg, schema_dir)
         files = list(iter_json_files(paths))
@@ -124,7 +125,7 @@ def _print_result(r: FileResult) -> None:
 def rules_cmd(config_path: str | None, strict: bool, as_json: bool) -> None:
     """List the validation rules with their (product's) severity and remediation hint."""
     with errors_at_edge():
-        cfg = load(config_path) if config_path else None
+        cfg = load_config(config_path) if config_path else None
         policy = Policy.from_config(cfg, strict=strict)
     rows = [
         {
@@ -161,7 +162,7 @@ def remediate_cmd(
     and routed like a fresh ingest.
     """
     with errors_at_edge():
-        cfg = load(config)
+        cfg = load_config(config)
         ws = open_workspace(cfg)
         who = prove_actor(ws, actor)
         result = remediate_item(ws, cfg, item_id, actor=who)
@@ -282,7 +283,7 @@ def outbox_deliver(
 ) -> None:
     """Send the due pending messages once."""
     with errors_at_edge():
-        cfgs = [load(p) for p in config_paths]
+        cfgs = [load_config(p) for p in config_paths]
         ws = open_workspace(cfgs[0] if cfgs else None)
         report = deliver_outbox(ws, configs=cfgs, limit=limit, timeout=timeout)
     if as_json:

@@ -14,7 +14,8 @@ import click
 
 from geomesh.auth import SYSTEM
 from geomesh.cli._base import actor_option, cli, echo_json, errors_at_edge, json_option
-from geomesh.cli._session import cli_channel, open_workspace, prove_actor
+from geomesh.cli._identity import prove_actor
+from geomesh.cli._session import cli_channel, open_workspace
 from geomesh.errors import ConfigError, TaskError
 from geomesh.preview import item_preview
 from geomesh.services import integrations, tasks, worker

@@ -31,7 +31,7 @@ FINDING_COLUMNS: Final = (
 
 
 #: rows per page of the findings page (and per batch of an export)
-PAGE_SIZE: Final = 200
+FINDINGS_PAGE_SIZE: Final = 200
 
 
 def _select_rows(*leading: Any) -> Any:
@@ -89,7 +89,7 @@ def findings_page(
     rules: Sequence[str] | None = None,
     states: Sequence[str] | None = None,
     open_only: bool = True,
-    limit: int = PAGE_SIZE,
+    limit: int = FINDINGS_PAGE_SIZE,
     offset: int = 0,
 ) -> dict[str, Any]:
     """One page of the findings table and what the whole filtered set holds.
