@@ -84,9 +84,18 @@ class Settings(BaseSettings):
     )
 
     # parallel ingestion
-    workers: int | None = Field(default=None, description="Process-pool size (default: CPU count).")
+    workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="Workers for ingest's file work when the caller names none (`geomesh "
+        "ingest --workers`, the app's Ingest page): unset or 0 = automatic (a batch of at "
+        "least 64 MiB in one single-threaded process per core; --from-stac: 4 threads per "
+        "core), 1 = serial, N = N processes (threads for --from-stac).",
+    )
     scheduler: str | None = Field(
-        default=None, description="Dask scheduler address tcp://host:port."
+        default=None,
+        description="Dask scheduler address tcp://host:port for ingest's file work when the "
+        "caller names none (`--scheduler`).",
     )
 
     # the worker and the inbound governance API (issue 17)

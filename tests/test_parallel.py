@@ -38,8 +38,14 @@ def tiles(make_raster: Callable[..., Path]) -> list[Path]:
     ] + [make_raster("bad.tif", width=8, height=8, crs=None)]
 
 
-def _run(tmp: Path, config: ProductConfig, sources: list[Path], **kw: Any) -> tuple[Any, Any]:
-    ws = Workspace.open(Settings(storage_root=tmp))
+def _run(
+    tmp: Path,
+    config: ProductConfig,
+    sources: list[Path],
+    settings: dict[str, Any] | None = None,
+    **kw: Any,
+) -> tuple[Any, Any]:
+    ws = Workspace.open(Settings(storage_root=tmp, **(settings or {})))
     try:
         report = ingest_rasters(ws, config, sources, actor="system", acquired=WHEN, **kw)
         snap = _snapshot(ws)
@@ -75,7 +81,12 @@ def test_dask_local_cluster_equals_serial(
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
     ) as cluster:
-        clustered = _run(tmp_path / "dask", config, tiles, scheduler=cluster.scheduler_address)
+        before = cluster.scheduler.transition_counter
+        # the deployment's setting (GEOMESH_SCHEDULER) when the caller names no scheduler
+        clustered = _run(
+            tmp_path / "dask", config, tiles, settings={"scheduler": cluster.scheduler_address}
+        )
+        assert cluster.scheduler.transition_counter > before  # the cluster did the file work
         again = _run(tmp_path / "dask", config, tiles, scheduler=cluster.scheduler_address)
     assert serial[0] == clustered[0]
     assert _strip_hrefs(serial[1], tmp_path / "serial") == _strip_hrefs(

@@ -76,14 +76,17 @@ def _print_report(report: IngestReport) -> None:
 )
 @click.option(
     "--workers",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Workers for the file work: 0 = automatic (a batch of at least 64 MiB in one "
+    type=click.IntRange(min=0),
+    default=None,
+    help="Workers for the file work (default: GEOMESH_WORKERS, else 0): 0 = automatic (a batch of at least 64 MiB in one "
     "single-threaded process per core, else serial with every GDAL thread; --from-stac: "
     "4 threads per core); 1 = serial; N = N processes sharing the cores' GDAL threads.",
 )
-@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:port).")
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Dask scheduler address tcp://host:port (default: GEOMESH_SCHEDULER).",
+)
 @click.option(
     "--allow-driver",
     "allow_drivers",
@@ -105,7 +108,7 @@ def ingest_cmd(
     rasters: tuple[str, ...],
     dry_run: bool,
     acquired: str | None,
-    workers: int,
+    workers: int | None,
     scheduler: str | None,
     actor: str | None,
     as_json: bool,

@@ -72,7 +72,7 @@ def run_ingest_from_stac(
     *,
     from_stac: bool,
     rasters: tuple[str, ...],
-    workers: int,
+    workers: int | None,
     scheduler: str | None,
     dry_run: bool,
     acquired: str | None,

@@ -157,9 +157,10 @@ def ingest_rasters(
     routing (:func:`validate_and_route`, given the digest the file work computed).
     ``policy`` says what may be opened (default: the operator's,
     :meth:`OpeningPolicy.operator`); the app passes an untrusted one. A source it refuses
-    fails before a byte of it is read. ``workers``: None or 0 = automatic
-    (:func:`geomesh.parallel.plan_workers`: a batch in one single-threaded process per
-    core, a single tile in-process with every GDAL thread), 1 = serial, N = N processes.
+    fails before a byte of it is read. ``workers``: None = the setting ``GEOMESH_WORKERS``;
+    unset or 0 = automatic (:func:`geomesh.parallel.plan_workers`: a batch in one
+    single-threaded process per core, a single tile in-process with every GDAL thread),
+    1 = serial, N = N processes. ``scheduler``: None = ``GEOMESH_SCHEDULER``.
 
     A local source is hashed up front only when the product already holds an item from
     the same location (a re-run: the same bytes and options skip the file work); any other
@@ -208,8 +209,8 @@ def ingest_rasters(
             tasks,
             workdir,
             acquired=acquired,
-            workers=workers,
-            scheduler=scheduler,
+            workers=ws.settings.workers if workers is None else workers,
+            scheduler=scheduler or ws.settings.scheduler,
             policy=policy,
         )
         prepared_by_source: dict[str, PreparedTile | GeomeshError] = {}

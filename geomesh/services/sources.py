@@ -198,8 +198,9 @@ def ingest_from_stac(
     only what is new and an interrupted run resumes where it stopped.
 
     The file work of the assets (range reads, warp, COG, hash) runs on
-    :func:`~geomesh.parallel.plan_remote` threads (``workers``: None or 0 = auto, more
-    threads than cores: the reads wait on the network); staging, validation and routing
+    :func:`~geomesh.parallel.plan_remote` threads (``workers``: None = the setting
+    ``GEOMESH_WORKERS``; unset or 0 = auto, more threads than cores: the reads wait on the
+    network); staging, validation and routing
     stay in the caller, one asset at a time in discovery order, so the rows are a serial
     run's. ``post_stage`` None = validation + routing.
     """
@@ -219,7 +220,10 @@ def ingest_from_stac(
             steps = [step for cand in cands for step in run.plan(cand)]
             jobs = [step for step in steps if isinstance(step, _Asset)]
             pool = ThreadPoolExecutor(
-                max_workers=plan_remote(len(jobs), workers), thread_name_prefix="geomesh-remote"
+                max_workers=plan_remote(
+                    len(jobs), ws.settings.workers if workers is None else workers
+                ),
+                thread_name_prefix="geomesh-remote",
             )
             try:
                 # every asset's file work starts now; each is staged when its turn comes
