@@ -66,11 +66,25 @@ def _parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
     return out
 
 
+def _read_ranges(path: Path, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes of each inclusive range, read from the file (not the whole file)."""
+    with open(path, "rb") as fh:
+        out = []
+        for start, end in ranges:
+            fh.seek(start)
+            out.append(fh.read(end - start + 1))
+        return out
+
+
 class RangeFileServer:
     """Serve the files under ``root`` at ``http://127.0.0.1:<port>/<name>``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, latency_s: float = 0.0) -> None:
         self.root = root.resolve()
+        #: wait this long before every response: a remote store's time to first byte
+        #: (loopback answers at once, which no network does)
+        self.latency_s = latency_s
+        self._etags: dict[tuple[Path, int, int], str] = {}
         self._log: list[Served] = []
         self._lock = threading.Lock()
         self.deny: set[str] = set()
@@ -124,11 +138,21 @@ class RangeFileServer:
     # ---------------------------------------------------------------- the handler
 
     def etag(self, path: Path) -> str:
+        """The file's content tag, computed once per (path, size, mtime)."""
+        st = path.stat()
+        key = (path, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            known = self._etags.get(key)
+        if known is not None:
+            return known
         h = hashlib.sha256()
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
-        return f'"{h.hexdigest()[:32]}"'
+        tag = f'"{h.hexdigest()[:32]}"'
+        with self._lock:
+            self._etags[key] = tag
+        return tag
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -163,6 +187,7 @@ class RangeFileServer:
                 return True
 
             def do_HEAD(self) -> None:
+                time.sleep(server.latency_s)
                 if self._redirected("HEAD"):
                     return
                 p = self._file()
@@ -178,6 +203,7 @@ class RangeFileServer:
                 server._record(Served("HEAD", urlsplit(self.path).path, 200, (), 0))
 
             def do_GET(self) -> None:
+                time.sleep(server.latency_s)
                 if self._redirected("GET"):
                     return
                 p = self._file()
@@ -188,32 +214,30 @@ class RangeFileServer:
                 if path.lstrip("/") in server.deny:
                     self._empty(403, "GET")
                     return
-                data = p.read_bytes()
-                size = len(data)
+                size = p.stat().st_size
                 etag = server.etag(p)
                 header = self.headers.get("Range")
                 if header is None:
-                    self._send(200, data, etag, {}, method_path=(path, ()))
+                    self._send(200, p.read_bytes(), etag, {}, method_path=(path, ()))
                     return
                 ranges = _parse_ranges(header, size)
                 if ranges is None:
                     self._empty(416, "GET", Content_Range=f"bytes */{size}")
                     return
+                chunks = _read_ranges(p, ranges)
                 if len(ranges) == 1:
                     start, end = ranges[0]
                     extra = {"Content-Range": f"bytes {start}-{end}/{size}"}
-                    self._send(
-                        206, data[start : end + 1], etag, extra, method_path=(path, tuple(ranges))
-                    )
+                    self._send(206, chunks[0], etag, extra, method_path=(path, tuple(ranges)))
                     return
                 boundary = "geomesh-test-boundary"
                 parts: list[bytes] = []
-                for start, end in ranges:
+                for (start, end), chunk in zip(ranges, chunks, strict=True):
                     parts.append(
                         f"--{boundary}\r\nContent-Type: image/tiff\r\n"
                         f"Content-Range: bytes {start}-{end}/{size}\r\n\r\n".encode()
                     )
-                    parts.append(data[start : end + 1] + b"\r\n")
+                    parts.append(chunk + b"\r\n")
                 parts.append(f"--{boundary}--\r\n".encode())
                 extra = {"Content-Type": f"multipart/byteranges; boundary={boundary}"}
                 self._send(206, b"".join(parts), etag, extra, method_path=(path, tuple(ranges)))
