@@ -23,12 +23,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from geomesh import audit, auth, releases
+from geomesh.config import parse_config
 from geomesh.errors import GeomeshError, UnsafePath
 from geomesh.hashing import sha256_file
-from geomesh.models import Item, ItemState, Product, Release
+from geomesh.models import (
+    Item,
+    ItemState,
+    PolicyStatus,
+    Product,
+    ProductConfigVersion,
+    Release,
+)
 from geomesh.releases import Manifest, ManifestItem, ManifestPart
 from geomesh.storage import TMP_PREFIX, Area
 from geomesh.workspace import Workspace
@@ -794,6 +802,45 @@ def _check_orphans(
     report.checked["orphans"] = orphans
 
 
+def _check_policies(ws: Workspace, report: DoctorReport) -> None:
+    """Each product acts on exactly one active registered config, the one its row holds:
+    the version's digest, the product's digest and the digest of the stored config agree."""
+    with ws.read() as session:
+        products = {p.id: p for p in session.exec(select(Product))}
+        active: dict[str, list[ProductConfigVersion]] = {pid: [] for pid in products}
+        for v in session.exec(
+            select(ProductConfigVersion).where(
+                col(ProductConfigVersion.status) == PolicyStatus.active
+            )
+        ):
+            active.setdefault(v.product_id, []).append(v)
+    for pid, versions in sorted(active.items()):
+        product = products.get(pid)
+        if product is None or len(versions) != 1:
+            report.add(
+                "error",
+                "policy-active",
+                pid,
+                f"{len(versions)} active config versions (exactly one is the policy)",
+            )
+            continue
+        (version,) = versions
+        try:
+            stored = parse_config(dict(product.config_json), source=f"config of {pid}").digest()
+        except GeomeshError as exc:
+            report.add("error", "policy-config", pid, f"the stored config does not parse: {exc}")
+            continue
+        if not (version.digest == product.config_digest == stored):
+            report.add(
+                "error",
+                "policy-digest",
+                pid,
+                f"active version {version.version} has digest {version.digest[:12]}, the "
+                f"product row {product.config_digest[:12]}, its stored config {stored[:12]}: "
+                "the policy was changed outside `geomesh products update`",
+            )
+
+
 def run_doctor(
     ws: Workspace,
     *,
@@ -816,6 +863,7 @@ def run_doctor(
     referenced |= from_releases
     catalog_files = _check_catalogs(ws, report, known, deep=deep)
     _check_orphans(ws, report, referenced, catalog_files)
+    _check_policies(ws, report)
     if ws.root.exists():
         _check_temp_files(ws, report, gc=gc, min_age_s=min_age_s)
     with ws.read() as session:

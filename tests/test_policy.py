@@ -26,6 +26,7 @@ from sqlmodel import Session, col, select
 from geomesh import db
 from geomesh.cli import cli
 from geomesh.config import ProductConfig, load_config, parse_config
+from geomesh.doctor import run_doctor
 from geomesh.errors import NotFound, PermissionDenied, PolicyMismatch, PromotionBlocked
 from geomesh.models import AuditEvent, Item, PolicyStatus, ProductConfigVersion
 from geomesh.policy import ChangeKind, classify_change, config_diff, render_diff
@@ -385,6 +386,44 @@ def test_an_unknown_rule_id_is_refused_before_anything_is_recorded(setup: Setup)
     with pytest.raises(Exception, match="GM-NOPE-9"):
         policy.update_config(setup.ws, bad, actor="root")
     assert audit_actions(setup.ws) == before and len(versions(setup.ws)) == 1
+
+
+def test_doctor_names_a_policy_changed_outside_the_service(setup: Setup) -> None:
+    """`doctor` checks that each product has one active config version, the one its row
+    and its stored config say; a raw-SQL edit of any of the three is named."""
+    ws = setup.ws
+    policy_kinds = {"policy-active", "policy-digest", "policy-config"}
+    assert run_doctor(ws).kinds("error") & policy_kinds == set()
+    loosened = cfg(governance={"approvals_required": 1}).to_json_dict()
+    with ws.transaction() as s:  # someone with database access drops an approval
+        s.execute(
+            text("UPDATE product SET config_json = :j WHERE id = :p"),
+            {"j": json.dumps(loosened), "p": PID},
+        )
+    report = run_doctor(ws)
+    assert "policy-digest" in report.kinds("error")
+    with ws.transaction() as s:  # the row is put back; a second version is made active
+        s.execute(
+            text("UPDATE product SET config_json = :j WHERE id = :p"),
+            {"j": json.dumps(setup.registered.to_json_dict()), "p": PID},
+        )
+    assert run_doctor(ws).kinds("error") & policy_kinds == set()
+    with ws.transaction() as s:
+        v1 = s.exec(select(ProductConfigVersion).where(ProductConfigVersion.product_id == PID))
+        first = v1.first()
+        assert first is not None
+        s.add(
+            ProductConfigVersion(
+                product_id=PID,
+                version=first.version + 1,
+                digest=first.digest,
+                config_json=first.config_json,
+                change=ChangeKind.neutral.value,
+                status=PolicyStatus.active,
+                proposed_by="mallory",
+            )
+        )
+    assert "policy-active" in run_doctor(ws).kinds("error")
 
 
 def test_products_registered_before_the_migration_get_version_one(settings: Settings) -> None:
