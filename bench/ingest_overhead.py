@@ -131,7 +131,7 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str) -> Measured:
     _probe(raster, "_inspect_open", spent, calls, "inspect of an open dataset")
     _probe(tiles, "band_statistics", spent)
     # every SHA-256 pass over tile bytes, wherever it happens
-    _probe(tiles, "sha256_file", spent, calls, "sha256 COG (thread, during inspect)")
+    _probe(tiles, "sha256_file", spent, calls, "sha256 COG (thread, during validate + inspect)")
     _probe(tiles, "source_digest_for", spent, calls, "sha256 source (thread, during COG)")
     _probe(pipeline, "source_digest_for", spent, calls, "sha256 source before prepare")
     _probe(rules, "sha256_file", spent, calls, "sha256 COG again (validation)")
@@ -207,7 +207,7 @@ def _case(
         for k, v in m.extra.get("calls", {}).items():
             if k.startswith("sha256"):
                 hashes[k] = max(hashes.get(k, 0), v)
-    cog_hashes = hashes.get("sha256 COG (thread, during inspect)", 0)
+    cog_hashes = hashes.get("sha256 COG (thread, during validate + inspect)", 0)
     again = hashes.get("sha256 COG again (validation)", 0)
     source_hashes = hashes.get("sha256 source (thread, during COG)", 0) + hashes.get(
         "sha256 source before prepare", 0

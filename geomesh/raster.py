@@ -11,7 +11,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -435,13 +435,15 @@ def write_cog(
     drivers: tuple[str, ...] = DEFAULT_DRIVERS,
     name: str | None = None,
     inspect_source: bool = False,
+    written: Callable[[Path], object] | None = None,
 ) -> CogResult:
     """Write ``source`` as a COG at ``dst`` (optionally warped + clipped to the domain).
 
     The product's pixel and decompressed-size limits are checked on the source and on the
     clipped grid before anything is written. With ``inspect_source`` the result also holds
     what :func:`inspect` says of the source (footprints in the product's domain CRS), read
-    from the same open dataset.
+    from the same open dataset. ``written(dst)`` is called as soon as the COG's bytes are
+    final, before they are validated (e.g. to start hashing them on another thread).
     """
     do_clip = config.ingestion.clip if clip is None else clip
     resampling = config.ingestion.resampling
@@ -495,6 +497,8 @@ def write_cog(
                 )
         except (RasterioError, CPLE_BaseError) as exc:  # CPLE_*: GDAL errors, e.g. one GCP
             raise RasterError(f"{name}: could not be converted to a COG ({_short(exc)})") from exc
+    if written is not None:
+        written(dst)
     is_valid, errors, warns = validate_cog(dst)
     return CogResult(
         path=dst,

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -144,12 +144,15 @@ def prepare_tile(
         )
     checked = policy.check(source)
     name = sanitize_source(source)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geomesh-hash") as hasher:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="geomesh-hash") as hasher:
         source_hash = (
             hasher.submit(source_digest_for, checked.gdal_path, config)
             if hash_source and source_digest is None and checked.local
             else None
         )
+        # the one hash of the COG starts as soon as its bytes are final, so it runs while
+        # they are validated, inspected and their statistics read
+        cog_hash: list[Future[tuple[str, int]]] = []
         with policy.gdal_env():
             fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tif", dir=workdir)
             os.close(fd)
@@ -162,17 +165,17 @@ def prepare_tile(
                     drivers=policy.drivers,
                     name=source,
                     inspect_source=True,
+                    written=lambda path: cog_hash.append(hasher.submit(sha256_file, path)),
                 )
             except BaseException:
+                wait(cog_hash)  # a hash already started finishes before its file goes
                 cog_path.unlink(missing_ok=True)
                 raise
-        # the one hash of the COG, while the COG is inspected and its statistics read
-        cog_hash = hasher.submit(sha256_file, cog_path)
         try:
             cog_info = inspect(cog_path, domain_crs=config.spatial_domain.crs)
             statistics = band_statistics(cog_path)
         finally:
-            hexdigest, size = cog_hash.result()
+            hexdigest, size = cog_hash[0].result()
         if source_hash is not None:
             source_digest = source_hash.result()
     src_info = cog.source_info
