@@ -24,6 +24,7 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 import pystac
@@ -34,12 +35,14 @@ from pystac_client import Client
 from pystac_client.conformance import ConformanceClasses
 from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
+from pystac_client.stac_api_io import StacApiIO
 from rasterio import _base as rasterio_base
+from requests import Request, Response
 from shapely.geometry.base import BaseGeometry
 
 from geomesh.config import ProductConfig, Source
 from geomesh.errors import ConfigError, GeomeshError, SourceError
-from geomesh.opening import OpeningPolicy
+from geomesh.opening import DEFAULT_PORTS, OpeningPolicy
 from geomesh.raster import EDGE_POINTS, parse_datetime, sanitize_source
 from geomesh.redact import redact
 from geomesh.validation.schemas import compiled_validator
@@ -204,11 +207,54 @@ def _short(exc: BaseException, *urls: str) -> str:
     return redact(first, *urls)[:300]
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
+
+
+def origin_guards(
+    api_url: str,
+) -> tuple[Callable[[Request], None], Callable[..., Response]]:
+    """Hold pystac-client to the API's own server (scheme, host, port): a check of every
+    request before it is sent, and a response hook that checks a redirect's target.
+
+    The API's answers are untrusted: a ``next`` or ``self`` link, or a redirect, to any
+    other server (the cloud metadata address, a service on the internal network) is
+    refused before a request goes there, naming both servers.
+    """
+    origin = _origin(api_url)
+    shown = sanitize_source(api_url)
+
+    def check(target: str) -> None:
+        if _origin(target) != origin:
+            raise SourceError(
+                f"{shown}: the STAC API links to another server ({sanitize_source(target)}); "
+                "geomesh reads a STAC API only from its own server",
+                hint="point source.url at the API whose links stay on its own server",
+            )
+
+    def before_request(request: Request) -> None:
+        check(str(request.url or ""))
+
+    def before_redirect(response: Response, **_: Any) -> Response:
+        if response.is_redirect:
+            check(urljoin(response.url, response.headers.get("location", "")))
+        return response
+
+    return before_request, before_redirect
+
+
 def open_client(source: Source) -> Client:
     """Open the STAC API landing page; failures become a SourceError naming the URL."""
     url = sanitize_source(source.url)
     try:
-        return Client.open(source.url, timeout=HTTP_TIMEOUT_S)
+        before_request, before_redirect = origin_guards(source.url)
+        io = StacApiIO()
+        io.session.hooks["response"].append(before_redirect)
+        return Client.open(
+            source.url, stac_io=io, request_modifier=before_request, timeout=HTTP_TIMEOUT_S
+        )
     except (APIError, ClientTypeError, pystac.STACError, ValueError, OSError) as exc:
         raise SourceError(
             f"{url}: cannot open the STAC API ({_short(exc, source.url)})",

@@ -7,11 +7,14 @@
   chosen paths answer 302 with a ``Location`` (to test redirect checks).
 * :class:`RustacServer`: ``rustac serve`` (the STAC API server from the ``rustac`` wheel)
   with an in-memory backend loaded from item files.
+* :class:`CannedServer`: fixed answers per path (JSON bodies or redirects) and a log of
+  the paths asked for: a hostile STAC API, or the server it must never reach.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -265,6 +268,64 @@ class RangeFileServer:
                 server._record(Served("GET", path, status, ranges, len(body)))
 
         return Handler
+
+
+# ------------------------------------------------------------------ canned answers
+
+
+class CannedServer:
+    """Answer GET and POST on ``routes[path]``: a JSON-able body (200) or ``("302", url)``;
+    any other path is 404. ``asked`` lists every path requested, in order."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Any] = {}
+        self.asked: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                path = urlsplit(self.path).path
+                server.asked.append(path)
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                route = server.routes.get(path)
+                if isinstance(route, tuple) and route[0] == "302":
+                    self.send_response(302)
+                    self.send_header("Location", route[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = json.dumps(route).encode() if route is not None else b"{}"
+                self.send_response(200 if route is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = _answer
+            do_POST = _answer
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> CannedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)
 
 
 # ------------------------------------------------------------------ rustac serve

@@ -21,7 +21,7 @@ import pystac
 import pytest
 import rasterio
 import yaml
-from _stac_server import RangeFileServer, RustacServer, rustac_executable
+from _stac_server import CannedServer, RangeFileServer, RustacServer, rustac_executable
 from click.testing import CliRunner
 from policy_support import change_policy
 from rasterio.io import MemoryFile
@@ -566,6 +566,64 @@ def test_unreachable_api_error_names_the_url_without_secrets(
     msg = str(err.value)
     assert f"http://127.0.0.1:{port}/api" in msg
     assert "hunter2" not in msg and "s3cr3t" not in msg and "reader" not in msg
+
+
+@pytest.mark.parametrize("escape", ["next link", "redirect"])
+def test_a_stac_api_cannot_send_the_client_to_another_server(
+    escape: str, workspace: Workspace, write_config: Callable[..., Path], no_proxy: None
+) -> None:
+    """The API's answers are untrusted: a `next` link or a redirect to another server
+    (here another loopback port standing in for 169.254.169.254) is refused before any
+    request goes there, and the error names both servers."""
+    with CannedServer() as api, CannedServer() as elsewhere:
+        core = "https://api.stacspec.org/v1.0.0/core"
+        search = "https://api.stacspec.org/v1.0.0/item-search"
+        api.routes["/"] = {
+            "type": "Catalog",
+            "id": "hostile",
+            "description": "links elsewhere",
+            "stac_version": "1.0.0",
+            "conformsTo": [core, search],
+            "links": [
+                {"rel": "self", "href": api.base_url + "/"},
+                {"rel": "root", "href": api.base_url + "/"},
+                {
+                    "rel": "search",
+                    "href": api.base_url + "/search",
+                    "type": "application/geo+json",
+                    "method": "POST",
+                },
+            ],
+        }
+        stolen = elsewhere.base_url + "/latest/meta-data/iam"
+        if escape == "redirect":
+            api.routes["/search"] = ("302", stolen)
+        else:
+            api.routes["/search"] = {
+                "type": "FeatureCollection",
+                "features": [  # a page with one scene: the client goes on to the next
+                    {
+                        "type": "Feature",
+                        "stac_version": "1.0.0",
+                        "id": "scene-1",
+                        "collection": "c",
+                        "geometry": {"type": "Point", "coordinates": [0.0, 0.0]},
+                        "bbox": [0.0, 0.0, 0.0, 0.0],
+                        "properties": {"datetime": "2024-06-12T19:03:21Z"},
+                        "links": [],
+                        "assets": {},
+                    }
+                ],
+                "links": [{"rel": "next", "href": stolen, "method": "GET"}],
+            }
+        src = {"url": api.base_url + "/", "collection": "c", "assets": ["red"]}
+        cfg = load_config(write_config({"source": src}))
+        with pytest.raises(SourceError) as err:
+            discover(workspace, cfg)
+    assert elsewhere.asked == []  # not one request reached the other server
+    assert "/search" in api.asked
+    msg = str(err.value)
+    assert "links to another server" in msg and elsewhere.base_url in msg, msg
 
 
 def test_config_without_source_is_a_config_error(workspace: Workspace, config: Any) -> None:
