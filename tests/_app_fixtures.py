@@ -35,19 +35,20 @@ def _app_isolation(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+def demo_template(
+    tmp_path_factory: pytest.TempPathFactory, schema_dir_if_present: Path | None
+) -> Path | None:
     """A seeded SQLite + local demo catalog, copied per test (seeding once is faster)."""
-    from conftest import BACKEND, SHARED
+    from conftest import BACKEND
 
     if BACKEND != "sqlite-local":
         return None
     root = tmp_path_factory.mktemp("demo-template") / "geomesh-data"
-    schema = SHARED / "stac-schemas"
     mp = pytest.MonkeyPatch()
     try:
         mp.setenv("GEOMESH_STORAGE_ROOT", str(root))
-        if schema.is_dir():
-            mp.setenv("GEOMESH_SCHEMA_DIR", str(schema))
+        if schema_dir_if_present is not None:
+            mp.setenv("GEOMESH_SCHEMA_DIR", str(schema_dir_if_present))
         ws = Workspace.open(Settings())
         demo.seed(ws)
         ws.close()

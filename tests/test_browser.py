@@ -27,7 +27,7 @@ from geomesh.services import queries
 from geomesh.settings import Settings
 from geomesh.workspace import Workspace
 
-from conftest import ROOT, SHARED, require_service
+from conftest import ROOT, require_service
 
 pytestmark = pytest.mark.browser
 
@@ -50,7 +50,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def app_url(
+    tmp_path_factory: pytest.TempPathFactory, schema_dir_if_present: Path | None
+) -> Iterator[tuple[str, Path]]:
     if not CHROMIUM.is_file():
         require_service(f"Debian chromium not found at {CHROMIUM} (`make browser` installs it)")
     try:
@@ -63,8 +65,8 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
         k for k in env if k.startswith(("GEOMESH_DATABASE", "GEOMESH_OBJECT", "GEOMESH_S3"))
     ]:
         env.pop(key)  # the browser test runs on SQLite + a local directory
-    if (SHARED / "stac-schemas").is_dir():
-        env["GEOMESH_SCHEMA_DIR"] = str(SHARED / "stac-schemas")
+    if schema_dir_if_present is not None:
+        env["GEOMESH_SCHEMA_DIR"] = str(schema_dir_if_present)
     ws = Workspace.open(Settings(storage_root=root, schema_dir=env.get("GEOMESH_SCHEMA_DIR")))
     demo.seed(ws)
     ws.close()
