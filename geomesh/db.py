@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -10,11 +11,18 @@ from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlmodel import Session, create_engine
 
 from geomesh import faults
-from geomesh.errors import ConfigError
+from geomesh.errors import ConfigError, DatabaseError
 
 T = TypeVar("T")
 
@@ -142,14 +150,48 @@ def migrate(engine: Engine) -> None:
 def transaction(engine: Engine, *, info: dict[str, Any] | None = None) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any exception.
 
-    ``info`` travels with the session (``Session.info``): the audit key rides there.
+    ``info`` travels with the session (``Session.info``): the audit key rides there. A
+    lost connection or a transaction the server refused is ``DatabaseError``.
     """
-    with Session(engine, expire_on_commit=False, info=info) as session:
+    with database_errors(engine), Session(engine, expire_on_commit=False, info=info) as session:
         with session.begin():
             yield session
             session.flush()
             faults.point("db.before_commit")
         faults.point("db.after_commit")
+
+
+@contextmanager
+def database_errors(engine: Engine) -> Iterator[None]:
+    """Name the database when it fails under a unit of work: a connection refused or lost
+    (the server stopped, the network cut it mid-transaction) or a transaction the server
+    refused (deadlock, lock or statement timeout) becomes ``DatabaseError``, which the CLI
+    and the app show as one line. Integrity and programming errors are not the database
+    failing and pass through (``retry_on_conflict`` handles the former).
+    """
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        # `from None`: the driver's exception carries the statement and its parameters
+        raise _database_error(engine, exc) from None
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        raise _database_error(engine, exc) from None
+
+
+def _database_error(engine: Engine, exc: DBAPIError) -> DatabaseError:
+    where = engine.url.render_as_string(hide_password=True)
+    detail = str(exc.orig if exc.orig is not None else exc).strip()
+    reason = detail.splitlines()[0][:300] if detail else type(exc).__name__
+    lost = exc.connection_invalidated or isinstance(exc, InterfaceError)
+    what = "the connection to the database was lost" if lost else "the database failed"
+    return DatabaseError(
+        f"{what} ({where}): {reason}",
+        hint="check that the database server is running and reachable "
+        "(GEOMESH_DATABASE_URL); a transaction commits whole or not at all, so re-run the "
+        "command: it carries on from what was committed",
+    )
 
 
 def retry_on_conflict(unit_of_work: Callable[[], T], *, attempts: int = 3) -> T:
@@ -167,6 +209,21 @@ def retry_on_conflict(unit_of_work: Callable[[], T], *, attempts: int = 3) -> T:
             if attempt == attempts:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def advisory_lock(session: Session, name: str) -> None:
+    """Serialise, until they end, the transactions that take the lock ``name``: for
+    decisions that no single row stands for, such as "the user table is empty" (the first
+    admin's bootstrap) or "this is the last enabled admin".
+
+    A transaction-level advisory lock on PostgreSQL (released at commit or rollback; a
+    waiting transaction then reads what the first one committed); nothing on SQLite, whose
+    ``BEGIN IMMEDIATE`` already serialises writers. Take it first in the transaction,
+    before any row lock and before the audit chain's head.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def db_now(session: Session) -> datetime:

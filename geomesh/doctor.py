@@ -27,7 +27,7 @@ from sqlmodel import col, select
 
 from geomesh import audit, auth, releases
 from geomesh.config import parse_config
-from geomesh.errors import GeomeshError, UnsafePath
+from geomesh.errors import GeomeshError, StoreUnavailable, UnsafePath
 from geomesh.hashing import sha256_file
 from geomesh.models import (
     Item,
@@ -89,6 +89,8 @@ def _json_object(ws: Workspace, area: Area, key: str) -> dict[str, Any] | str:
         if size > MAX_CATALOG_FILE_BYTES:
             return f"{area}/{key} is {size} bytes (limit {MAX_CATALOG_FILE_BYTES})"
         data = json.loads(ws.store.get_bytes(area, key))
+    except StoreUnavailable:
+        raise  # an outage says nothing about the object: the check stops and names it
     except (GeomeshError, ValueError, RecursionError) as exc:
         return f"{area}/{key} is not readable JSON: {str(exc)[:200]}"
     if not isinstance(data, dict):
@@ -202,6 +204,8 @@ def _load_manifest(ws: Workspace, report: DoctorReport, rel: Release) -> Manifes
         return None
     try:
         manifest = releases.load_manifest(ws.store, rel.product_id, rel.id)
+    except StoreUnavailable:
+        raise
     except (GeomeshError, ValueError, RecursionError) as exc:
         report.add("error", "bad-manifest", rel.id, f"manifest unreadable: {str(exc)[:300]}")
         return None
@@ -232,6 +236,8 @@ def _load_parts(
         else:
             try:
                 part = releases.read_part(ws.store, rel.product_id, ref.id)
+            except StoreUnavailable:
+                raise
             except (GeomeshError, ValueError, RecursionError) as exc:
                 kind = "missing-manifest-part" if "missing" in str(exc) else "bad-manifest-part"
                 report.add("error", kind, rel.id, f"release {rel.version}: {str(exc)[:300]}")
@@ -477,6 +483,8 @@ def _named_by_hash(
     if deep:
         try:
             data = ws.store.get_bytes(PRODUCTION, key)
+        except StoreUnavailable:
+            raise
         except GeomeshError as exc:
             bad("broken-catalog-link", f"{key} is missing ({str(exc)[:200]})")
             return None
@@ -852,7 +860,8 @@ def run_doctor(
     """Check the whole catalog; with ``gc`` remove temporary files older than ``min_age_s``.
 
     Checking is read-only and open to everyone; collecting (``gc``) deletes files and needs
-    the ``doctor.gc`` permission.
+    the ``doctor.gc`` permission. An unreachable object store stops the check with
+    ``StoreUnavailable`` (an outage is not a catalog problem to report).
     """
     if gc:
         with ws.read() as session:

@@ -61,6 +61,16 @@ class StorageError(GeomeshError):
     """An object could not be stored or read."""
 
 
+class DatabaseError(GeomeshError):
+    """The database could not be reached, lost the connection mid-transaction or refused
+    the transaction (deadlock, lock timeout); a transaction commits whole or not at all."""
+
+
+class StoreUnavailable(StorageError):
+    """The object store could not be reached or failed to answer (an outage, a network
+    fault): not a missing or corrupt object, so never a finding or a failed gate."""
+
+
 class UnsafePath(StorageError):
     """A path or key would escape the storage root or is not a valid name."""
 

@@ -190,6 +190,9 @@ class Item(SQLModel, table=True):
         Index("ix_item_product_state_created", "product_id", "state", "created_at", "id"),
         #: the version of the same tile in another state (review: "replaces production")
         Index("ix_item_product_source_state", "product_id", "source_key", "state"),
+        #: items per worst severity and state, counted in the index (overview); the map's
+        #: worst-first footprints, one severity at a time in (state, id) order
+        Index("ix_item_product_worst_state", "product_id", "worst_severity", "state", "id"),
     )
 
     id: str = Field(primary_key=True, max_length=160)
@@ -253,6 +256,8 @@ class FindingRecord(SQLModel, table=True):
         Index("ix_finding_product_rule", "product_id", "rule_id"),
         #: one item's open findings and the per-severity counts of a list of items
         Index("ix_finding_item_open_severity", "item_id", "open", "severity"),
+        #: the overview's pass rate per rule: distinct items with an open finding of a rule
+        Index("ix_finding_product_open_rule_item", "product_id", "open", "rule_id", "item_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -289,6 +294,19 @@ class Approval(SQLModel, table=True):
     decision: Decision
     comment: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = _ts(nullable=False)
+
+
+class SignoffTime(SQLModel, table=True):
+    """Seconds from an item version's staging to the first approval of its content, kept
+    by every sign-off in its transaction (``services.approval_times``): the overview's
+    sign-off KPIs read this index instead of joining every item to its approvals."""
+
+    __tablename__ = "signoff_time"
+    __table_args__ = (Index("ix_signoff_time_product_seconds", "product_id", "seconds"),)
+
+    item_id: str = Field(primary_key=True, foreign_key="item.id", max_length=160)
+    product_id: str = Field(max_length=128)
+    seconds: float
 
 
 # ------------------------------------------------------------------ releases

@@ -45,7 +45,7 @@ from obstore.store import S3Store as _ObS3Store
 from pydantic import SecretStr
 from rasterio.session import Session as _RasterioSession
 
-from geomesh.errors import ConfigError, StorageError, UnsafePath
+from geomesh.errors import ConfigError, StorageError, StoreUnavailable, UnsafePath
 from geomesh.redact import redact, redact_url
 from geomesh.storage import AREAS, Area, ObjectStore, check_key
 
@@ -312,7 +312,7 @@ class S3Store:
         if len(reason) > 300:
             reason = reason[:300] + "…"
         # `from None`: the obstore exception's text may echo request details verbatim
-        raise StorageError(
+        raise StoreUnavailable(
             f"cannot {op} {where} ({type(exc).__name__}): {reason}",
             hint=f"is {self.describe()} reachable?",
         ) from None

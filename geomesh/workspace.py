@@ -103,8 +103,12 @@ class Workspace:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A read-only session over one consistent snapshot that does not wait for writers
-        (``db.read_engine``: SQLite deferred in WAL mode, PostgreSQL ``READ ONLY``)."""
-        with Session(db.read_engine(self.engine), expire_on_commit=False) as session:
+        (``db.read_engine``: SQLite deferred in WAL mode, PostgreSQL ``READ ONLY``); a
+        lost or refused connection is ``DatabaseError`` (``db.database_errors``)."""
+        with (
+            db.database_errors(self.engine),
+            Session(db.read_engine(self.engine), expire_on_commit=False) as session,
+        ):
             yield session
 
     def close(self) -> None:

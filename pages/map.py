@@ -4,7 +4,7 @@ import streamlit as st
 from streamlit_folium import st_folium
 
 from geomesh.services import queries
-from ui import layout, maps, state, widgets
+from ui import cached, layout, maps, state, widgets
 from ui.fmt import STATE_COLOURS
 from ui.state import K
 
@@ -50,9 +50,9 @@ with detail_col:
     )
     pv = None
     if selected:
-        detail = queries.item_detail(ctx.ws, selected)
+        detail = cached.item_detail(pid, selected)
         widgets.item_header(detail)
-        pv = widgets.preview(ctx.ws, selected, caption="rio-tiler preview")
+        pv = widgets.preview(selected, caption="rio-tiler preview")
         widgets.findings(detail["open_findings"])
         with st.expander("Raster and STAC facts"):
             widgets.facts_table(detail["raster"])
@@ -66,6 +66,7 @@ with map_col:
         selected=selected,
         preview=pv if show_preview else None,
         boundary_label=view["title"],
+        footprints=view["footprints"],
     )
     out = st_folium(
         fmap,

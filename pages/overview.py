@@ -6,7 +6,7 @@ import streamlit as st
 
 from geomesh.services import tasks
 from ui import cached, layout
-from ui.fmt import SEVERITY_COLOURS, STATE_COLOURS, duration, md_escape, short_id
+from ui.fmt import SEVERITY_COLOURS, STATE_COLOURS, duration, md_escape
 
 ctx = layout.context("Overview")
 pid = layout.require_product(ctx)
@@ -127,12 +127,12 @@ with left:
             width="stretch",
         )
 with right:
-    st.markdown("**Time from staging to sign-off** (per approved item version)")
-    times = pd.DataFrame(ov["signoff"]["items"])
-    if times.empty:
+    st.markdown("**Time from staging to sign-off** (approved item versions)")
+    bins = pd.DataFrame(ov["signoff"]["histogram"])
+    if bins.empty:
         st.caption("No item has been approved yet.")
     else:
-        longest = float(times["seconds"].max())
+        longest = float(ov["signoff"]["max_seconds"] or 0.0)
         unit, factor = (
             ("seconds", 1.0)
             if longest < 120
@@ -140,17 +140,22 @@ with right:
             if longest < 7200
             else ("hours", 3600.0)
         )
-        times[unit] = times["seconds"] / factor
-        times["item"] = times["item_id"].map(short_id)
+        bins["from"] = bins["from"] / factor
+        bins["to"] = bins["to"] / factor
         st.altair_chart(
-            alt.Chart(times)
+            alt.Chart(bins)
             .mark_bar(color="#1e88e5")
             .encode(
-                x=alt.X(f"{unit}:Q"),
-                y=alt.Y("item:N", title=None, sort="-x"),
-                tooltip=["item_id", f"{unit}:Q"],
+                x=alt.X("from:Q", bin="binned", title=unit),
+                x2="to:Q",
+                y=alt.Y("items:Q", title="item versions"),
+                tooltip=[
+                    alt.Tooltip("from:Q", format=".1f"),
+                    alt.Tooltip("to:Q", format=".1f"),
+                    "items:Q",
+                ],
             )
-            .properties(height=max(24 * len(times), 120)),
+            .properties(height=200),
             width="stretch",
         )
 

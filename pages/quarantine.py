@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from geomesh.services import pipeline, quarantine, queries
-from ui import errors, layout, widgets
+from ui import cached, errors, layout, widgets
 from ui.fmt import file_name, short_id
 from ui.state import K, flash
 
@@ -14,7 +14,7 @@ config = queries.product_config(ctx.ws, pid)
 ctx.role_note("quarantine", "act on quarantined items")
 
 # items released to staging wait for validation + routing (the pipeline's next step)
-staged = [i["id"] for i in queries.list_items(ctx.ws, product_id=pid, state="staging")]
+staged = cached.item_ids(pid, "staging")
 if staged:
     st.info(f"{len(staged)} released item(s) wait in staging for validation and routing.")
     if st.button("Validate and route released items", key=K.Q_ROUTE):
@@ -27,7 +27,7 @@ if staged:
             flash("; ".join(f"{short_id(o.item_id)} → {o.state}" for o in routed))
             st.rerun()
 
-items = quarantine.list_quarantined(ctx.ws, product_id=pid)
+items = cached.quarantined(pid)
 if not items:
     st.success("Nothing is quarantined.")
     st.stop()
@@ -45,13 +45,13 @@ item_id = st.selectbox(
     key=K.Q_ITEM,
     format_func=lambda i: f"{file_name(items[ids.index(i)]['source'])} · {short_id(i)}",
 )
-detail = queries.item_detail(ctx.ws, item_id)
+detail = cached.item_detail(pid, item_id)
 widgets.item_header(detail)
 st.warning(f"Quarantine reason: {detail['quarantine_reason']}", icon=":material/block:")
 
 left, right = st.columns([2, 3])
 with left:
-    widgets.preview(ctx.ws, item_id)
+    widgets.preview(item_id)
 with right:
     st.markdown("**Raster and metadata**")
     widgets.facts_table(detail["raster"])

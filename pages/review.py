@@ -38,7 +38,7 @@ else:
         key=K.R_ITEM,
         format_func=lambda i: f"{by_id[i]['source']} · {short_id(i)}",
     )
-    detail = queries.review_item(ctx.ws, item_id)
+    detail = cached.review_item(pid, item_id)
     prod = detail["production"]
     widgets.item_header(detail)
     check = detail["checksum_now"]
@@ -47,14 +47,14 @@ else:
     left, right = st.columns(2)
     with left:
         st.markdown("**This version**")
-        widgets.preview(ctx.ws, item_id, caption="candidate")
+        widgets.preview(item_id, caption="candidate")
     with right:
         if prod is None:
             st.markdown("**Production**")
             st.caption("No version of this tile is in production: it is a new tile.")
         else:
             st.markdown(f"**Production** `{md_escape(short_id(prod['production_id']))}`")
-            widgets.preview(ctx.ws, prod["production_id"], caption="in production")
+            widgets.preview(prod["production_id"], caption="in production")
     widgets.facts_table(detail["raster"], prod["production_raster"] if prod else None)
     if prod is not None:
         changes = [

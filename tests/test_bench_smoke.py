@@ -24,7 +24,8 @@ EXPECTED = {
     # flatness ×3, whole-call growth ×3, 3 calls × 3 sizes, first publication × 3 sizes +
     # linearity, snapshot × 3 sizes, build
     "rollback / promotion": 3 + 3 + 9 + 3 + 1 + 3 + 1,
-    "app responsiveness": 6 * 2 + 1,  # 6 pages × (first visit, rerun) + fixture build
+    # 7 pages × (first visit, rerun) + peak RSS of 2 streaming CLI reads + fixture build
+    "app responsiveness": 7 * 2 + 2 + 1,
 }
 
 

@@ -478,6 +478,61 @@ def test_0007_indexes_a_database_created_at_0001_and_keeps_its_rows(engine: Engi
     assert "ix_item_product_state_created" in queue, queue
 
 
+def test_0008_derives_the_signoff_times_of_the_approvals_already_recorded(
+    engine: Engine,
+) -> None:
+    """A database at 0007 holding approvals upgrades to head with one ``signoff_time`` row
+    per item version approved on its content (the first such approval, never below 0 s),
+    none for an item only rejected or approved on other content, and the overview's
+    indexes in place."""
+    _upgrade(engine, "0007")
+    staged = "2026-01-01 00:00:00"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO product (id, config_json, config_digest, version_counter, created_at, "
+                "updated_at) VALUES ('p', '{}', 'd', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+        for n in range(4):
+            conn.execute(
+                text(
+                    "INSERT INTO item (id, product_id, source, source_key, content_digest, size,"
+                    " object_key, stac_key, stac, state, submitted_by, created_at, updated_at)"
+                    " VALUES (:id, 'p', 's', :id, :id, 1, 'o', 's', '{}', 'validation', 'a',"
+                    " :staged, :staged)"
+                ),
+                {"id": f"item-{n}", "staged": staged},
+            )
+        approvals = (  # (item, actor, digest, decision, time)
+            ("item-0", "bob", "item-0", "approve", "2026-01-01 00:10:00"),
+            ("item-0", "eve", "item-0", "approve", "2026-01-01 00:05:00"),  # the first
+            ("item-1", "bob", "item-1", "reject", "2026-01-01 00:01:00"),
+            ("item-2", "bob", "other", "approve", "2026-01-01 00:01:00"),  # other content
+            ("item-3", "bob", "item-3", "approve", "2025-12-31 23:00:00"),  # clock skew
+        )
+        for item, actor, digest, decision, at in approvals:
+            conn.execute(
+                text(
+                    "INSERT INTO approval (item_id, content_digest, actor, decision, created_at)"
+                    " VALUES (:item, :digest, :actor, :decision, :at)"
+                ),
+                {"item": item, "digest": digest, "actor": actor, "decision": decision, "at": at},
+            )
+    db.migrate(engine)
+    with engine.connect() as conn:
+        kept = dict(
+            conn.execute(text("SELECT item_id, seconds FROM signoff_time WHERE product_id = 'p'"))
+            .tuples()
+            .all()
+        )
+    assert kept == {"item-0": pytest.approx(300.0, abs=1e-3), "item-3": 0.0}
+    indexes = {
+        ix["name"] for table in ("item", "finding") for ix in inspect(engine).get_indexes(table)
+    }
+    assert {"ix_item_product_worst_state", "ix_finding_product_open_rule_item"} <= indexes
+
+
 def test_the_cheap_head_check_agrees_with_alembic(engine: Engine) -> None:
     """``db.migrate`` skips Alembic when the database is at ``head_revision()``: that must be
     Alembic's own head, and an older database must still be upgraded."""

@@ -9,6 +9,11 @@ files, and HTML/JS in the text the review app shows.
 For every case: no exception other than a GeomeshError escapes (the CLI exits 1, 2 or 3
 with one clear ``error:`` line, never a traceback), a rejected input leaves the catalog
 exactly as it was, and nothing is written outside the storage root.
+
+The cases share one catalog on the selected backend (``tests/_backend_clone.py``: a local
+directory, or a PostgreSQL database and a bucket pair); "exactly as it was" compares every
+row, every stored object's SHA-256 (through the store API) and every other file under the
+root, before and after each case.
 """
 
 from __future__ import annotations
@@ -33,11 +38,11 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
+from _backend_clone import Place, Places, place_state
 from click.testing import CliRunner, Result
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
-from sqlmodel import SQLModel
 
 from geomesh.cli import cli
 from geomesh.config import load_config
@@ -49,14 +54,9 @@ from geomesh.services.sources import ingest_from_stac
 from geomesh.settings import Settings
 from geomesh.workspace import Workspace
 
-from conftest import BACKEND, EXAMPLE_CONFIG, ROOT, SHARED
+from conftest import EXAMPLE_CONFIG, ROOT
 
 pytest_plugins = ("_app_fixtures",)
-pytestmark = pytest.mark.skipif(
-    BACKEND != "sqlite-local",
-    reason="compares the local storage root and SQLite file before and after each case",
-)
-SCHEMAS = SHARED / "stac-schemas"
 #: every case id, collected at import (the README's "hostile cases" number)
 CASES: list[str] = []
 
@@ -72,15 +72,21 @@ def _register(kind: str, names: list[str]) -> list[str]:
 @dataclass
 class TestBed:
     base: Path  #: the parent folder: inputs live here, the storage root is base/root
-    root: Path
+    place: Place  #: the catalog (storage root, and on postgres-s3 its database and buckets)
     config: Path
     good: Path
     item_id: str
 
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {"GEOMESH_STORAGE_ROOT": str(self.root), "GEOMESH_SCHEMA_DIR": str(SCHEMAS)}
-        env.update(extra)
-        return env
+    @property
+    def root(self) -> Path:
+        return self.place.root
+
+    def env(self, **extra: str | None) -> dict[str, str | None]:
+        """The catalog's GEOMESH_* variables and ``extra`` (``None``: unset that variable)."""
+        return {**self.place.env, **extra}
+
+    def open(self) -> Workspace:
+        return self.place.open(migrate=False)
 
 
 def _geotiff(path: Path, **overrides: Any) -> Path:
@@ -104,39 +110,27 @@ def _geotiff(path: Path, **overrides: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBed]:
+def bed(tmp_path_factory: pytest.TempPathFactory, places: Places) -> Iterator[TestBed]:
     base = tmp_path_factory.mktemp("hostile")
-    root = base / "root"
+    place = places.fresh(base / "root")
     data = yaml.safe_load(EXAMPLE_CONFIG)
     data["ingestion"]["tile_size"] = 128
     config = base / "product.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     good = _geotiff(base / "good.tif")
-    ws = Workspace.open(Settings(storage_root=root, schema_dir=SCHEMAS))
+    ws = place.open()
     users.add_user(ws, actor="system", name="root", role="admin")  # the first user: an admin
     users.add_user(ws, actor="root", name="alice", role="steward")
     (res,) = ingest_rasters(ws, load_config(config), [str(good)], actor="system").results
     assert res.item_id and res.state == "validation"
     ws.close()
-    yield TestBed(base, root, config, good, res.item_id)
+    yield TestBed(base, place, config, good, res.item_id)
 
 
-def catalog_state(root: Path) -> dict[str, Any]:
-    """Every database row and every file of the catalog (logs aside: runs are logged)."""
-    ws = Workspace.open(Settings(storage_root=root, schema_dir=SCHEMAS), migrate=False)
-    try:
-        rows: dict[str, Any] = {}
-        with ws.read() as s:
-            for table in SQLModel.metadata.sorted_tables:
-                rows[table.name] = sorted(repr(tuple(r)) for r in s.execute(table.select()))
-    finally:
-        ws.close()
-    files = sorted(
-        (p.relative_to(root).as_posix(), p.stat().st_size)
-        for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith("geomesh.db") and "logs" not in p.parts
-    )
-    return {"rows": rows, "files": files}
+def catalog_state(bed: TestBed) -> dict[str, Any]:
+    """Every database row, every stored object and every other file of the catalog (logs
+    aside: runs are logged)."""
+    return place_state(bed.place, skip_local=("logs",))
 
 
 def outside_state(bed: TestBed) -> list[tuple[str, int]]:
@@ -148,7 +142,7 @@ def outside_state(bed: TestBed) -> list[tuple[str, int]]:
     )
 
 
-def invoke(bed: TestBed, argv: list[str], **env: str) -> Result:
+def invoke(bed: TestBed, argv: list[str], **env: str | None) -> Result:
     return CliRunner().invoke(cli, argv, env=bed.env(**env), catch_exceptions=True)
 
 
@@ -182,7 +176,7 @@ class Guard:
 
     def start(self) -> None:
         """(Re)take the snapshot, e.g. after the test wrote its inputs."""
-        self.catalog = catalog_state(self.bed.root)
+        self.catalog = catalog_state(self.bed)
         self.outside = outside_state(self.bed)
 
     def check(self) -> None:
@@ -190,7 +184,7 @@ class Guard:
         assert now == self.outside, (
             f"written outside the storage root: {sorted(set(now) ^ set(self.outside))}"
         )
-        assert catalog_state(self.bed.root) == self.catalog, "a rejected input changed the catalog"
+        assert catalog_state(self.bed) == self.catalog, "a rejected input changed the catalog"
 
 
 @pytest.fixture
@@ -344,7 +338,7 @@ def test_hostile_raster(
 ) -> None:
     source = raster_inputs[name]
     expected = RASTERS[name][1]
-    before = {r for r in catalog_state(bed.root)["rows"]["item"]}
+    before = {r for r in catalog_state(bed)["rows"]["item"]}
     res = invoke(bed, ["ingest", str(bed.config), source, "--json"])
     if expected == "rejected":
         assert_clean(res, (1,))
@@ -368,7 +362,7 @@ def test_hostile_raster(
         assert json.loads(shown.stdout)["properties"]["proj:code"] == "EPSG:32610"
     else:  # a raster GDAL can read but the contract cannot accept: quarantined
         assert result["state"] == "quarantined" and result["findings"]["P2"] > 0, result
-    after = {r for r in catalog_state(bed.root)["rows"]["item"]}
+    after = {r for r in catalog_state(bed)["rows"]["item"]}
     assert len(after - before) == 1
 
 
@@ -398,8 +392,8 @@ def test_a_stac_source_cannot_point_at_local_files(bed: TestBed, tmp_path: Path)
         )
         for n, href in enumerate(hrefs)
     ]
-    before = catalog_state(bed.root)
-    ws = Workspace.open(Settings(storage_root=bed.root, schema_dir=SCHEMAS), migrate=False)
+    before = catalog_state(bed)
+    ws = bed.open()
     try:
         report = ingest_from_stac(ws, cfg, actor="system", candidates=cands)
     finally:
@@ -409,7 +403,7 @@ def test_a_stac_source_cannot_point_at_local_files(bed: TestBed, tmp_path: Path)
     assert "local files cannot be read from a STAC source" in errors[0], errors
     assert "file:// scheme is not accepted" in errors[1], errors
     assert "(/vsi…) are not accepted" in errors[2], errors
-    assert catalog_state(bed.root) == before
+    assert catalog_state(bed) == before
 
 
 # ------------------------------------------------------------------ product configs
@@ -504,11 +498,12 @@ def test_hostile_config(name: str, bed: TestBed, tmp_path: Path, unchanged: Guar
 # ------------------------------------------------------------------ settings
 
 
-SETTINGS: dict[str, dict[str, str]] = {
+#: name -> GEOMESH_* variables over the catalog's (``None``: unset it)
+SETTINGS: dict[str, dict[str, str | None]] = {
     "storage-root-is-a-file": {"GEOMESH_STORAGE_ROOT": "{base}/good.tif"},
     "object-store-unknown": {"GEOMESH_OBJECT_STORE": "ftp"},
     "workers-not-a-number": {"GEOMESH_WORKERS": "many"},
-    "s3-without-bucket": {"GEOMESH_OBJECT_STORE": "s3"},
+    "s3-without-bucket": {"GEOMESH_OBJECT_STORE": "s3", "GEOMESH_S3_BUCKET": None},
     "database-url-garbage": {"GEOMESH_DATABASE_URL": "::not a url::"},
     "database-url-unknown-dialect": {"GEOMESH_DATABASE_URL": "nosuchdb://u:pw@127.0.0.1/x"},
     "database-folder-is-a-file": {"GEOMESH_DATABASE_URL": "sqlite:///{base}/good.tif/x.db"},
@@ -518,7 +513,7 @@ _register("settings", list(SETTINGS))
 
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_hostile_settings(name: str, bed: TestBed, unchanged: Guard) -> None:
-    env = {k: v.format(base=bed.base) for k, v in SETTINGS[name].items()}
+    env = {k: v if v is None else v.format(base=bed.base) for k, v in SETTINGS[name].items()}
     for argv in (["items", "list"], ["ingest", str(bed.config), str(bed.good)], ["doctor"]):
         res = invoke(bed, argv, **env)
         assert_clean(res, (2,))
@@ -783,7 +778,7 @@ _register("item-id", [f"{c}/{i}" for c in ID_COMMANDS for i in HOSTILE_IDS])
 @pytest.fixture(scope="module")
 def alice_token(bed: TestBed) -> dict[str, str]:
     """alice proves who she is (an API token), so each command reaches the hostile id."""
-    ws = Workspace.open(Settings(storage_root=bed.root, schema_dir=SCHEMAS), migrate=False)
+    ws = bed.open()
     try:
         return identity_support.token_env(ws, "alice")
     finally:
@@ -1306,7 +1301,7 @@ def test_ingest_page_uploads_are_refused_and_removed(
         ),
     }[name]
     if user == "victor":
-        ws = Workspace.open(Settings(storage_root=bed.root, schema_dir=SCHEMAS), migrate=False)
+        ws = bed.open()
         try:
             if not any(u.name == "victor" for u in users.list_users(ws)):
                 users.add_user(ws, actor="root", name="victor", role="viewer")

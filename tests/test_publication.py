@@ -333,7 +333,7 @@ def test_withdrawn_product_has_no_current_release_anywhere(
     release(ws, config, [tile("a", 1)])
     rollback.rollback_release(ws, config, actor="bob")
     assert queries.list_products(ws)[0]["current_version"] is None
-    assert queries.released_item_ids(ws, PID) == []
+    assert queries.released_item_ids(ws, PID) == {"total": 0, "ids": []}
     with pytest.raises(NothingToRollBack):
         queries.rollback_impact(ws, PID, kind="release")
     with pytest.raises(NotFound, match="no current release"):

@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
+from _statements import statements
 from click.testing import CliRunner
 from sqlalchemy import event, insert, text
-from sqlalchemy.engine import Engine
 
 from geomesh.cli import cli
 from geomesh.models import Item, ItemState
@@ -41,21 +39,6 @@ def _state(ws: Workspace, item_id: str) -> str:
         item = session.get(Item, item_id)
         assert item is not None
         return ItemState(item.state).value
-
-
-@contextmanager
-def statements(engine: Engine) -> Iterator[list[str]]:
-    """Every SQL statement ``engine`` runs inside the block (what a read model costs)."""
-    seen: list[str] = []
-
-    def record(*args: Any) -> None:
-        seen.append(str(args[2]))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 # ------------------------------------------------------------------ reads do not block

@@ -2,8 +2,12 @@
 credentials never in logs, audit events, outbox rows, exports or error messages.
 
 Each test plants recognisable secret strings, runs real operations (the CLI in a child
-process, with JSON logs also on stderr) and then greps every byte under the storage root
-(the SQLite file and its WAL, logs, exports) and every line the commands printed.
+process, with JSON logs also on stderr) and then greps everything the catalog keeps
+(``_backend_clone.stored_bytes``: every byte under the storage root, the SQLite file and its
+WAL, logs and exports included; on PostgreSQL + S3 also every column of every table and
+every object of both buckets) and every line the commands printed. On PostgreSQL + S3 the
+catalog's own credentials are planted too: a password in the database URL (trust
+authentication ignores it) and the S3 secret key.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,24 +26,20 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
+from _backend_clone import Place, Places, child_env, stored_bytes
 from _forkserver import ForkServer, Result
 from identity_support import token_env
 from rasterio.transform import from_origin
+from sqlalchemy.engine import make_url
 from sqlmodel import select
 
 from geomesh.config import load_config
 from geomesh.errors import PermissionDenied
 from geomesh.models import User
 from geomesh.services import auth_session, users
-from geomesh.settings import Settings
-from geomesh.workspace import Workspace
 
-from conftest import BACKEND, EXAMPLE_CONFIG, SHARED
+from conftest import EXAMPLE_CONFIG
 
-pytestmark = pytest.mark.skipif(
-    BACKEND != "sqlite-local",
-    reason="greps the SQLite file and the local storage root for the planted secrets",
-)
 INLINE_SECRET = "whsec-INLINE-5b1e0c7d9a"
 ENV_SECRET = "whsec-ENV-8c2f41aa37"
 CONFIG_DB_PASSWORD = "CfgDbPassw0rd-73ac"
@@ -47,29 +47,54 @@ ENV_DB_PASSWORD = "SuperSecret"
 S3_SECRET = "S3SecretKey-9d8f7e6a5b"
 PASSWORD = "Correct-Horse-Battery-42"
 WRONG_PASSWORD = "Wrong-Guess-Password-17"
+#: planted in the PostgreSQL URL of each catalog (trust authentication: never checked)
+BACKEND_DB_PASSWORD = "PgUrlPassw0rd-6e2b"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
     scratch = tmp_path_factory.mktemp("forkserver")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOMESH_")}
-    srv = ForkServer(env, scratch, scratch)
+    srv = ForkServer(child_env(), scratch, scratch)
     yield srv
     srv.close()
 
 
-def run(server: ForkServer, root: Path, argv: list[str], **env: str) -> Result:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("GEOMESH_")}
-    full.update(GEOMESH_STORAGE_ROOT=str(root), GEOMESH_LOG_STDERR="1")
-    if (SHARED / "stac-schemas").is_dir():
-        full["GEOMESH_SCHEMA_DIR"] = str(SHARED / "stac-schemas")
-    full.update(env)
+@dataclass
+class Catalog:
+    place: Place
+    places: Places
+    #: the catalog's own credentials (postgres-s3: the database URL's password and the S3
+    #: secret key; none on sqlite-local): they must not leak either
+    credentials: list[str]
+
+    @property
+    def root(self) -> Path:
+        return self.place.root
+
+    def stored(self) -> bytes:
+        """Everything the catalog keeps (``_backend_clone.stored_bytes``)."""
+        return stored_bytes(self.places, self.place)
+
+
+@pytest.fixture
+def catalog(places: Places, tmp_path: Path) -> Iterator[Catalog]:
+    """An empty catalog on the selected backend (the storage root is tmp_path/root)."""
+    place = places.fresh(tmp_path / "root")
+    credentials = []
+    if place.database is not None:
+        url = make_url(place.env["GEOMESH_DATABASE_URL"]).set(password=BACKEND_DB_PASSWORD)
+        place.env["GEOMESH_DATABASE_URL"] = url.render_as_string(hide_password=False)
+        credentials.append(BACKEND_DB_PASSWORD)
+    if "GEOMESH_S3_SECRET_ACCESS_KEY" in place.env:
+        credentials.append(place.env["GEOMESH_S3_SECRET_ACCESS_KEY"])
+    yield Catalog(place, places, credentials)
+    places.drop(place)
+
+
+def run(server: ForkServer, catalog: Catalog, argv: list[str], **env: str) -> Result:
+    full = catalog.place.process_env(GEOMESH_LOG_STDERR="1", **env)
     stdin = full.pop("STDIN", None)
-    return server.run(argv, env=full, cwd=root.parent, stdin=stdin)
-
-
-def everything_under(path: Path) -> bytes:
-    return b"\n".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())
+    return server.run(argv, env=full, cwd=catalog.root.parent, stdin=stdin)
 
 
 def assert_absent(secrets: list[str], *haystacks: bytes | str) -> None:
@@ -135,9 +160,8 @@ def receiver() -> Iterator[Receiver]:
 # ------------------------------------------------------------------ passwords
 
 
-def test_passwords_are_stored_only_as_argon2id_hashes(tmp_path: Path, server: ForkServer) -> None:
-    root = tmp_path / "root"
-    ws = Workspace.open(Settings(storage_root=root))
+def test_passwords_are_stored_only_as_argon2id_hashes(catalog: Catalog, server: ForkServer) -> None:
+    ws = catalog.place.open()
     users.add_user(ws, actor="system", name="root", role="admin", password=PASSWORD)
     assert auth_session.sign_in(ws, "root", PASSWORD).role == "admin"
     with pytest.raises(PermissionDenied) as wrong:
@@ -150,7 +174,7 @@ def test_passwords_are_stored_only_as_argon2id_hashes(tmp_path: Path, server: Fo
     # and through the CLI, the password on stdin (root proves who acts with its token)
     res = run(
         server,
-        root,
+        catalog,
         ["users", "add", "carol", "--role", "steward", "--password-stdin", "--actor", "root"],
         STDIN=PASSWORD + "2\n",
         GEOMESH_TOKEN=token,
@@ -159,23 +183,23 @@ def test_passwords_are_stored_only_as_argon2id_hashes(tmp_path: Path, server: Fo
     # root proves who acts with its password on stdin; a wrong one is refused
     proven = run(
         server,
-        root,
+        catalog,
         ["users", "role", "carol", "analyst", "--actor", "root", "--password-stdin"],
         STDIN=PASSWORD + "\n",
     )
     assert proven.returncode == 0, proven.stderr
     refused = run(
         server,
-        root,
+        catalog,
         ["users", "role", "carol", "viewer", "--actor", "root", "--password-stdin"],
         STDIN=WRONG_PASSWORD + "\n",
     )
     assert refused.returncode == 2 and "wrong password" in refused.stderr
-    listed = run(server, root, ["users", "list", "--json"])
+    listed = run(server, catalog, ["users", "list", "--json"])
     assert listed.returncode == 0, listed.stderr
     assert {u["name"]: u["role"] for u in json.loads(listed.stdout)}["carol"] == "analyst"
 
-    ws = Workspace.open(Settings(storage_root=root))
+    ws = catalog.place.open(migrate=False)
     with ws.read() as s:
         rows = s.exec(select(User)).all()
     ws.close()
@@ -183,9 +207,11 @@ def test_passwords_are_stored_only_as_argon2id_hashes(tmp_path: Path, server: Fo
     assert hashes["root"] is not None and hashes["root"].startswith("$argon2id$")
     assert hashes["carol"] is not None and hashes["carol"].startswith("$argon2id$")
     assert "password_hash" not in listed.stdout and "$argon2" not in listed.stdout
+    stored = catalog.stored()
+    assert hashes["carol"].encode() in stored  # the grep reads the users' table
     assert_absent(
-        [PASSWORD, WRONG_PASSWORD, token],
-        everything_under(root),
+        [PASSWORD, WRONG_PASSWORD, token, *catalog.credentials],
+        stored,
         res.stdout + res.stderr + listed.stdout + listed.stderr + proven.stderr + refused.stderr,
     )
 
@@ -194,12 +220,11 @@ def test_passwords_are_stored_only_as_argon2id_hashes(tmp_path: Path, server: Fo
 
 
 def test_secrets_never_reach_logs_audit_outbox_exports_or_output(
-    tmp_path: Path, server: ForkServer, receiver: Receiver
+    tmp_path: Path, catalog: Catalog, server: ForkServer, receiver: Receiver
 ) -> None:
-    root = tmp_path / "root"
     data = yaml.safe_load(EXAMPLE_CONFIG)
     data["storage"] = {
-        # the environment's sqlite URL wins, but the config (with its password) is stored
+        # the environment's URL wins, but the config (with its password) is stored
         "database_url": f"postgresql+psycopg://geomesh:{CONFIG_DB_PASSWORD}@db.internal/geomesh"
     }
     data["governance"] = {
@@ -211,14 +236,14 @@ def test_secrets_never_reach_logs_audit_outbox_exports_or_output(
     cfg = tmp_path / "product.yaml"
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     env = {
-        "GEOMESH_DATABASE_URL": f"sqlite:///{root / 'geomesh.db'}",
+        "GEOMESH_DATABASE_URL": catalog.place.database_url,
         "GEOMESH_TEST_HOOK_SECRET": ENV_SECRET,
     }
     tile = _nocrs_tile(tmp_path / "nocrs.tif")
     outputs: list[Result] = []
 
     def cli(*argv: str) -> Result:
-        res = run(server, root, list(argv), **env)
+        res = run(server, catalog, list(argv), **env)
         assert "Traceback" not in res.stderr, res.stderr
         outputs.append(res)
         return res
@@ -246,9 +271,12 @@ def test_secrets_never_reach_logs_audit_outbox_exports_or_output(
     rows = json.loads(outputs[3].stdout)
     assert rows and all(r["last_error"] for r in rows)
 
+    stored = catalog.stored()
+    assert b"II*\x00" in stored  # the grep reads the stored objects (the tile's COG)
+    assert rows[0]["url"].encode() in stored  # … and the outbox table
     assert_absent(
-        [INLINE_SECRET, ENV_SECRET, CONFIG_DB_PASSWORD],
-        everything_under(tmp_path / "root"),
+        [INLINE_SECRET, ENV_SECRET, CONFIG_DB_PASSWORD, *catalog.credentials],
+        stored,
         export.read_bytes(),
         *(r.stdout + r.stderr for r in outputs),
         *(b for _, b in receiver.requests),
@@ -276,20 +304,21 @@ def test_a_config_never_stores_its_database_password(tmp_path: Path) -> None:
     ],
 )
 def test_a_database_password_is_not_in_the_error(
-    url: str, tmp_path: Path, server: ForkServer
+    url: str, catalog: Catalog, server: ForkServer
 ) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
+    catalog.root.mkdir()
     for argv in (["items", "list"], ["doctor"], ["users", "list"]):
-        res = run(server, root, argv, GEOMESH_DATABASE_URL=url)
+        res = run(server, catalog, argv, GEOMESH_DATABASE_URL=url)
         assert res.returncode == 2, (argv, res.returncode, res.stderr)
         lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("{")]
         assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-        assert_absent([ENV_DB_PASSWORD], res.stdout, res.stderr, everything_under(root))
+        stored = catalog.stored()
+        assert_absent([ENV_DB_PASSWORD, *catalog.credentials], res.stdout, res.stderr, stored)
 
 
-def test_s3_credentials_are_not_in_errors_or_logs(tmp_path: Path, server: ForkServer) -> None:
-    root = tmp_path / "root"
+def test_s3_credentials_are_not_in_errors_or_logs(
+    tmp_path: Path, catalog: Catalog, server: ForkServer
+) -> None:
     cfg = tmp_path / "product.yaml"
     cfg.write_text(EXAMPLE_CONFIG)
     tile = _nocrs_tile(tmp_path / "t.tif")
@@ -300,12 +329,13 @@ def test_s3_credentials_are_not_in_errors_or_logs(tmp_path: Path, server: ForkSe
         "GEOMESH_S3_ACCESS_KEY_ID": "geomesh-test-key",
         "GEOMESH_S3_SECRET_ACCESS_KEY": S3_SECRET,
     }
-    res = run(server, root, ["ingest", str(cfg), str(tile), "--json"], **env)
+    res = run(server, catalog, ["ingest", str(cfg), str(tile), "--json"], **env)
     assert res.returncode == 1, res.stderr
     assert "Traceback" not in res.stderr
     (result,) = json.loads(res.stdout)["results"]
     assert result["status"] == "failed" and "reachable" in result["error"]
-    assert_absent([S3_SECRET], res.stdout, res.stderr, everything_under(root))
+    stored = catalog.stored()
+    assert_absent([S3_SECRET, *catalog.credentials], res.stdout, res.stderr, stored)
 
 
 # ------------------------------------------------------------------ URL credentials (issue 14)
@@ -317,14 +347,13 @@ HOOK_TOKEN = "HookTok-51cc03"
 
 
 def test_url_credentials_never_reach_logs_audit_outbox_or_output(
-    tmp_path: Path, server: ForkServer, receiver: Receiver
+    tmp_path: Path, catalog: Catalog, server: ForkServer, receiver: Receiver
 ) -> None:
     """A source URL and a webhook URL carrying ``user:password@`` and token/signature query
     values: GDAL's error repeats the URL, the outbox stores the webhook URL; neither secret
     may reach a log line, an audit event, an outbox row, an export or the output."""
     from _stac_server import RangeFileServer
 
-    root = tmp_path / "root"
     served = tmp_path / "served"
     served.mkdir()
     (served / "text.tif").write_bytes(b"not a raster\n")
@@ -344,7 +373,7 @@ def test_url_credentials_never_reach_logs_audit_outbox_or_output(
         )
 
         def cli(*argv: str) -> Result:
-            res = run(server, root, list(argv), **env)
+            res = run(server, catalog, list(argv), **env)
             assert "Traceback" not in res.stderr, res.stderr
             outputs.append(res)
             return res
@@ -363,8 +392,8 @@ def test_url_credentials_never_reach_logs_audit_outbox_or_output(
     assert rows and all("token=***" in r["url"] for r in rows), rows
     assert receiver.requests, "the webhook was delivered to its configured URL (token kept)"
     assert_absent(
-        [URL_PASSWORD, URL_SIGNATURE, URL_TOKEN, HOOK_TOKEN],
-        everything_under(root),
+        [URL_PASSWORD, URL_SIGNATURE, URL_TOKEN, HOOK_TOKEN, *catalog.credentials],
+        catalog.stored(),
         export.read_bytes(),
         *(r.stdout + r.stderr for r in outputs),
     )

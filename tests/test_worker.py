@@ -35,6 +35,7 @@ from geomesh.models import (
     Task,
     TaskStatus,
 )
+from geomesh.services import history
 from geomesh.services.outbox import idempotency_key
 from geomesh.services.pipeline import ingest_rasters
 from geomesh.services.products import register_product
@@ -161,6 +162,7 @@ def test_two_workers_deliver_200_messages_while_one_is_killed(
         by_worker[who] = by_worker.get(who, 0) + 1
     assert set(by_worker) == {"victim", "survivor"}, by_worker  # both took part
     assert sum(by_worker.values()) == 200  # each message recorded delivered exactly once
+    assert history.verify_audit(ws) == []  # the chain holds across workers and the kill
     survivor_log = (tmp_path / "survivor.log").read_text()
     assert '"event": "stopped"' in survivor_log
 

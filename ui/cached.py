@@ -20,7 +20,8 @@ from typing import Any
 
 import streamlit as st
 
-from geomesh.services import promotion, queries
+from geomesh.preview import Preview, item_preview
+from geomesh.services import history, promotion, quarantine, queries
 from ui.state import env_key, workspace
 
 
@@ -149,10 +150,113 @@ def promotion_plan(product_id: str) -> dict[str, Any]:
     return _promotion_plan(env_key(), _version(product_id), product_id)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _review_item(env: tuple[str, ...], version: int, item_id: str) -> dict[str, Any]:
+    del env, version
+    return queries.review_item(workspace(), item_id)
+
+
+def review_item(product_id: str, item_id: str) -> dict[str, Any]:
+    """The item under review (detail, production counterpart, cached checksum check)."""
+    return _review_item(env_key(), _version(product_id), item_id)
+
+
 def checksums_verified() -> None:
-    """After "Verify now": the queue's checksum column and the plan must be read again."""
+    """After "Verify now": the queue's checksum column, the plan and the checksum line of
+    the item under review must be read again."""
     _review_queue.clear()
     _promotion_plan.clear()
+    _review_item.clear()
+
+
+# ------------------------------------------------------------------ items (map, quarantine)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _item_detail(env: tuple[str, ...], version: int, item_id: str) -> dict[str, Any]:
+    del env, version
+    return queries.item_detail(workspace(), item_id)
+
+
+def item_detail(product_id: str, item_id: str) -> dict[str, Any]:
+    """One item's summary, raster facts, open findings and history."""
+    return _item_detail(env_key(), _version(product_id), item_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _quarantined(env: tuple[str, ...], version: int, product_id: str) -> list[dict[str, Any]]:
+    del env, version
+    return quarantine.list_quarantined(workspace(), product_id=product_id)
+
+
+def quarantined(product_id: str) -> list[dict[str, Any]]:
+    """The product's quarantined items with their reasons and open finding counts."""
+    return _quarantined(env_key(), _version(product_id), product_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _item_ids(env: tuple[str, ...], version: int, product_id: str, state: str) -> list[str]:
+    del env, version
+    return [i["id"] for i in queries.iter_items(workspace(), product_id=product_id, state=state)]
+
+
+def item_ids(product_id: str, state: str) -> list[str]:
+    """The ids of the product's items in ``state``, oldest first."""
+    return _item_ids(env_key(), _version(product_id), product_id, state)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _preview(env: tuple[str, ...], item_id: str) -> Preview:
+    del env
+    return item_preview(workspace(), item_id)
+
+
+def preview(item_id: str) -> Preview:
+    """An item's rendered preview. Item ids are content-addressed, so a preview never goes
+    stale: no change counter in the key."""
+    return _preview(env_key(), item_id)
+
+
+# ------------------------------------------------------------------ releases
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _release_history(
+    env: tuple[str, ...], version: int, product_id: str, page: int
+) -> dict[str, Any]:
+    del env, version
+    return queries.release_history(workspace(), product_id, page=page)
+
+
+def release_history(product_id: str, page: int) -> dict[str, Any]:
+    """One page of the release history (newest first), every version, the current one."""
+    return _release_history(env_key(), _version(product_id), product_id, page)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _release_diff(
+    env: tuple[str, ...], version: int, product_id: str, a: str, b: str
+) -> dict[str, Any]:
+    del env, version
+    return history.diff_releases(workspace(), product_id, a, b).to_json()
+
+
+def release_diff(product_id: str, a: str, b: str) -> dict[str, Any]:
+    """``history.diff_releases(a, b).to_json()``: the changed partitions' manifests only."""
+    return _release_diff(env_key(), _version(product_id), product_id, a, b)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _released_items(
+    env: tuple[str, ...], version: int, product_id: str, containing: str
+) -> dict[str, Any]:
+    del env, version
+    return queries.released_item_ids(workspace(), product_id, containing=containing)
+
+
+def released_items(product_id: str, containing: str) -> dict[str, Any]:
+    """At most ``queries.ITEM_CHOICES`` items of the current release (and how many)."""
+    return _released_items(env_key(), _version(product_id), product_id, containing)
 
 
 # ------------------------------------------------------------------ audit

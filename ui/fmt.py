@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from jinja2.utils import htmlsafe_json_dumps
+
+from geomesh.services.queries import MapLayer
+
 STATE_COLOURS: Final = {
     "staging": "#757575",
     "validation": "#1e88e5",
@@ -58,3 +62,21 @@ def duration(seconds: float | None) -> str:
     if seconds < 48 * 3600:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} d"
+
+
+#: the footprint properties the map draws with (``ui.maps.Footprints``)
+DRAWN: Final = ("item_id", "state", "worst", "tip_id", "tip_state", "tip_findings", "tip_source")
+
+
+def footprints_json(layer: MapLayer) -> str:
+    """A map layer's footprints as JSON text for ``ui.maps.Footprints``: only the drawn
+    properties, safe inside a ``<script>`` (``<``, ``>``, ``&`` and ``'`` escaped)."""
+    features = [
+        {
+            "type": "Feature",
+            "geometry": f["geometry"],
+            "properties": {k: f["properties"][k] for k in DRAWN},
+        }
+        for f in layer.features["features"]
+    ]
+    return str(htmlsafe_json_dumps({"type": "FeatureCollection", "features": features}))

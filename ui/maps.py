@@ -3,25 +3,32 @@
 - Leaflet itself is served by the app (``static/vendor/leaflet-1.9.3``, Streamlit static
   serving), never from a CDN, and no plugin that needs a CDN is enabled.
 - No basemap unless ``GEOMESH_BASEMAP`` names one (e.g. ``OpenStreetMap``; needs internet).
-- ALL footprints are ONE GeoJson layer (one style switch, one tooltip binding), already
-  simplified and capped by ``geomesh.services.queries.map_layer``.
-- Tooltip values arrive HTML-escaped (folium inserts them with innerHTML).
+- ALL footprints are ONE Leaflet GeoJSON layer (:class:`Footprints`), already simplified
+  and capped by ``geomesh.services.queries.map_layer``, styled, highlighted and bound to
+  their tooltips in the browser. Its data is JSON text made once per change of the product
+  (``ui.fmt.footprints_json``, cached with the map's read model): a rerun neither serialises
+  5,000 features again nor styles them one by one in Python, and the script is added to the
+  page as text, never compiled as a Jinja template (what folium's GeoJson costs per render).
+- Tooltip values arrive HTML-escaped (Leaflet inserts them with innerHTML), and the JSON is
+  safe inside a ``<script>`` (``<``, ``>``, ``&`` and ``'`` escaped).
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 from typing import Any, Final
 
 import folium
 import leafmap.foliumap as leafmap
-from branca.element import MacroElement, Template
+from branca.element import Element, MacroElement, Template
+from jinja2.utils import htmlsafe_json_dumps
 
 from geomesh.preview import Preview
 from geomesh.services.queries import MapLayer
-from ui.fmt import SEVERITY_COLOURS, SEVERITY_HELP, STATE_COLOURS
+from ui.fmt import SEVERITY_COLOURS, SEVERITY_HELP, STATE_COLOURS, footprints_json
 
 LEAFLET: Final = "/app/static/vendor/leaflet-1.9.3"
 BOUNDARY_STYLE: Final = {"color": "#263238", "weight": 2.5, "fill": False, "dashArray": "6 4"}
@@ -65,6 +72,88 @@ class Legend(MacroElement):  # type: ignore[misc]
         self.html = f"<b>{html.escape(title)}</b>{rows}{boundary}"
 
 
+#: (property, label) rows of a footprint's tooltip (values arrive HTML-escaped)
+TOOLTIP: Final = (
+    ("tip_id", "item"),
+    ("tip_state", "state"),
+    ("tip_findings", "open findings"),
+    ("tip_source", "source"),
+)
+
+
+class _Text(Element):  # type: ignore[misc]
+    """Ready JavaScript added to the page's script as it is (no template)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def render(self, **kwargs: Any) -> str:
+        return self.text
+
+
+class Footprints(MacroElement):  # type: ignore[misc]
+    """Every footprint as ONE ``L.geoJson`` layer: colour by a property through a palette,
+    a thicker outline for the selected tile, highlight on hover, a sticky tooltip."""
+
+    _template = Template(
+        """
+        {% macro script(this, kwargs) %}
+        (function() {
+            var palette = {{ this.palette }}, key = {{ this.key }};
+            var selected = {{ this.selected }}, faded = {{ this.faded }};
+            var rows = {{ this.tooltip }};
+            function style(feature) {
+                var p = feature.properties, colour = palette[p[key]] || "#607d8b";
+                var chosen = p.item_id === selected;
+                return {color: chosen ? "#000000" : colour, weight: chosen ? 3 : 1,
+                        fillColor: colour, fillOpacity: chosen && faded ? 0.05 : 0.35};
+            }
+            var layer = L.geoJson({{ this.data }}, {
+                style: style,
+                onEachFeature: function(feature, part) {
+                    var p = feature.properties, tip = "<table>";
+                    for (var i = 0; i < rows.length; i++) {
+                        tip += "<tr><th>" + rows[i][1] + "</th><td>" + p[rows[i][0]] + "</td></tr>";
+                    }
+                    part.bindTooltip(tip + "</table>", {sticky: true});
+                    part.on("mouseover", function() { part.setStyle({weight: 3, fillOpacity: 0.6}); });
+                    part.on("mouseout", function() { layer.resetStyle(part); });
+                }
+            });
+            layer.addTo({{ this._parent.get_name() }});
+        })();
+        {% endmacro %}
+        """
+    )
+
+    def __init__(
+        self,
+        data: str,
+        *,
+        palette: dict[str, str],
+        key: str,
+        selected: str | None,
+        faded: bool,
+    ) -> None:
+        super().__init__()
+        self._name = "Footprints"
+        self.data = data
+        self.palette = htmlsafe_json_dumps(palette)
+        self.key = htmlsafe_json_dumps(key)
+        self.selected = htmlsafe_json_dumps(selected)
+        self.faded = json.dumps(faded)
+        self.tooltip = htmlsafe_json_dumps([[k, html.escape(v)] for k, v in TOOLTIP])
+
+    def render(self, **kwargs: Any) -> None:
+        """Add the script to the page as text: branca's own render would compile the
+        rendered script (megabytes of GeoJSON) as a Jinja template every time."""
+        figure = self.get_root()
+        figure.script.add_child(
+            _Text(self._template.module.script(self, kwargs)), name=self.get_name()
+        )
+
+
 def _offline(m: folium.Map) -> None:
     m.default_js = [("leaflet", f"{LEAFLET}/leaflet.js")]
     m.default_css = [("leaflet_css", f"{LEAFLET}/leaflet.css")]
@@ -89,8 +178,12 @@ def build_map(
     preview: Preview | None = None,
     boundary_label: str = "domain",
     height: int = 560,
+    footprints: str | None = None,
 ) -> folium.Map:
-    """One leafmap (folium) map: boundary, one footprint layer, optional preview overlay."""
+    """One leafmap (folium) map: boundary, one footprint layer, optional preview overlay.
+
+    ``footprints``: :func:`footprints_json` of ``layer``, when the caller keeps it.
+    """
     west, south, east, north = bounds
     m = leafmap.Map(
         center=((south + north) / 2, (west + east) / 2),
@@ -123,42 +216,20 @@ def build_map(
         style_function=lambda _f: BOUNDARY_STYLE,
         interactive=False,
     ).add_to(m)
-    palette = SEVERITY_COLOURS if colour_by == "severity" else STATE_COLOURS
-    key = "worst" if colour_by == "severity" else "state"
-
-    def style(feature: dict[str, Any]) -> dict[str, Any]:
-        p = feature["properties"]
-        colour = palette.get(p[key], "#607d8b")
-        chosen = p["item_id"] == selected
-        return {
-            "color": "#000000" if chosen else colour,
-            "weight": 3 if chosen else 1,
-            "fillColor": colour,
-            "fillOpacity": 0.05 if chosen and preview is not None else 0.35,
-        }
-
-    features = layer.features
-    for f in features["features"]:
-        f["id"] = f["properties"]["item_id"]
-    if features["features"]:
-        folium.GeoJson(
-            features,
-            name="tiles",
-            style_function=style,
-            highlight_function=lambda _f: {"weight": 3, "fillOpacity": 0.6},
-            tooltip=folium.GeoJsonTooltip(
-                fields=["tip_id", "tip_state", "tip_findings", "tip_source"],
-                aliases=["item", "state", "open findings", "source"],
-                sticky=True,
-            ),
-            zoom_on_click=False,
+    if layer.features["features"]:
+        Footprints(
+            footprints if footprints is not None else footprints_json(layer),
+            palette=SEVERITY_COLOURS if colour_by == "severity" else STATE_COLOURS,
+            key="worst" if colour_by == "severity" else "state",
+            selected=selected,
+            faded=preview is not None,
         ).add_to(m)
     Legend(
         "worst severity" if colour_by == "severity" else "state",
         legend_entries(colour_by, layer),
         f"boundary: {boundary_label}",
     ).add_to(m)
-    for f in features["features"][:2000]:  # fit the tiles too (bounds of the first 2,000)
+    for f in layer.features["features"][:2000]:  # fit the tiles too (bounds of the first 2,000)
         for ring in _rings(f["geometry"]):
             for x, y in ring:
                 west, east = min(west, x), max(east, x)

@@ -5,8 +5,8 @@ Keys live here so pages never scatter bare strings, and tests set them by name
 session holds only who is signed in and what the user is looking at.
 
 Caches: the Workspace (``st.cache_resource``, one per environment) and the map's read model
-(``st.cache_data``, keyed on the workspace's state version, so it is never stale). Nothing
-that writes is cached.
+with its footprints as JSON text (``st.cache_data``, keyed on the product's change counter,
+so it is never stale). Nothing that writes is cached.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import streamlit as st
 from geomesh.services import auth_session, queries
 from geomesh.settings import load_settings
 from geomesh.workspace import Workspace
+from ui.fmt import footprints_json
 
 
 class K:
@@ -81,6 +82,8 @@ class K:
     # ---- widgets: releases
     REL_A: Final = "w.releases.a"
     REL_B: Final = "w.releases.b"
+    REL_PAGE: Final = "w.releases.page"
+    REL_ITEM_FIND: Final = "w.releases.item_find"  #: narrows the item picker (id or source)
     REL_ITEM: Final = "w.releases.item"
     REL_ROLLBACK_ITEM: Final = "w.releases.rollback_item"
     REL_ROLLBACK_RELEASE: Final = "w.releases.rollback_release"
@@ -164,7 +167,10 @@ def _map_view(
     env_key: tuple[str, ...], product_id: str, states: tuple[str, ...], version: int
 ) -> dict[str, Any]:
     del env_key, version  # cache keys only: the workspace and its state version
-    return queries.map_view(workspace(), product_id, states=list(states))
+    view = queries.map_view(workspace(), product_id, states=list(states))
+    # the footprints as the browser gets them, serialised once per change (ui.maps)
+    view["footprints"] = footprints_json(view["layer"])
+    return view
 
 
 def map_view(product_id: str, states: list[str]) -> dict[str, Any]:

@@ -7,9 +7,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from geomesh.preview import Preview, item_preview
-from geomesh.workspace import Workspace
-from ui import errors
+from geomesh.preview import Preview
+from ui import cached, errors
 from ui.fmt import md_escape
 
 FINDING_COLUMNS = {
@@ -63,9 +62,9 @@ def item_header(detail: dict[str, Any]) -> None:
     st.text(f"source: {detail['source']}")
 
 
-def preview(ws: Workspace, item_id: str, *, caption: str | None = None) -> Preview | None:
+def preview(item_id: str, *, caption: str | None = None) -> Preview | None:
     """Render the item's preview image (rio-tiler, cached); a broken object shows why."""
-    pv = errors.attempt(item_preview, ws, item_id)
+    pv = errors.attempt(cached.preview, item_id)
     if pv is not None:
         note = "" if pv.bounds else " · no CRS: not placed on the map"
         st.image(pv.png, caption=(caption or "preview") + note, width=360)

@@ -13,12 +13,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from geomesh.errors import (
+    DatabaseError,
     GeomeshError,
     NotFound,
     PermissionDenied,
     PolicyMismatch,
     ReplayRefused,
     SignoffError,
+    StoreUnavailable,
     WebhookRefused,
 )
 from geomesh.redact import redact
@@ -36,6 +38,9 @@ STATUS: Final[dict[type[GeomeshError], int]] = {
     NotFound: 404,
     SignoffError: 409,  # StaleDigest, not under review, rejection without a comment
     PolicyMismatch: 409,
+    # a part is down (the database, the object store): the caller retries later
+    DatabaseError: 503,
+    StoreUnavailable: 503,
     GeomeshError: 400,
 }
 

@@ -169,11 +169,9 @@ def releases_list(config: str, as_json: bool) -> None:
                 )
                 if on
             )
-            d = i.delta
             click.echo(
                 f"{i.version:<10} {i.id[:12]}  {i.kind:<13} {i.item_count:>6} items  "
-                f"+{len(d.get('added', []))} -{len(d.get('removed', []))} "
-                f"~{len(d.get('changed', []))}  {i.actor:<12} {i.created_at}  {flags}"
+                f"+{i.added} -{i.removed} ~{i.changed}  {i.actor:<12} {i.created_at}  {flags}"
             )
 
 

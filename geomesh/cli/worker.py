@@ -46,7 +46,8 @@ HANDLERS: dict[str, worker.Handler] = {**worker.HANDLERS, "preview": _preview}
     type=float,
     default=tasks.DEFAULT_LEASE_S,
     show_default=True,
-    help="Seconds a claimed task is held before another worker may take it over.",
+    help="Seconds a claimed task is held; renewed every third of it while the task runs, so "
+    "another worker takes it over only from a worker that stopped.",
 )
 @click.option(
     "--send-timeout",

@@ -40,7 +40,7 @@ import pystac
 from pystac.extensions.version import VersionExtension
 
 from geomesh import faults
-from geomesh.errors import StacError, StorageError, UnsafePath
+from geomesh.errors import StacError, StorageError, StoreUnavailable, UnsafePath
 from geomesh.releases.manifest import AREA, Manifest, ManifestItem, load_part
 from geomesh.storage import ObjectStore, check_key
 
@@ -127,6 +127,8 @@ def load_item_json(store: ObjectStore, item: ManifestItem) -> dict[str, Any]:
     """The immutable item JSON of a released item (production copy of its ``stac_key``)."""
     try:
         data: dict[str, Any] = json.loads(store.get_bytes(AREA, item.stac_key))
+    except StoreUnavailable:
+        raise  # the store is down: nothing is known to be missing
     except StorageError as exc:
         raise StorageError(
             f"item JSON of {item.id} ({AREA}/{item.stac_key}) is missing",
@@ -275,9 +277,12 @@ def _part_doc(product_id: str, partition: str, links: list[dict[str, Any]]) -> d
 
 
 def read_doc(store: ObjectStore, key: str) -> dict[str, Any] | None:
-    """A published JSON object, or None when it is missing or unreadable."""
+    """A published JSON object, or None when it is missing or unreadable (an unreachable
+    store raises ``StoreUnavailable``: it says nothing about what is published)."""
     try:
         doc = json.loads(store.get_bytes(AREA, key))
+    except StoreUnavailable:
+        raise
     except (StorageError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None

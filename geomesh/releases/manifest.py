@@ -31,7 +31,7 @@ from typing import Any, Final
 import semver
 
 from geomesh import faults
-from geomesh.errors import ChecksumMismatch, StacError, StorageError
+from geomesh.errors import ChecksumMismatch, StacError, StorageError, StoreUnavailable
 from geomesh.storage import Area, ObjectStore, check_key
 
 AREA: Final[Area] = "production"
@@ -329,6 +329,8 @@ def read_part(store: ObjectStore, product_id: str, part_id: str) -> ManifestPart
     key = part_key(product_id, part_id)
     try:
         data = _checked(store, key, part_id, "manifest part")
+    except StoreUnavailable:
+        raise  # the store is down: nothing is known to be missing
     except StorageError as exc:
         raise StorageError(
             f"manifest part {AREA}/{key} is missing",

@@ -14,10 +14,12 @@ from geomesh.models import FindingRecord, Severity, ValidationRun
 from geomesh.services.lookup import chunks
 from geomesh.validation.findings import Finding, sort_findings
 
+_SEVERITY_VALUES = tuple(s.value for s in Severity)
+
 
 def zero_counts() -> dict[str, int]:
     """``{"P1": 0, "P2": 0, "P3": 0}``."""
-    return {s.value: 0 for s in Severity}
+    return dict.fromkeys(_SEVERITY_VALUES, 0)
 
 
 def latest_run(session: Session, item_id: str) -> ValidationRun | None:

@@ -21,7 +21,7 @@ from typing import Any, Final
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from geomesh.errors import StacError, StorageError
+from geomesh.errors import StacError, StorageError, StoreUnavailable
 from geomesh.hashing import parse_multihash, sha256_file
 from geomesh.models import FindingRecord, Item, ItemState, Severity, ValidationRun, utcnow
 from geomesh.services.lookup import chunks
@@ -229,6 +229,8 @@ def checksum_gate(ws: Workspace, item: Item) -> Gate:
         return failed or Gate("checksum", False, "no checksum")
     try:
         found = hash_object(ws, item.object_key)
+    except StoreUnavailable:
+        raise  # an outage of the store is not a failed gate: the user must see it as such
     except StorageError as exc:
         return Gate("checksum", False, f"{exc}; re-ingest the source")
     return _compare(item, expected, found.sha256)
@@ -245,6 +247,8 @@ def cached_checksum_gate(ws: Workspace, item: Item, *, verify: bool = False) -> 
         return failed
     try:
         stamp = ws.store.stamp("staging", item.object_key)
+    except StoreUnavailable:
+        raise
     except StorageError as exc:
         return Gate("checksum", False, f"{exc}; re-ingest the source")
     found = cached_hash(ws, item.object_key, stamp)

@@ -7,11 +7,14 @@ version, and verifying or exporting the hash-chained audit trail.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from sqlalchemy import func
+from sqlalchemy import select as sa_select
+from sqlalchemy.orm import defer
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
@@ -33,7 +36,11 @@ class ReleaseInfo:
     kind: str
     actor: str
     item_count: int
-    delta: dict[str, Any]
+    #: how many item versions the release added, removed and changed against its parent
+    #: (counted in SQL: a first release's delta lists every item; ``show_release`` loads it)
+    added: int
+    removed: int
+    changed: int
     deprecated: bool
     current: bool
     created_at: str
@@ -43,6 +50,8 @@ class ReleaseInfo:
 
     @classmethod
     def of(cls, row: Release, current_id: str | None) -> ReleaseInfo:
+        """From a loaded row (its delta in memory: the one release just written or opened)."""
+        delta = row.delta or {}
         return cls(
             id=row.id,
             product_id=row.product_id,
@@ -51,7 +60,9 @@ class ReleaseInfo:
             kind=row.kind,
             actor=row.actor,
             item_count=row.item_count,
-            delta=dict(row.delta),
+            added=len(delta.get("added", ())),
+            removed=len(delta.get("removed", ())),
+            changed=len(delta.get("changed", ())),
             deprecated=row.deprecated,
             current=row.id == current_id,
             created_at=row.created_at.isoformat(),
@@ -63,13 +74,74 @@ class ReleaseInfo:
         return dict(self.__dict__)
 
 
+#: the release columns a listing reads (not the delta: its sizes are counted in SQL)
+_LISTED = (
+    "id",
+    "product_id",
+    "version",
+    "parent_id",
+    "kind",
+    "actor",
+    "item_count",
+    "deprecated",
+    "created_at",
+    "manifest_key",
+    "snapshot_key",
+)
+DELTA_PARTS: Final = ("added", "removed", "changed")
+#: load a release row without its delta (loaded on first access, in the same session)
+_NO_DELTA: Final = defer(Release.delta)  # type: ignore[arg-type]
+
+
+def release_infos(
+    session: Session, product_id: str, *, ids: Sequence[str] | None = None
+) -> list[ReleaseInfo]:
+    """The product's releases (or those of ``ids``) in one query, unordered: the listed
+    columns and the sizes of each delta, counted in the database
+    (``json_array_length``), so no delta list is loaded."""
+    sizes = [
+        func.coalesce(func.json_array_length(col(Release.delta)[part]), 0) for part in DELTA_PARTS
+    ]
+    stmt = sa_select(*(getattr(Release, c) for c in _LISTED), *sizes).where(
+        col(Release.product_id) == product_id
+    )
+    if ids is not None:
+        stmt = stmt.where(col(Release.id).in_(list(ids)))
+    current = get_product(session, product_id).current_release_id
+    out = []
+    for row in session.execute(stmt).all():
+        r = dict(zip(_LISTED, row, strict=False))
+        added, removed, changed = (int(n) for n in row[len(_LISTED) :])
+        out.append(
+            ReleaseInfo(
+                id=r["id"],
+                product_id=r["product_id"],
+                version=r["version"],
+                parent_id=r["parent_id"],
+                kind=r["kind"],
+                actor=r["actor"],
+                item_count=r["item_count"],
+                added=added,
+                removed=removed,
+                changed=changed,
+                deprecated=bool(r["deprecated"]),
+                current=r["id"] == current,
+                created_at=r["created_at"].isoformat(),
+                manifest_key=r["manifest_key"],
+                snapshot_key=r["snapshot_key"],
+            )
+        )
+    return out
+
+
 def _highest_version(session: Session, product_id: str) -> str | None:
     versions = session.exec(select(Release.version).where(Release.product_id == product_id)).all()
     return releases.highest_version(versions)
 
 
 def _resolve_release(session: Session, product_id: str, ref: str) -> Release:
-    """A release by id, unique id prefix (>= 8 hex), version, or 'current'."""
+    """A release by id, unique id prefix (>= 8 hex), version, or 'current' (its delta is
+    read only if used: a first release's lists every item)."""
     if ref in ("current", "latest"):
         product = get_product(session, product_id)
         if product.current_release_id is None:
@@ -78,12 +150,15 @@ def _resolve_release(session: Session, product_id: str, ref: str) -> Release:
     cond: ColumnElement[bool] = col(Release.id) == ref
     row = session.exec(
         select(Release)
+        .options(_NO_DELTA)
         .where(Release.product_id == product_id)
         .where(cond | (col(Release.version) == ref.removeprefix("v")))
     ).first()
     if row is None and len(ref) >= 8:
         rows = session.exec(
-            select(Release).where(Release.product_id == product_id, col(Release.id).startswith(ref))
+            select(Release)
+            .options(_NO_DELTA)
+            .where(Release.product_id == product_id, col(Release.id).startswith(ref))
         ).all()
         if len(rows) == 1:
             row = rows[0]
@@ -96,11 +171,9 @@ def _resolve_release(session: Session, product_id: str, ref: str) -> Release:
 
 
 def list_releases(ws: Workspace, product_id: str) -> list[ReleaseInfo]:
-    """Every release of the product, oldest version first."""
+    """Every release of the product, oldest version first (delta sizes, not lists)."""
     with ws.read() as session:
-        product = get_product(session, product_id)
-        rows = session.exec(select(Release).where(Release.product_id == product_id)).all()
-        infos = [ReleaseInfo.of(r, product.current_release_id) for r in rows]
+        infos = release_infos(session, product_id)
     return sorted(infos, key=lambda r: releases.parse_version(r.version))
 
 
@@ -109,10 +182,11 @@ def show_release(ws: Workspace, product_id: str, ref: str = "current") -> dict[s
     stored root, plus ``items``: every item of every partition, an O(items) export)."""
     with ws.read() as session:
         row = _resolve_release(session, product_id, ref)
-        info = ReleaseInfo.of(row, get_product(session, product_id).current_release_id)
+        [info] = release_infos(session, product_id, ids=[row.id])
+        delta = dict(row.delta)  # the one release shown: its delta lists are loaded
     manifest = releases.load_manifest(ws.store, product_id, row.id)
     items = [m.to_dict() for m in releases.iter_items(ws.store, manifest)]
-    return info.to_json() | {"manifest": manifest.to_dict() | {"items": items}}
+    return info.to_json() | {"delta": delta, "manifest": manifest.to_dict() | {"items": items}}
 
 
 @dataclass(frozen=True)

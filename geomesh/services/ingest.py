@@ -20,6 +20,7 @@ from geomesh.config import ProductConfig
 from geomesh.errors import StorageError
 from geomesh.models import Item, ItemState
 from geomesh.redact import redact
+from geomesh.services.lookup import get_item
 from geomesh.services.products import register_product
 from geomesh.stac import is_safe_item_id, item_id_for
 from geomesh.storage import object_key
@@ -191,10 +192,12 @@ def _insert_item(
     okey = object_key(prepared.hexdigest)
     skey = stac_key_for(product_id, item_id)
     auth.require(session, actor, "ingest")
+    # the version this one supersedes, locked before any audit event (the chain's head is
+    # the last lock a transaction takes)
+    prev = get_item(session, previous.id, lock=True) if previous is not None else None
     register_product(session, config, actor=actor)
     if session.get(Item, item_id) is not None:  # a concurrent run staged it first
         return False
-    prev = session.get(Item, previous.id) if previous is not None else None
     item = Item(
         id=item_id,
         product_id=product_id,

@@ -278,7 +278,11 @@ def _record(
     report: DeliveryReport,
 ) -> None:
     with ws.transaction() as session:
-        msg = session.get(OutboxMessage, msg_id)
+        # locked: a worker whose lease ended while it sent waits for the one that took the
+        # message over, then finds it recorded (one ``outbox.delivered``, not two)
+        msg = session.exec(
+            select(OutboxMessage).where(OutboxMessage.id == msg_id).with_for_update()
+        ).first()
         if msg is None or msg.status != OutboxStatus.pending:
             return  # another worker (after our lease ended) recorded it
         msg.attempts += 1

@@ -31,7 +31,12 @@ from geomesh.services.gates import (
 from geomesh.services.history import ReleaseInfo, _highest_version
 from geomesh.services.lookup import get_product, items_by_id
 from geomesh.services.products import check_config
-from geomesh.services.publication import _add_release, _move_pointer, publish_catalog
+from geomesh.services.publication import (
+    _add_release,
+    _move_pointer,
+    publish_catalog,
+    replanned,
+)
 from geomesh.services.signoff import approvals_by_item, status_from
 from geomesh.workspace import Workspace
 
@@ -314,7 +319,16 @@ def promote(
     With ``item_ids`` every listed item must pass (all or nothing); items already in the
     current release are a no-op. Without, every eligible item in ``validation`` is
     promoted and blocked ones are left alone. Raises PromotionBlocked when nothing can go.
+    A promotion or rollback that commits a new current release while this one is prepared
+    makes it plan again on top of that release (``publication.replanned``).
     """
+    return replanned(lambda: _promote(ws, config, item_ids, actor=actor))
+
+
+def _promote(
+    ws: Workspace, config: ProductConfig, item_ids: Sequence[str] | None, *, actor: str
+) -> PromoteResult:
+    """One attempt of :func:`promote` (``ConcurrentUpdate``: another release won)."""
     pid = config.product_id
     with ws.read() as session:
         auth.require(session, actor, "promote")
@@ -396,12 +410,16 @@ def promote(
             expected_counter=plan.version_counter,
             new_id=manifest.id,
         )
-        items = items_by_id(session, [p.item_id for p in eligible])
+        # every row this transaction changes, locked before its first audit event
+        locked = items_by_id(session, [*(p.item_id for p in eligible), *superseded], lock=True)
+        items = {p.item_id: locked[p.item_id] for p in eligible}
         approvals = approvals_by_item(session, list(items))
         for p in eligible:
             item = items[p.item_id]
-            # re-check the database gates inside the transaction (no time-of-check gap)
+            # re-check the database gates inside the transaction (no time-of-check gap;
+            # the row is locked, so its state is the committed one)
             recheck = [
+                Gate("state", item.state == ItemState.validation, f"now {item.state.value!r}"),
                 validation_gate(session, item),
                 status_from(item, approvals[item.id], required).gate(),
             ]
@@ -420,7 +438,7 @@ def promote(
                 action="promote",
                 details={"release": manifest.id, "version": manifest.version},
             )
-        for old in items_by_id(session, superseded).values():
+        for old in (locked[i] for i in sorted(set(superseded)) if i in locked):
             lifecycle.transition(
                 session,
                 old,

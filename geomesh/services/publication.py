@@ -10,6 +10,9 @@ changed, not what exists.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Final, TypeVar
+
 from sqlalchemy.orm import defer
 from sqlmodel import Session, select
 
@@ -20,7 +23,33 @@ from geomesh.releases import Delta, Manifest, ReleaseKind
 from geomesh.services.lookup import get_product
 from geomesh.workspace import Workspace
 
+T = TypeVar("T")
+
+#: how many times a promotion or item rollback plans again when another one moved the
+#: product's current release while it was prepared
+REPLANS: Final = 3
+
 # ------------------------------------------------------------------ in the release transaction
+
+
+def replanned(operation: Callable[[], T], *, attempts: int = REPLANS) -> T:
+    """Run ``operation`` (a whole promotion or item rollback: plan, objects, the release
+    transaction) again when it lost a race: another promote or rollback committed a new
+    current release while this one was being prepared (:func:`_move_pointer` raised
+    ``ConcurrentUpdate`` and the transaction rolled back).
+
+    The next attempt plans on top of the release that won, so two concurrent operations
+    end as the same two would end one after the other. What the lost attempt stored before
+    its transaction (object copies, a manifest no row points at) is complete and
+    unreferenced: reused by a later attempt or listed by ``geomesh doctor``.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return operation()
+        except ConcurrentUpdate:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _move_pointer(

@@ -137,7 +137,8 @@ def release(
     with ws.transaction() as session:
         auth.require(session, actor, "quarantine.release")
         config = check_config(session, config)  # the registered routing table decides
-        item = get_item(session, item_id, product_id=config.product_id, hint=_HINT)
+        # locked: a concurrent release waits, then finds it released (a no-op)
+        item = get_item(session, item_id, product_id=config.product_id, lock=True, hint=_HINT)
         state = ItemState(item.state)
         if state is ItemState.staging and _last_action(session, item_id) == "quarantine.release":
             return state.value
@@ -174,7 +175,7 @@ def discard(ws: Workspace, item_id: str, *, actor: str, reason: str) -> str:
         )
     with ws.transaction() as session:
         auth.require(session, actor, "quarantine.discard")
-        item = get_item(session, item_id, hint=_HINT)
+        item = get_item(session, item_id, lock=True, hint=_HINT)  # a concurrent discard waits
         if ItemState(item.state) is ItemState.discarded:
             return ItemState.discarded.value
         _require_quarantined(item, ItemState.discarded)

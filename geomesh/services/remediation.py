@@ -170,7 +170,7 @@ def remediate_item(
 
     with ws.transaction() as session:
         auth.require(session, actor, "remediate")
-        old = get_item(session, item_id)
+        old = get_item(session, item_id, lock=True)  # a concurrent remediation waits here
         done = session.exec(select(Item).where(Item.derived_from == item_id)).first()
         if done is not None:  # a concurrent remediation won
             return RemediationResult(item_id, done.id, [], False, ItemState(old.state).value)

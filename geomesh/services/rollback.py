@@ -21,7 +21,12 @@ from geomesh.releases import Bump, Delta, Manifest, ReleaseKind
 from geomesh.services.history import _highest_version, _resolve_release
 from geomesh.services.lookup import get_item, get_product, items_by_id
 from geomesh.services.products import check_config
-from geomesh.services.publication import _add_release, _move_pointer, publish_catalog
+from geomesh.services.publication import (
+    _add_release,
+    _move_pointer,
+    publish_catalog,
+    replanned,
+)
 from geomesh.workspace import Workspace
 
 _ITEMS_HINT = "list items with `geomesh items list CONFIG`"
@@ -50,8 +55,17 @@ def rollback_item(
     """Remove one failed item version from the current release: a new PATCH release.
 
     Idempotent: when the item is no longer in the current release and is ``withdrawn``,
-    the call is a no-op that reports "already rolled back".
+    the call is a no-op that reports "already rolled back". A promotion or rollback that
+    commits a new current release meanwhile makes it plan again on top of that release
+    (``publication.replanned``).
     """
+    return replanned(lambda: _rollback_item(ws, config, item_id, actor=actor))
+
+
+def _rollback_item(
+    ws: Workspace, config: ProductConfig, item_id: str, *, actor: str
+) -> RollbackResult:
+    """One attempt of :func:`rollback_item` (``ConcurrentUpdate``: another release won)."""
     pid = config.product_id
     with ws.read() as session:
         auth.require(session, actor, "rollback")
@@ -104,7 +118,7 @@ def rollback_item(
         _move_pointer(
             product, expected_current=current.id, expected_counter=counter, new_id=manifest.id
         )
-        item = get_item(session, item_id, product_id=pid, hint=_ITEMS_HINT)
+        item = get_item(session, item_id, product_id=pid, lock=True, hint=_ITEMS_HINT)
         lifecycle.transition(
             session,
             item,
@@ -230,7 +244,7 @@ def _rollback_release(
         delta = Delta.from_dict(rel.delta)
         to_withdraw = [*delta.added, *(c.to_id for c in delta.changed)]
         to_production = [*delta.removed, *(c.from_id for c in delta.changed)]
-        items = items_by_id(session, [*to_withdraw, *to_production])
+        items = items_by_id(session, [*to_withdraw, *to_production], lock=True)
         details = {"release": rel.id, "version": rel.version, "restored": restored_version}
         for iid in to_withdraw:
             lifecycle.transition(

@@ -33,7 +33,7 @@ from geomesh.models import (
     Severity,
 )
 from geomesh.services.findings import latest_run
-from geomesh.services.lookup import get_item
+from geomesh.services.lookup import get_item, items_by_id
 from geomesh.services.outbox import enqueue_escalations
 from geomesh.services.products import check_config, resolve_config
 from geomesh.services.tasks import enqueue as enqueue_task
@@ -171,7 +171,11 @@ def route_item(
     with ws.transaction() as session:
         auth.require(session, actor, _PERMISSION[action])
         check_config(session, config)  # the policy did not change since it was resolved
-        item = get_item(session, item_id, hint="see `geomesh items list` for item ids")
+        # locked: a concurrent routing of the same item waits and then finds it routed
+        item = get_item(session, item_id, lock=True, hint="see `geomesh items list` for item ids")
+        if action == "rollback" and item.supersedes:
+            # the version it may restore, locked before the first audit event (head last)
+            items_by_id(session, [item.supersedes], lock=True)
         state = ItemState(item.state)
         run_id = _latest_run_id(session, item_id)
         details: dict[str, Any] = {
@@ -257,7 +261,8 @@ def route_item(
 
 
 def _restore_superseded(session: Session, item: Item, *, actor: str) -> str | None:
-    """Return the version ``item`` superseded to its earlier state, where that is legal."""
+    """Return the version ``item`` superseded to its earlier state, where that is legal
+    (:func:`route_item` locked that row before this transaction's first audit event)."""
     if not item.supersedes:
         return None
     prev = session.get(Item, item.supersedes)

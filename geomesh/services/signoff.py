@@ -18,6 +18,7 @@ from geomesh import audit, auth
 from geomesh.config import ProductConfig
 from geomesh.errors import PermissionDenied, SignoffError
 from geomesh.models import Approval, AuditEvent, Decision, Item, utcnow
+from geomesh.services import approval_times
 from geomesh.services.gates import REVIEWABLE, Gate
 from geomesh.services.lookup import chunks, get_item
 from geomesh.services.outbox import enqueue_escalations
@@ -187,7 +188,8 @@ def request_signoff(
     with ws.transaction() as session:
         auth.require(session, actor, "signoff.request")
         config = check_config(session, config)  # the registered approvals_required decides
-        item = get_item(session, item_id, product_id=config.product_id, hint=_ITEMS_HINT)
+        # locked: a concurrent request waits here, then finds this one and is a no-op
+        item = get_item(session, item_id, product_id=config.product_id, lock=True, hint=_ITEMS_HINT)
         if item.state not in REVIEWABLE:
             raise SignoffError(
                 f"item {item.id} is in state {item.state.value!r}; sign-off can be requested "
@@ -257,7 +259,10 @@ def sign_off(
     with ws.transaction() as session:
         auth.require(session, actor, "signoff")
         config = check_config(session, config)  # the registered approvals_required decides
-        item = get_item(session, item_id, product_id=config.product_id, hint=_ITEMS_HINT)
+        # decisions on one item are serialised (PostgreSQL row lock; SQLite: BEGIN
+        # IMMEDIATE): the same steward twice finds its first decision (a no-op, not a
+        # duplicate row), and each decision's status counts every one committed before it
+        item = get_item(session, item_id, product_id=config.product_id, lock=True, hint=_ITEMS_HINT)
         if decision is Decision.approve and actor == item.submitted_by:
             raise PermissionDenied(
                 f"{actor!r} submitted item {item.id} and cannot approve it",
@@ -297,6 +302,7 @@ def sign_off(
             existing.created_at = utcnow()
             session.add(existing)
         session.flush()
+        approval_times.record(session, item)  # the overview's sign-off times (issue 16)
         event = audit.append(
             session,
             actor=actor,

@@ -4,8 +4,10 @@ A task is enqueued in the caller's transaction (:func:`enqueue`, e.g. by routing
 route) or on its own (:func:`enqueue_task`). A worker claims one due task at a time
 (:func:`claim_task`): ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
 workers never take the same row, with the lease's end computed from the DATABASE clock at
-the moment of the claim. A worker that dies (SIGKILL, lost host) simply stops renewing:
-once its lease has ended the task is claimable again. A finished task is ``done``; a
+the moment of the claim. While the task runs, its worker renews the lease
+(:func:`renew_lease`, every third of it: ``services.worker``), so a task may run longer
+than its lease. A worker that dies (SIGKILL, lost host) simply stops renewing: once its
+lease has ended the task is claimable again. A finished task is ``done``; a
 failure is retried with exponential backoff until ``max_attempts``, then the task is
 ``failed`` (the dead-letter state; :func:`retry_tasks` puts it back). Every step is audited.
 """
@@ -211,6 +213,36 @@ def _held(session: Session, task_id: int, owner: str) -> Task | None:
     if task is None or task.status != TaskStatus.running.value or task.lease_owner != owner:
         return None
     return task
+
+
+def renew_lease(
+    ws: Workspace,
+    task_id: int,
+    owner: str,
+    *,
+    lease_s: float = DEFAULT_LEASE_S,
+    actor: str = auth.SYSTEM,
+) -> bool:
+    """Extend the lease of a task ``owner`` still holds to the database clock + ``lease_s``
+    (audited ``task.renew``); False when the lease was lost (it ended and another worker
+    took the task over, or the task is finished)."""
+    with ws.transaction() as session:
+        task = _held(session, task_id, owner)
+        if task is None:
+            return False
+        auth.require(session, actor, _permission(task.kind))
+        task.lease_expires_at = db_now(session) + timedelta(seconds=lease_s)
+        task.updated_at = utcnow()
+        session.add(task)
+        audit.append(
+            session,
+            actor=actor,
+            action="task.renew",
+            target=f"task:{task_id}",
+            product_id=task.product_id,
+            details={"kind": task.kind, "attempt": task.attempts, "lease_s": lease_s},
+        )
+        return True
 
 
 def complete_task(

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, func, select
 
-from geomesh import audit, auth
+from geomesh import audit, auth, db
 from geomesh.auth import SYSTEM
 from geomesh.errors import AlreadyExists, IdentityNotProven, NotFound, PermissionDenied
 from geomesh.models import Role, User, UserPublic
 from geomesh.workspace import Workspace
+
+#: advisory lock of every change that counts users (bootstrap, the last enabled admin)
+USERS_LOCK = "geomesh.users"
 
 
 def _public(user: User) -> UserPublic:
@@ -75,6 +78,9 @@ def add_user(
     """
     wanted = _role(role)
     with ws.transaction() as session:
+        # serialised: of two bootstraps on an empty table, the second finds the first
+        # admin (and is refused); a user added twice at once is added once
+        db.advisory_lock(session, USERS_LOCK)
         bootstrap = _require_manage(session, actor, bootstrap_role=wanted)
         existing = auth.get_user(session, name)
         if existing is not None:
@@ -141,6 +147,7 @@ def set_role(ws: Workspace, *, actor: str, name: str, role: Role | str) -> UserP
     """Change a user's role (admin). The last enabled admin keeps its role."""
     wanted = _role(role)
     with ws.transaction() as session:
+        db.advisory_lock(session, USERS_LOCK)  # two demotions never both pass the count
         auth.require(session, actor, "users.manage")
         user = _user(session, name)
         before = user.role
@@ -169,6 +176,7 @@ def set_disabled(ws: Workspace, *, actor: str, name: str, disabled: bool) -> Use
     """Disable (or enable again) a user (admin). A disabled user cannot sign in, use a
     token or act; its name stays in the history. The last enabled admin stays enabled."""
     with ws.transaction() as session:
+        db.advisory_lock(session, USERS_LOCK)  # two disables never both pass the count
         auth.require(session, actor, "users.manage")
         user = _user(session, name)
         if user.disabled == disabled:

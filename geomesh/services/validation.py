@@ -128,7 +128,9 @@ def validate_item(
     with ws.transaction() as session:
         auth.require(session, actor, "validate")
         check_config(session, config)  # the policy did not change while the rules ran
-        item = get_item(session, item_id)
+        # locked: a concurrent validation of the same item waits, then finds this run
+        # (same content, same findings) and records nothing, as a serial re-run would
+        item = get_item(session, item_id, lock=True)
         previous = session.exec(
             select(FindingRecord).where(
                 FindingRecord.item_id == item_id, col(FindingRecord.open).is_(True)

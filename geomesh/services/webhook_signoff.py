@@ -38,10 +38,12 @@ from sqlmodel import Session, select
 from geomesh import audit
 from geomesh.auth import Channel
 from geomesh.errors import (
+    DatabaseError,
     GeomeshError,
     PermissionDenied,
     ReplayRefused,
     StaleDigest,
+    StoreUnavailable,
     WebhookRefused,
 )
 from geomesh.models import Item, WebhookReceipt
@@ -317,6 +319,10 @@ def receive_signoff(
                 f"request {key!r} of integration {integ.name!r} was received already"
             ) from None
         return WebhookOutcome(integ.name, key, actor, status)
+    except (DatabaseError, StoreUnavailable):
+        # an outage of a part, not a refusal: nothing is recorded against the request id,
+        # so the tool's retry with the same Idempotency-Key is decided normally (API: 503)
+        raise
     except GeomeshError as exc:
         _refuse(
             ws,

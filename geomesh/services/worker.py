@@ -5,13 +5,18 @@ until nothing is due). It acts as the built-in ``system`` principal: every step 
 through the services, which check that role and audit. A task's handler returns its
 result (``done``); a ``GeomeshError`` (a deterministic refusal: the source is gone, the
 policy says no) fails the task at once, anything else is retried with backoff up to the
-task's ``max_attempts``.
+task's ``max_attempts``. While a handler runs, a heartbeat thread renews the task's lease
+every third of it (:func:`lease_heartbeat`), so a task longer than ``--lease`` stays with
+its worker; only a worker that stops renewing (dead, hung, cut off from the database for
+a whole lease) loses it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -75,6 +80,40 @@ class PassReport:
         }
 
 
+@contextmanager
+def lease_heartbeat(
+    ws: Workspace, claimed: tasks.Claimed, owner: str, *, lease_s: float, actor: str
+) -> Iterator[None]:
+    """Renew ``claimed``'s lease every third of ``lease_s`` while the body runs (a daemon
+    thread, stopped and joined before the body's outcome is recorded).
+
+    A renewal that fails (the database briefly unreachable) is logged and tried again at
+    the next beat, with a third of the lease still left; a lost lease (another worker took
+    the task over) stops the beats, and recording the outcome then reports it lost.
+    """
+    stop = threading.Event()
+    every = max(lease_s / 3, 0.05)
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                held = tasks.renew_lease(ws, claimed.id, owner, lease_s=lease_s, actor=actor)
+            except GeomeshError as exc:
+                log.warning("task %s: lease not renewed: %s", claimed.id, redact(str(exc)))
+                continue
+            if not held:
+                log.warning("task %s: lease lost to another worker", claimed.id)
+                return
+
+    thread = threading.Thread(target=beat, name=f"lease-task-{claimed.id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_task(
     ws: Workspace,
     claimed: tasks.Claimed,
@@ -84,11 +123,14 @@ def run_task(
     actor: str = auth.SYSTEM,
     report: PassReport | None = None,
     backoff_s: float = 30.0,
+    lease_s: float = tasks.DEFAULT_LEASE_S,
 ) -> str | None:
-    """Run one claimed task and record its outcome; returns the task's new status."""
+    """Run one claimed task (its lease renewed meanwhile) and record its outcome; returns
+    the task's new status."""
     report = report if report is not None else PassReport()
     try:
-        result = handler(ws, claimed, actor)
+        with lease_heartbeat(ws, claimed, owner, lease_s=lease_s, actor=actor):
+            result = handler(ws, claimed, actor)
     except GeomeshError as exc:
         status = tasks.fail_task(
             ws,
@@ -146,5 +188,7 @@ def run_once(
         claimed = tasks.claim_task(ws, owner, actor=actor, lease_s=lease_s, kinds=table)
         if claimed is None:
             break
-        run_task(ws, claimed, owner, table[claimed.kind], actor=actor, report=report)
+        run_task(
+            ws, claimed, owner, table[claimed.kind], actor=actor, report=report, lease_s=lease_s
+        )
     return report

@@ -12,7 +12,8 @@ imports the item queries and not the map's or the review's. The modules are:
 * :mod:`.map` — the map page (boundary and footprints);
 * :mod:`.findings` — the findings page (table, rule choices, downloads);
 * :mod:`.review` — the review page (sign-off queue, one item under review);
-* :mod:`.releases` — the releases page (rollback impact, the current release's items);
+* :mod:`.releases` — the releases page (history paged, the current release's items, rollback
+  impact);
 * :mod:`.audit` — the audit page (events, facets, chain check, download);
 * :mod:`.users` — a user's role.
 """

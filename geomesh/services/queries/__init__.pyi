@@ -48,7 +48,12 @@ from .products import (
     product_config,
     product_version,
 )
-from .releases import released_item_ids, rollback_impact
+from .releases import (
+    RELEASES_PAGE_SIZE,
+    release_history,
+    released_item_ids,
+    rollback_impact,
+)
 from .review import review_item, review_queue, verify_checksums
 from .users import user_role
 
@@ -57,6 +62,7 @@ __all__ = [
     "FINDING_COLUMNS",
     "MAP_STATES",
     "MAX_MAP_FEATURES",
+    "RELEASES_PAGE_SIZE",
     "SEVERITIES",
     "SIMPLIFY_DEGREES",
     "MapLayer",
@@ -87,6 +93,7 @@ __all__ = [
     "product_version",
     "production_counterpart",
     "raster_facts",
+    "release_history",
     "released_item_ids",
     "review_item",
     "review_queue",

@@ -142,25 +142,26 @@ def findings_table(
     """Findings as columns (``FINDING_COLUMNS``), worst first; filters run in SQL.
 
     Columnar plain lists keep a page cheap (no ORM objects); the app wraps them in a
-    DataFrame. ``limit``/``offset`` page in SQL (:func:`findings_page` adds the total).
+    DataFrame. ``limit``/``offset`` page in SQL (:func:`findings_page` adds the total): the
+    page's ids are found in ``ix_finding_product_open_order`` alone (the offset skips index
+    entries, not joined rows), then only those rows are read and joined to their items.
     """
-    stmt = _select_rows()
-    stmt = _filters(
-        stmt,
-        product_id=product_id,
-        severities=severities,
-        rules=rules,
-        states=states,
-        item_id=item_id,
-        open_only=open_only,
-    )
-    stmt = stmt.order_by(
-        col(FindingRecord.severity), col(FindingRecord.rule_id), col(FindingRecord.id)
-    )
-    if limit is not None:
-        stmt = stmt.limit(limit)
-    if offset:
-        stmt = stmt.offset(offset)
+    where: dict[str, Any] = {
+        "product_id": product_id,
+        "severities": severities,
+        "rules": rules,
+        "states": states,
+        "item_id": item_id,
+        "open_only": open_only,
+    }
+    order = (col(FindingRecord.severity), col(FindingRecord.rule_id), col(FindingRecord.id))
+    if limit is None and not offset:
+        stmt = _filters(_select_rows(), **where)
+    else:
+        page = _filters(sa_select(col(FindingRecord.id)), **where).order_by(*order)
+        page = page.limit(limit).offset(offset)
+        stmt = _select_rows().where(col(FindingRecord.id).in_(page))
+    stmt = stmt.order_by(*order)
     with ws.read() as session:
         rows = session.execute(stmt).all()
     return _columns(rows)

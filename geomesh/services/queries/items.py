@@ -207,18 +207,20 @@ def production_counterpart(ws: Workspace, item_id: str) -> dict[str, Any] | None
     """
     with ws.read() as session:
         item = lookup_item(session, item_id, hint="")
-        prod = session.exec(
-            select(Item)
-            .where(
+        # the tile's versions in production (one, normally) from ix_item_product_source_state;
+        # newest first in Python: an ORDER BY created_at makes SQLite walk every production
+        # item of the product in the state index instead
+        versions = session.exec(
+            select(Item).where(
                 Item.product_id == item.product_id,
                 Item.source_key == item.source_key,
                 Item.state == ItemState.production,
                 col(Item.id) != item.id,
             )
-            .order_by(col(Item.created_at).desc())
-        ).first()
-        if prod is None:
+        ).all()
+        if not versions:
             return None
+        prod = max(versions, key=lambda v: v.created_at)
         return {
             "production_id": prod.id,
             "production_digest": prod.content_digest,

@@ -1,22 +1,32 @@
 """Overview page: the product card, counts per state and severity, recent activity and KPIs
-(rule pass rates, time to sign-off)."""
+(rule pass rates, time to sign-off).
+
+A constant number of statements whatever the product's size, each an aggregate over one
+index that reads no table row (issue 16): items per (state, worst severity) from
+``ix_item_product_worst_state``, open findings per severity from
+``ix_finding_product_open_order``, items failing each rule from
+``ix_finding_product_open_rule_item``, validated items from the state index, and the
+staging → sign-off times from ``signoff_time`` (kept by every sign-off,
+``services.approval_times``: no join of the product's items to their approvals). Only
+numbers leave the database. The counts still walk index entries (no row is fetched); the
+app computes the overview once per change of the product (``ui.cached``).
+"""
 
 from __future__ import annotations
 
-import statistics
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import func
+from sqlalchemy import Integer, cast, exists, func, or_
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from geomesh.models import (
-    Approval,
     AuditEvent,
-    Decision,
     FindingRecord,
     Item,
     ItemState,
     Release,
+    SignoffTime,
     ValidationRun,
 )
 from geomesh.services.lookup import get_product
@@ -30,6 +40,11 @@ from geomesh.services.queries.products import (
 from geomesh.validation.registry import RULES
 from geomesh.workspace import Workspace
 
+#: buckets of the staging → sign-off distribution the overview charts
+SIGNOFF_BINS: Final = 12
+#: states whose items no longer count towards the worst-severity breakdown
+_GONE: Final = (ItemState.discarded, ItemState.superseded)
+
 
 def overview(ws: Workspace, product_id: str) -> dict[str, Any]:
     """The product card, counts per state and severity, recent activity and KPIs."""
@@ -37,30 +52,14 @@ def overview(ws: Workspace, product_id: str) -> dict[str, Any]:
     with ws.read() as session:
         product = get_product(session, product_id, hint=PRODUCT_HINT)
         version = current_version(session, product)
-        states = {
-            str(getattr(s, "value", s)): int(n)
-            for s, n in session.exec(
-                select(Item.state, func.count())
-                .where(Item.product_id == product_id)
-                .group_by(col(Item.state))
-            ).all()
-        }
-        sev_rows = session.exec(
+        states, worst = item_counts(session, product_id)
+        severities = {s: 0 for s in SEVERITIES}
+        for sev, n in session.exec(
             select(FindingRecord.severity, func.count())
             .where(FindingRecord.product_id == product_id, col(FindingRecord.open).is_(True))
             .group_by(col(FindingRecord.severity))
-        ).all()
-        severities = {s: 0 for s in SEVERITIES}
-        for sev, n in sev_rows:
-            severities[str(val(sev))] = int(n)
-        worst = {s: 0 for s in (*SEVERITIES, "clean")}
-        for wsev, n in session.exec(
-            select(Item.worst_severity, func.count())
-            .where(Item.product_id == product_id)
-            .where(col(Item.state).notin_([ItemState.discarded, ItemState.superseded]))
-            .group_by(col(Item.worst_severity))
         ).all():
-            worst[str(val(wsev)) if wsev else "clean"] = int(n)
+            severities[str(val(sev))] = int(n)
         releases_n = session.exec(
             select(func.count()).select_from(Release).where(Release.product_id == product_id)
         ).one()
@@ -108,24 +107,53 @@ def overview(ws: Workspace, product_id: str) -> dict[str, Any]:
     }
 
 
+def item_counts(session: Session, product_id: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Items per state, and per worst open severity (``clean``: none) of the items that
+    still count (not discarded or superseded): one grouped count over an index."""
+    states: dict[str, int] = {}
+    worst = {s: 0 for s in (*SEVERITIES, "clean")}
+    for state, wsev, n in session.execute(
+        sa_select(col(Item.state), col(Item.worst_severity), func.count())
+        .where(col(Item.product_id) == product_id)
+        .group_by(col(Item.state), col(Item.worst_severity))
+    ).all():
+        states[str(val(state))] = states.get(str(val(state)), 0) + int(n)
+        if ItemState(state) not in _GONE:
+            key = str(val(wsev)) if wsev else "clean"
+            worst[key] += int(n)
+    return states, worst
+
+
 def rule_pass_rates(session: Session, product_id: str) -> list[dict[str, Any]]:
-    """Per rule: of the validated items, the share with no open finding of that rule."""
-    validated = session.exec(
-        select(func.count(func.distinct(ValidationRun.item_id)))
-        .join(Item, col(Item.id) == col(ValidationRun.item_id))
-        .where(Item.product_id == product_id)
-    ).one()
+    """Per rule: of the validated items, the share with no open finding of that rule.
+
+    Validated: every item past staging (it left staging through routing, which follows a
+    validation run) and the staging items with a run (released from quarantine); the runs
+    index is probed for the staging items only.
+    """
+    validated = session.execute(
+        sa_select(func.count())
+        .select_from(Item)
+        .where(
+            col(Item.product_id) == product_id,
+            or_(
+                col(Item.state) != ItemState.staging,
+                exists().where(col(ValidationRun.item_id) == col(Item.id)),
+            ),
+        )
+    ).scalar_one()
     total = int(validated or 0)
-    failing = dict(
-        session.exec(
-            select(FindingRecord.rule_id, func.count(func.distinct(FindingRecord.item_id)))
-            .where(FindingRecord.product_id == product_id, col(FindingRecord.open).is_(True))
+    failing = {
+        str(rule): int(n)
+        for rule, n in session.execute(
+            sa_select(col(FindingRecord.rule_id), func.count(func.distinct(FindingRecord.item_id)))
+            .where(col(FindingRecord.product_id) == product_id, col(FindingRecord.open).is_(True))
             .group_by(col(FindingRecord.rule_id))
         ).all()
-    )
+    }
     out = []
     for rule_id in sorted(RULES):
-        bad = int(failing.get(rule_id, 0))
+        bad = failing.get(rule_id, 0)
         rate = (total - bad) / total if total else None
         out.append(
             {
@@ -139,26 +167,40 @@ def rule_pass_rates(session: Session, product_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def signoff_times(session: Session, product_id: str) -> dict[str, Any]:
-    """Seconds from staging (ingest) to the first approval of each item version."""
-    rows = session.exec(
-        select(Item.id, Item.created_at, func.min(Approval.created_at))
-        .join(Approval, col(Approval.item_id) == col(Item.id))
-        .where(Item.product_id == product_id, Approval.decision == Decision.approve)
-        .where(col(Approval.content_digest) == col(Item.content_digest))
-        .group_by(col(Item.id), col(Item.created_at))
-    ).all()
-    per_item: list[dict[str, Any]] = []
-    seconds: list[float] = []
-    for item_id, created, approved in rows:
-        if created is None or approved is None:
-            continue
-        delta = (approved.replace(tzinfo=None) - created.replace(tzinfo=None)).total_seconds()
-        seconds.append(round(max(delta, 0.0), 3))
-        per_item.append({"item_id": item_id, "seconds": seconds[-1]})
+def signoff_times(session: Session, product_id: str, *, bins: int = SIGNOFF_BINS) -> dict[str, Any]:
+    """Seconds from staging (ingest) to the first approval of each item version (the
+    ``signoff_time`` rows every sign-off keeps): count, median and maximum, and how many
+    fall in each of ``bins`` equal buckets from 0 to the maximum. Three index aggregates."""
+    seconds = col(SignoffTime.seconds)
+    mine = col(SignoffTime.product_id) == product_id
+    n, longest = session.execute(sa_select(func.count(), func.max(seconds)).where(mine)).one()
+    if not n:
+        return {"count": 0, "median_seconds": None, "max_seconds": None, "histogram": []}
+    middle = session.execute(
+        sa_select(seconds).where(mine).order_by(seconds).offset((n - 1) // 2).limit(2 - n % 2)
+    ).scalars()
+    values = [float(v) for v in middle]
+    width = (float(longest) or 1.0) / bins
+    counts = [0] * bins
+    buckets = _bin_of(session, seconds, width).label("bucket")
+    for k, m in session.execute(
+        sa_select(buckets, func.count()).where(mine).group_by(buckets)
+    ).all():
+        counts[min(int(k), bins - 1)] += int(m)  # the longest time closes the last range
     return {
-        "count": len(per_item),
-        "median_seconds": statistics.median(seconds) if seconds else None,
-        "max_seconds": max(seconds) if seconds else None,
-        "items": per_item,
+        "count": int(n),
+        "median_seconds": round(sum(values) / len(values), 3),
+        "max_seconds": round(float(longest), 3),
+        "histogram": [
+            {"from": round(k * width, 3), "to": round((k + 1) * width, 3), "items": m}
+            for k, m in enumerate(counts)
+        ],
     }
+
+
+def _bin_of(session: Session, value: Any, width: float) -> Any:
+    """``floor(value / width)`` for ``value >= 0`` (SQLite's CAST truncates, PostgreSQL's
+    rounds: floor there)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.floor(value / width)
+    return cast(value / width, Integer)

@@ -29,8 +29,11 @@ def current_version(session: Session, product: Product) -> str | None:
     """The version of the product's current release (None before the first release)."""
     if product.current_release_id is None:
         return None
-    rel = session.get(Release, product.current_release_id)
-    return rel.version if rel is not None else None
+    # the version only: every page's sidebar asks, and a first release's delta lists every item
+    version = session.exec(
+        select(Release.version).where(Release.id == product.current_release_id)
+    ).first()
+    return str(version) if version is not None else None
 
 
 def list_products(ws: Workspace) -> list[dict[str, Any]]:
