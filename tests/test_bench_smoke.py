@@ -18,7 +18,7 @@ from conftest import BACKEND, ROOT
 
 EXPECTED = {
     "ingest overhead": 6,  # 2 sizes × (wall, CPU, memory)
-    "batch scaling": 3,  # default vs best rio-cogeo setup, vs workers=1, remote ingest
+    "batch scaling": 4,  # default vs best rio-cogeo setup, vs workers=1, remote ingest ×2
     "validation throughput": 2,
     "CLI start": 2,  # geomesh --help, geomesh items list
     # flatness ×3, whole-call growth ×3, 3 calls × 3 sizes, first publication × 3 sizes +
