@@ -8,8 +8,8 @@ holds the production items, each later one adds one) and 1,000,000 audit events;
 app's first-sight work (chain verified once, the queue's object hashed) done once.
 
 Measured: ``streamlit.testing.v1.AppTest`` of ``app.py``, signed in through the session
-key ``ui.state.K.USER``, default page run first, then ``st.cache_data`` cleared and the
-time of ``switch_page(page).run()`` (cold: the first visit after a catalog change, fresh
+key ``ui.state.K.USER``, default page run first, then the app's read-model caches cleared
+(``ui.state.clear_read_caches``: ``st.cache_data`` and the map's view) and the time of ``switch_page(page).run()`` (cold: the first visit after a catalog change, fresh
 session), then one more run of the page in the same session with no change (warm: what
 the change-counter caches save). Baseline: the same visits on a catalog holding only the
 product's one real tile (queued, and the one item of one release), alternating with the
@@ -81,17 +81,16 @@ class Visit:
 
 
 def visit(page: str, title: str) -> Visit:
-    """One fresh session: sign in, run the default page, clear ``st.cache_data``, time the
-    switch to ``page`` (cold), then time one more run of it (warm).
+    """One fresh session: sign in, run the default page, clear the app's read-model caches,
+    time the switch to ``page`` (cold), then time one more run of it (warm).
 
     A timing probe on ``geomesh.services.queries`` (the app calls it through the module)
     measures the page's main query.
     """
-    import streamlit as st
     from streamlit.testing.v1 import AppTest
 
     from geomesh.services import queries
-    from ui.state import K
+    from ui.state import K, clear_read_caches
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.session_state[K.USER] = USER
@@ -107,7 +106,7 @@ def visit(page: str, title: str) -> Visit:
         finally:
             spent[0] += time.perf_counter() - t0
 
-    st.cache_data.clear()
+    clear_read_caches()
     setattr(queries, name, probe)
     try:
         cold, _ = timed(lambda: at.switch_page(page).run())

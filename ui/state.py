@@ -5,8 +5,10 @@ Keys live here so pages never scatter bare strings, and tests set them by name
 session holds only who is signed in and what the user is looking at.
 
 Caches: the Workspace (``st.cache_resource``, one per environment) and the map's read model
-with its footprints as JSON text (``st.cache_data``, keyed on the product's change counter,
-so it is never stale). Nothing that writes is cached.
+with its footprints as JSON text (``st.cache_resource``, keyed on the product's change
+counter, so it is never stale: one shared, read-only object, not a copy unpickled on every
+rerun as ``st.cache_data`` would hand out). The other read models are in ``ui.cached``.
+Nothing that writes is cached.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ def workspace() -> Workspace:
     return _open_workspace(_env_key())
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def _map_view(
     env_key: tuple[str, ...], product_id: str, states: tuple[str, ...], version: int
 ) -> dict[str, Any]:
@@ -171,6 +173,13 @@ def _map_view(
     # the footprints as the browser gets them, serialised once per change (ui.maps)
     view["footprints"] = footprints_json(view["layer"])
     return view
+
+
+def clear_read_caches() -> None:
+    """Forget every cached read model (``st.cache_data`` and the map's), not the Workspace:
+    the next run reads as the first visit after a change would."""
+    st.cache_data.clear()
+    _map_view.clear()
 
 
 def map_view(product_id: str, states: list[str]) -> dict[str, Any]:

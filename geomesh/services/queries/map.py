@@ -16,8 +16,7 @@ from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import col
 
-from geomesh.models import Item, ItemState, Severity
-from geomesh.services.findings import finding_counts, zero_counts
+from geomesh.models import FindingRecord, Item, ItemState, Severity
 from geomesh.services.queries._common import SEVERITIES, val
 from geomesh.services.queries.products import boundary_geojson, product_config
 from geomesh.workspace import Workspace
@@ -84,12 +83,12 @@ def map_layer(
                     col(Item.source),
                     # the GeoJSON as text: GEOS parses it (vectorised) faster than json + shape
                     col(Item.stac)["geometry"].as_string(),
+                    *_open_counts(),
                 )
                 .where(*where, same)
                 .order_by(col(Item.state), col(Item.id))
                 .limit(budget - len(ranked))
             ).all()
-        counts = finding_counts(session, [r[0] for r in ranked]) if ranked else {}
     parsed = shapely.from_geojson(  # None for a null geometry (no CRS)
         [r[4] if r[4] and r[4] != "null" else "null" for r in ranked], on_invalid="ignore"
     )
@@ -100,14 +99,13 @@ def map_layer(
         if geom is None or geom.is_empty:
             without.append(row[0])
         elif len(keep) < max_features:
-            keep.append((row[0], row[1], row[2], row[3]))
+            keep.append((row[0], row[1], row[2], row[3], row[5:]))
             geoms.append(geom)
     features = []
     for t, geometry in zip(keep, _simplified(geoms, tolerance), strict=True):
         state = str(val(t[1]))
         worst = val(t[2])
-        c = counts.get(t[0], zero_counts())
-        summary = ", ".join(f"{s}: {c.get(s, 0)}" for s in SEVERITIES)
+        summary = ", ".join(f"{s}: {n}" for s, n in zip(SEVERITIES, t[4], strict=True))
         source = str(t[3]).rsplit("/", 1)[-1]
         features.append(
             {
@@ -131,6 +129,21 @@ def map_layer(
         shown=len(features),
         without_footprint=without,
     )
+
+
+def _open_counts() -> list[Any]:
+    """Per drawn item, its open findings of each severity (``SEVERITIES`` order): counted in
+    ``ix_finding_item_open_severity``, in the same statement as the item rows."""
+    return [
+        sa_select(func.count())
+        .where(
+            col(FindingRecord.item_id) == col(Item.id),
+            col(FindingRecord.open).is_(True),
+            col(FindingRecord.severity) == Severity(s),
+        )
+        .scalar_subquery()
+        for s in SEVERITIES
+    ]
 
 
 def _simplified(geoms: Sequence[BaseGeometry], tolerance: float) -> list[dict[str, Any]]:
