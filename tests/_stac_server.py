@@ -90,6 +90,8 @@ class RangeFileServer:
         self._etags: dict[tuple[Path, int, int], str] = {}
         self._log: list[Served] = []
         self._lock = threading.Lock()
+        self._waiting: dict[str, int] = {}
+        self._peak: dict[str, int] = {}
         self.deny: set[str] = set()
         self.redirects: dict[str, str] = {}
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -133,6 +135,22 @@ class RangeFileServer:
 
     def requests_for(self, name: str) -> list[Served]:
         return [s for s in self.log() if s.path == "/" + name]
+
+    def peak_concurrency(self, method: str) -> int:
+        """The most ``method`` requests that were ever waiting out the latency at once."""
+        with self._lock:
+            return self._peak.get(method, 0)
+
+    def _wait(self, method: str) -> None:
+        """The latency, counted: how many requests of each method wait at the same time."""
+        with self._lock:
+            self._waiting[method] = self._waiting.get(method, 0) + 1
+            self._peak[method] = max(self._peak.get(method, 0), self._waiting[method])
+        try:
+            time.sleep(self.latency_s)
+        finally:
+            with self._lock:
+                self._waiting[method] -= 1
 
     def _record(self, served: Served) -> None:
         with self._lock:
@@ -190,7 +208,7 @@ class RangeFileServer:
                 return True
 
             def do_HEAD(self) -> None:
-                time.sleep(server.latency_s)
+                server._wait("HEAD")
                 if self._redirected("HEAD"):
                     return
                 p = self._file()
@@ -206,7 +224,7 @@ class RangeFileServer:
                 server._record(Served("HEAD", urlsplit(self.path).path, 200, (), 0))
 
             def do_GET(self) -> None:
-                time.sleep(server.latency_s)
+                server._wait("GET")
                 if self._redirected("GET"):
                     return
                 p = self._file()

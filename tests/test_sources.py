@@ -775,3 +775,24 @@ def test_parallel_remote_ingest_equals_a_serial_one(
     assert [r.status for r in threaded.results] == ["staged", "staged"]
     assert snapshot(workspace) == want
     assert sorted(workspace.store.list("staging")) == want_objects
+
+
+def test_discover_asks_the_identity_heads_at_once(stac: StacSetup, workspace: Workspace) -> None:
+    """Issue 19: an asset's identity HEAD waits on the network; discover asks them all
+    together, so a remote store's time to first byte is paid once, not once per asset."""
+    cfg = load_config(
+        stac.config(
+            domain_crs="EPSG:32613",
+            boundary=UTM13_DOMAIN,
+            collection="sentinel-2-l2a",
+            assets=["red", "nir"],
+        )
+    )
+    stac.files.latency_s = 0.3  # long enough that HEADs asked one after another never overlap
+    (cand,) = discover(workspace, cfg)
+    heads = [s.path for s in stac.files.log() if s.method == "HEAD"]
+    assert sorted(heads) == sorted(f"/{stac.cog_name(ES_L2A, k)}" for k in ("red", "nir"))
+    assert stac.files.peak_concurrency("HEAD") == 2
+    for key in ("red", "nir"):  # each answer lands on its own asset
+        assert cand.identities[key] == "etag:" + stac.files.etag(stac.cog_path(ES_L2A, key))
+    assert cand.asset_status == {"red": "new", "nir": "new"}

@@ -102,7 +102,7 @@ def discover(
         policy = source_policy(ws, config)
     client = open_client(source)
     domain = domain_geometry_4326(config)
-    found: list[tuple[pystac.Item, dict[str, str], dict[str, str | None], dict[str, str]]] = []
+    scenes: list[tuple[pystac.Item, dict[str, pystac.Asset]]] = []
     for item in search_items(client, config):
         if item.geometry is None:
             continue
@@ -114,20 +114,29 @@ def discover(
         cc = cloud_cover(item)
         if source.max_cloud_cover is not None and (cc is None or cc >= source.max_cloud_cover):
             continue
+        scenes.append((item, {k: item.assets[k] for k in source.assets if k in item.assets}))
+    # the identity HEADs wait on the network: ask them all at once
+    asks = [(item.id, key, asset) for item, assets in scenes for key, asset in assets.items()]
+    with ThreadPoolExecutor(
+        max_workers=plan_remote(len(asks), ws.settings.workers), thread_name_prefix="geomesh-head"
+    ) as pool:
+        answers = dict(
+            zip(
+                [(item_id, key) for item_id, key, _ in asks],
+                pool.map(lambda ask: _identity(ask[2], policy), asks),
+                strict=True,
+            )
+        )
+    found: list[tuple[pystac.Item, dict[str, str], dict[str, str | None], dict[str, str]]] = []
+    for item, assets in scenes:
         hrefs: dict[str, str] = {}
         identities: dict[str, str | None] = {}
         errors: dict[str, str] = {}
-        for key in source.assets:
-            asset = item.assets.get(key)
-            if asset is None:
-                continue
-            href = asset.get_absolute_href() or asset.href
-            hrefs[key] = href
-            try:
-                identities[key] = asset_identity(href, asset, policy=policy)
-            except SourceError as exc:
-                identities[key] = None
-                errors[key] = str(exc)
+        for key, asset in assets.items():
+            hrefs[key] = _href(asset)
+            identities[key], error = answers[(item.id, key)]
+            if error is not None:
+                errors[key] = error
         found.append((item, hrefs, identities, errors))
 
     known = _known(
@@ -174,6 +183,18 @@ def discover(
         )
     out.sort(key=lambda c: (c.datetime.isoformat() if c.datetime else "", c.item_id))
     return out
+
+
+def _href(asset: pystac.Asset) -> str:
+    return asset.get_absolute_href() or asset.href
+
+
+def _identity(asset: pystac.Asset, policy: OpeningPolicy) -> tuple[str | None, str | None]:
+    """(identity, error) of one asset: its HEAD, where the opening policy allows it."""
+    try:
+        return asset_identity(_href(asset), asset, policy=policy), None
+    except SourceError as exc:
+        return None, str(exc)
 
 
 # ------------------------------------------------------------------ ingest
