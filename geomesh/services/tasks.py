@@ -99,14 +99,7 @@ def enqueue_task(
             dedupe_key=dedupe_key,
         )
         assert task.id is not None
-        audit.append(
-            session,
-            actor=actor,
-            action="task.enqueue",
-            target=f"task:{task.id}",
-            product_id=product_id,
-            details={"kind": kind, "item_id": item_id, "dedupe_key": dedupe_key},
-        )
+        _audit(session, task, "enqueue", actor=actor, item_id=item_id, dedupe_key=dedupe_key)
         return task.id
 
 
@@ -178,21 +171,15 @@ def claim_task(
         task.lease_owner = owner
         task.lease_expires_at = clock + timedelta(seconds=lease_s)
         task.attempts += 1
-        task.updated_at = utcnow()
-        session.add(task)
-        audit.append(
+        _save(
             session,
+            task,
+            "start",
             actor=actor,
-            action="task.start",
-            target=f"task:{task.id}",
-            product_id=task.product_id,
-            details={
-                "kind": task.kind,
-                "item_id": task.item_id,
-                "attempt": task.attempts,
-                "worker": owner,
-                "reclaimed_from": previous_owner if reclaimed else None,
-            },
+            item_id=task.item_id,
+            attempt=task.attempts,
+            worker=owner,
+            reclaimed_from=previous_owner if reclaimed else None,
         )
         return Claimed(
             id=task.id,
@@ -205,6 +192,25 @@ def claim_task(
             lease_expires_at=as_utc(task.lease_expires_at),
             reclaimed=reclaimed,
         )
+
+
+def _save(session: Session, task: Task, action: str, *, actor: str, **details: Any) -> None:
+    """Save the changed task row and write its audit event, in the caller's transaction."""
+    task.updated_at = utcnow()
+    session.add(task)
+    _audit(session, task, action, actor=actor, **details)
+
+
+def _audit(session: Session, task: Task, action: str, *, actor: str, **details: Any) -> None:
+    """The audit event ``task.<action>`` of ``task``: its kind and ``details``."""
+    audit.append(
+        session,
+        actor=actor,
+        action=f"task.{action}",
+        target=f"task:{task.id}",
+        product_id=task.product_id,
+        details={"kind": task.kind, **details},
+    )
 
 
 def _held(session: Session, task_id: int, owner: str) -> Task | None:
@@ -232,16 +238,7 @@ def renew_lease(
             return False
         auth.require(session, actor, _permission(task.kind))
         task.lease_expires_at = db_now(session) + timedelta(seconds=lease_s)
-        task.updated_at = utcnow()
-        session.add(task)
-        audit.append(
-            session,
-            actor=actor,
-            action="task.renew",
-            target=f"task:{task_id}",
-            product_id=task.product_id,
-            details={"kind": task.kind, "attempt": task.attempts, "lease_s": lease_s},
-        )
+        _save(session, task, "renew", actor=actor, attempt=task.attempts, lease_s=lease_s)
         return True
 
 
@@ -264,16 +261,7 @@ def complete_task(
         task.lease_owner = None
         task.lease_expires_at = None
         task.last_error = None
-        task.updated_at = utcnow()
-        session.add(task)
-        audit.append(
-            session,
-            actor=actor,
-            action="task.done",
-            target=f"task:{task_id}",
-            product_id=task.product_id,
-            details={"kind": task.kind, "attempt": task.attempts, "result": result},
-        )
+        _save(session, task, "done", actor=actor, attempt=task.attempts, result=result)
         return True
 
 
@@ -312,15 +300,14 @@ def fail_task(
         task.lease_owner = None
         task.lease_expires_at = None
         task.last_error = error
-        task.updated_at = utcnow()
-        session.add(task)
-        audit.append(
+        _save(
             session,
+            task,
+            "retry_later",
             actor=actor,
-            action="task.retry_later",
-            target=f"task:{task_id}",
-            product_id=task.product_id,
-            details={"kind": task.kind, "attempt": task.attempts, "error": error, "delay_s": delay},
+            attempt=task.attempts,
+            error=error,
+            delay_s=delay,
         )
         return TaskStatus.queued.value
 
@@ -330,20 +317,14 @@ def _finish_failed(session: Session, task: Task, error: str, *, actor: str) -> N
     task.last_error = error
     task.lease_owner = None
     task.lease_expires_at = None
-    task.updated_at = utcnow()
-    session.add(task)
-    audit.append(
+    _save(
         session,
+        task,
+        "failed",
         actor=actor,
-        action="task.failed",
-        target=f"task:{task.id}",
-        product_id=task.product_id,
-        details={
-            "kind": task.kind,
-            "item_id": task.item_id,
-            "attempts": task.attempts,
-            "error": error,
-        },
+        item_id=task.item_id,
+        attempts=task.attempts,
+        error=error,
     )
 
 
@@ -368,17 +349,8 @@ def retry_tasks(ws: Workspace, ids: Iterable[int] | None = None, *, actor: str) 
             task.status = TaskStatus.queued.value
             task.attempts = 0
             task.run_after = db_now(session)
-            task.updated_at = utcnow()
-            session.add(task)
             retried.append(task.id)
-            audit.append(
-                session,
-                actor=actor,
-                action="task.retry",
-                target=f"task:{task.id}",
-                product_id=task.product_id,
-                details={"kind": task.kind, "last_error": task.last_error},
-            )
+            _save(session, task, "retry", actor=actor, last_error=task.last_error)
         return retried
 
 
