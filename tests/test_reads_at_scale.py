@@ -13,6 +13,7 @@ import re
 import threading
 from typing import Any
 
+import pytest
 from _statements import statements
 from click.testing import CliRunner
 from sqlalchemy import event, insert, text
@@ -156,6 +157,30 @@ def test_review_queue_and_promotion_plan_cost_the_same_queries_for_any_queue_len
     assert rows and all("stac" not in r for r in rows)
     whole_column = re.compile(r"(SELECT|,)\s*item\.stac\s*(,|FROM)")  # not a JSON path in it
     assert not [s for s in listed if whole_column.search(s)], listed
+
+
+def test_promotion_plan_reads_each_object_once(
+    demo_workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan reads the current release's partition of each queued tile to name what it
+    replaces, then derives the next manifest from those same partitions: each is read once."""
+    ws = demo_workspace
+    config = queries.product_config(ws, PID)
+    for q in queries.review_queue(ws, PID):  # every queued tile eligible: derive touches it
+        signoff.sign_off(ws, config, q["id"], actor="steward", approve=True)
+    read: list[str] = []
+    get_bytes = ws.store.get_bytes
+
+    def counted(area: Any, key: str) -> bytes:
+        read.append(key)
+        return get_bytes(area, key)
+
+    monkeypatch.setattr(ws.store, "get_bytes", counted)
+    plan = promotion.plan_promotion(ws, config, verify_checksums=False)
+    assert any(p.eligible and p.replaces for p in plan.items)  # a tile of the release again
+    parts = [k for k in read if "/parts/" in k]
+    assert parts, read
+    assert sorted(read) == sorted(set(read)), read
 
 
 # ------------------------------------------------------------------ no hashing on rerun

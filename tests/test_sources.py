@@ -32,7 +32,7 @@ from shapely.geometry import box, shape
 from sqlmodel import select
 
 from geomesh.cli import cli
-from geomesh.config import load_config
+from geomesh.config import ProductConfig, load_config
 from geomesh.errors import ConfigError, SourceError
 from geomesh.hashing import sha256_file, to_multihash
 from geomesh.models import AuditEvent, Item, ItemState
@@ -229,6 +229,18 @@ def _items(ws: Workspace) -> list[Item]:
         return list(s.exec(select(Item)).all())
 
 
+def _colorado(stac: StacSetup, assets: list[str]) -> ProductConfig:
+    """A product over the domain inside the Colorado scene, reading ``assets`` of it."""
+    return load_config(
+        stac.config(
+            domain_crs="EPSG:32613",
+            boundary=UTM13_DOMAIN,
+            collection="sentinel-2-l2a",
+            assets=assets,
+        )
+    )
+
+
 def _link(stac_item: dict[str, Any], rel: str) -> list[str]:
     return [link["href"] for link in stac_item["links"] if link["rel"] == rel]
 
@@ -248,14 +260,7 @@ def _envelope_contains(outer: tuple[float, ...], inner: list[float], tol: float)
 def test_discover_and_ingest_from_stac_api(
     stac: StacSetup, workspace: Workspace, pystac_offline: Any
 ) -> None:
-    cfg = load_config(
-        stac.config(
-            domain_crs="EPSG:32613",
-            boundary=UTM13_DOMAIN,
-            collection="sentinel-2-l2a",
-            assets=["red"],
-        )
-    )
+    cfg = _colorado(stac, ["red"])
     name = stac.cog_name(ES_L2A, "red")
     cog_size = stac.cog_path(ES_L2A, "red").stat().st_size
 
@@ -437,14 +442,7 @@ def test_checksum_identity_and_reprocessed_scene(stac: StacSetup, workspace: Wor
 
 
 def test_interrupted_run_resumes_without_duplicates(stac: StacSetup, workspace: Workspace) -> None:
-    cfg = load_config(
-        stac.config(
-            domain_crs="EPSG:32613",
-            boundary=UTM13_DOMAIN,
-            collection="sentinel-2-l2a",
-            assets=["red", "nir"],
-        )
-    )
+    cfg = _colorado(stac, ["red", "nir"])
 
     class Interrupted(Exception):
         pass
@@ -474,14 +472,7 @@ def test_interrupted_run_resumes_without_duplicates(stac: StacSetup, workspace: 
 
 
 def test_failed_asset_is_retried_on_the_next_run(stac: StacSetup, workspace: Workspace) -> None:
-    cfg = load_config(
-        stac.config(
-            domain_crs="EPSG:32613",
-            boundary=UTM13_DOMAIN,
-            collection="sentinel-2-l2a",
-            assets=["red", "nir"],
-        )
-    )
+    cfg = _colorado(stac, ["red", "nir"])
     stac.files.deny.add(stac.cog_name(ES_L2A, "nir"))  # e.g. an expired signature
     report = ingest_from_stac(workspace, cfg, actor=SYSTEM)
     assert not report.ok
@@ -634,14 +625,7 @@ def test_config_without_source_is_a_config_error(workspace: Workspace, config: A
 def test_scene_without_the_configured_assets_is_reported(
     stac: StacSetup, workspace: Workspace
 ) -> None:
-    cfg = load_config(
-        stac.config(
-            domain_crs="EPSG:32613",
-            boundary=UTM13_DOMAIN,
-            collection="sentinel-2-l2a",
-            assets=["B99"],
-        )
-    )
+    cfg = _colorado(stac, ["B99"])
     (cand,) = discover(workspace, cfg)
     assert cand.status == "unavailable" and cand.assets == {} and "red" in cand.offered_assets
     report = ingest_from_stac(workspace, cfg, actor=SYSTEM)
@@ -727,14 +711,7 @@ def test_parallel_remote_ingest_equals_a_serial_one(
     discovery order in the caller: the same results, rows and objects as one at a time."""
     from geomesh.settings import Settings
 
-    cfg = load_config(
-        stac.config(
-            domain_crs="EPSG:32613",
-            boundary=UTM13_DOMAIN,
-            collection="sentinel-2-l2a",
-            assets=["red", "nir"],
-        )
-    )
+    cfg = _colorado(stac, ["red", "nir"])
 
     def snapshot(ws: Workspace) -> list[tuple[Any, ...]]:
         """What does not depend on the backend (asset hrefs name the store)."""
@@ -780,14 +757,7 @@ def test_parallel_remote_ingest_equals_a_serial_one(
 def test_discover_asks_the_identity_heads_at_once(stac: StacSetup, workspace: Workspace) -> None:
     """Issue 19: an asset's identity HEAD waits on the network; discover asks them all
     together, so a remote store's time to first byte is paid once, not once per asset."""
-    cfg = load_config(
-        stac.config(
-            domain_crs="EPSG:32613",
-            boundary=UTM13_DOMAIN,
-            collection="sentinel-2-l2a",
-            assets=["red", "nir"],
-        )
-    )
+    cfg = _colorado(stac, ["red", "nir"])
     stac.files.latency_s = 0.3  # long enough that HEADs asked one after another never overlap
     (cand,) = discover(workspace, cfg)
     heads = [s.path for s in stac.files.log() if s.method == "HEAD"]

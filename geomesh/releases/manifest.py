@@ -445,10 +445,12 @@ def derive(
     *,
     put: Iterable[ManifestItem] = (),
     remove: Iterable[ManifestItem] = (),
+    loaded: Mapping[str, ManifestPart] | None = None,
 ) -> Derived:
     """The parent's partitions with ``put`` items added (replacing the version of the same
     source tile) and ``remove`` items taken out. Reads and writes only the partitions
     those items fall into: O(changed × partition size), whatever the release's size.
+    ``loaded``: partitions of ``parent`` the caller has already read (not read again).
     """
     puts = list(put)
     removes = {m.id for m in remove}
@@ -462,7 +464,12 @@ def derive(
     removed: list[str] = []
     changed: list[Change] = []
     for b in touched:
-        old = load_part(store, parent, b) if parent else EMPTY_PART
+        if parent is None:
+            old = EMPTY_PART
+        elif loaded is not None and b in loaded:
+            old = loaded[b]
+        else:
+            old = load_part(store, parent, b)
         keep = {m.source_key: m for m in old.items if m.id not in removes}
         for m in puts:
             if m.partition == b:

@@ -248,7 +248,7 @@ def plan_promotion(
         if plan.eligible:
             chosen.append(_manifest_item(item))
     # O(changed): only the partitions of the chosen tiles are read and rebuilt
-    derived = releases.derive(ws.store, current, put=chosen)
+    derived = releases.derive(ws.store, current, put=chosen, loaded=parts)
     delta = derived.delta
     contract = config.spatial_contract()
     bump = (
