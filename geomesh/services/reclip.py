@@ -147,7 +147,7 @@ def _link(
     """Record on the new item's row which rolled-back item it was derived from (once)."""
     with ws.transaction() as session:
         auth.require(session, actor, "ingest")
-        item = get_item(session, new_id)
+        item = get_item(session, new_id, lock=True)  # two runs of the task link it once
         if item.derived_from == old_id:
             return
         if item.derived_from is not None:

@@ -53,7 +53,7 @@ from geomesh.remote import (
     self_href,
 )
 from geomesh.services.ingest import IngestReport, TileResult, stage_tile
-from geomesh.services.lookup import chunks
+from geomesh.services.lookup import chunks, items_by_id
 from geomesh.services.pipeline import PostStage, known_raster, post_stage_hook
 from geomesh.services.products import check_config
 from geomesh.storage import TMP_PREFIX
@@ -414,7 +414,8 @@ class _Run:
         """Same bytes as an item we hold (e.g. the asset was re-uploaded unchanged): note
         the new identity on it so the next discover sees the asset as ingested."""
         with self.ws.transaction() as session:
-            row = session.get(Item, item_id)
+            # locked: two runs noting the same identity write one audit event, not two
+            row = items_by_id(session, [item_id], lock=True).get(item_id)
             if row is None or row.source_item_id not in (None, meta.source_item_id):
                 return
             if row.source_item_id == meta.source_item_id and row.source_etag == meta.source_etag:
