@@ -57,9 +57,9 @@ from geomesh.services import demo_root, history, pipeline, promotion, signoff, u
 from geomesh.services.ingest import IngestReport
 from geomesh.services.pipeline import ingest_rasters
 from geomesh.services.products import register_product
-from geomesh.stac import item_id_for
+from geomesh.stac import build_stac, item_id_for
 from geomesh.storage import TMP_PREFIX, object_key
-from geomesh.tiles import build_stac, object_href, prepare_tile, stac_key_for
+from geomesh.tiles import object_href, prepare_tile, stac_key_for
 from geomesh.workspace import Workspace
 
 PRODUCT_ID: Final = "sf-sentinel2-l2a"

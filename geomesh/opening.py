@@ -37,16 +37,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urljoin, urlsplit
 
-import httpx2
+import lazy_loader
 import rasterio
 
 from geomesh.config import ProductConfig
 from geomesh.errors import ConfigError, RasterError, SourceNotAllowed
 from geomesh.redact import redact, redact_url
-from geomesh.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx2
+
+    from geomesh.settings import Settings
+else:  # probes only: a batch's worker processes, which never probe, start without it
+    httpx2 = lazy_loader.load("httpx2")
 
 #: drivers for objects geomesh itself wrote (COGs in the store)
 STORED_DRIVERS: Final[tuple[str, ...]] = ("GTiff",)

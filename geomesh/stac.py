@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pystac
 from pystac.extensions.file import FileExtension
@@ -21,7 +21,10 @@ from shapely.geometry import mapping
 
 from geomesh.config import ProductConfig
 from geomesh.hashing import to_multihash
-from geomesh.raster import RasterInfo
+from geomesh.raster import RasterInfo, inspect
+
+if TYPE_CHECKING:  # the file work's result; its module stays free of pystac
+    from geomesh.tiles import PreparedTile
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
@@ -152,3 +155,30 @@ def build_item(
 def item_to_dict(item: pystac.Item) -> dict[str, Any]:
     """Serialise without resolving links against a root (stable, self-contained dict)."""
     return item.to_dict(include_self_link=False, transform_hrefs=False)
+
+
+def build_stac(
+    config: ProductConfig,
+    prepared: PreparedTile,
+    *,
+    asset_href: str,
+    item_version: int = 1,
+    predecessor_href: str | None = None,
+) -> dict[str, Any]:
+    info = prepared.cog_info or inspect(prepared.cog_path, domain_crs=config.spatial_domain.crs)
+    meta = prepared.source_meta
+    item = build_item(
+        config=config,
+        info=info,
+        hexdigest=prepared.hexdigest,
+        size=prepared.size,
+        asset_href=asset_href,
+        acquired=prepared.acquired,
+        statistics=prepared.statistics,
+        item_version=item_version,
+        predecessor_href=predecessor_href,
+        source_href=(meta.derived_from if meta and meta.derived_from else prepared.source_name),
+        extra_properties=meta.properties if meta else None,
+        extra_extensions=meta.stac_extensions if meta else None,
+    )
+    return item_to_dict(item)

@@ -36,7 +36,6 @@ from geomesh.raster import (
     sanitize_source,
     write_cog,
 )
-from geomesh.stac import build_item, item_to_dict
 from geomesh.storage import TMP_PREFIX, ObjectStore
 
 
@@ -208,30 +207,3 @@ def prepare_tile(
         clipped=cog.clipped,
         cog_info=cog_info,
     )
-
-
-def build_stac(
-    config: ProductConfig,
-    prepared: PreparedTile,
-    *,
-    asset_href: str,
-    item_version: int = 1,
-    predecessor_href: str | None = None,
-) -> dict[str, Any]:
-    info = prepared.cog_info or inspect(prepared.cog_path, domain_crs=config.spatial_domain.crs)
-    meta = prepared.source_meta
-    item = build_item(
-        config=config,
-        info=info,
-        hexdigest=prepared.hexdigest,
-        size=prepared.size,
-        asset_href=asset_href,
-        acquired=prepared.acquired,
-        statistics=prepared.statistics,
-        item_version=item_version,
-        predecessor_href=predecessor_href,
-        source_href=(meta.derived_from if meta and meta.derived_from else prepared.source_name),
-        extra_properties=meta.properties if meta else None,
-        extra_extensions=meta.stac_extensions if meta else None,
-    )
-    return item_to_dict(item)

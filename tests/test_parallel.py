@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,3 +156,20 @@ def test_auto_pool_equals_serial_and_records_the_source_digest(
     finally:
         ws.close()
     assert [r.status for r in again.results] == ["exists"] * len(tiles)
+
+
+def test_a_batch_worker_starts_without_the_catalog_stac_or_http_libraries() -> None:
+    """Issue 19: every worker process imports what ``prepare_tile`` needs (GDAL, rio-cogeo,
+    the product config) and nothing the caller alone uses: the database layer, pystac,
+    the HTTP client of the probes, the settings loader. Each of them cost every worker tens
+    to hundreds of ms of CPU on cores the batch already fills."""
+    code = "import json, sys\nimport geomesh.parallel\nprint(json.dumps(sorted(sys.modules)))\n"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    loaded = set(json.loads(out))
+    assert {"rasterio", "rio_cogeo", "geomesh.tiles", "geomesh.config"} <= loaded
+    caller_only = ("sqlmodel", "sqlalchemy", "pystac", "pydantic_settings", "httpcore2", "anyio")
+    assert not [m for m in caller_only if m in loaded]
+    # httpx2 is bound lazily for the probes: a placeholder, none of its modules run
+    assert not [m for m in loaded if m.startswith("httpx2.")]

@@ -22,9 +22,9 @@ from geomesh.models import Item, ItemState
 from geomesh.redact import redact
 from geomesh.services.lookup import get_item
 from geomesh.services.products import register_product
-from geomesh.stac import is_safe_item_id, item_id_for
+from geomesh.stac import build_stac, is_safe_item_id, item_id_for
 from geomesh.storage import object_key
-from geomesh.tiles import PreparedTile, build_stac, object_href, stac_key_for
+from geomesh.tiles import PreparedTile, object_href, stac_key_for
 from geomesh.workspace import Workspace
 
 Status = Literal["staged", "exists", "would-stage", "failed"]

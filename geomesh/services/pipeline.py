@@ -37,11 +37,10 @@ from geomesh.services.lookup import chunks
 from geomesh.services.products import resolve_config
 from geomesh.services.routing import RouteOutcome, route_action, route_item
 from geomesh.services.validation import validate_item
-from geomesh.stac import item_id_for
+from geomesh.stac import build_stac, item_id_for
 from geomesh.storage import TMP_PREFIX, object_key
 from geomesh.tiles import (
     PreparedTile,
-    build_stac,
     object_href,
     source_digest_for,
     source_key_for,
