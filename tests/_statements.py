@@ -11,15 +11,25 @@ from sqlalchemy.engine import Engine
 
 
 @contextmanager
-def statements(engine: Engine) -> Iterator[list[str]]:
-    """Every SQL statement ``engine`` runs inside the block (what a read model costs)."""
-    seen: list[str] = []
+def executed(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
+    """Every (SQL statement, parameters) ``engine`` runs inside the block."""
+    seen: list[tuple[str, Any]] = []
 
-    def record(*args: Any) -> None:
-        seen.append(str(args[2]))
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
+        seen.append((sql, params))
 
     event.listen(engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+@contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """Every SQL statement ``engine`` runs inside the block (what a read model costs);
+    the list is filled when the block ends."""
+    sql: list[str] = []
+    with executed(engine) as seen:
+        yield sql
+    sql.extend(s for s, _ in seen)

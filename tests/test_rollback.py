@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import governance_support as gs
 import pytest
+from _statements import executed
 from click.testing import CliRunner
 from identity_support import token_env
-from sqlalchemy import event
 from sqlmodel import select
 
 from geomesh import audit, releases
@@ -247,27 +246,13 @@ def test_rollback_events_are_audited_and_chain_verifies(
 # ------------------------------------------------------------------ O(delta) cost
 
 
-@contextmanager
-def statements(ws: Workspace) -> Iterator[list[tuple[str, Any]]]:
-    seen: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
-        seen.append((sql, params))
-
-    event.listen(ws.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(ws.engine, "before_cursor_execute", record)
-
-
 def _rollback_cost(
     ws: Workspace, config: ProductConfig, tile: Callable[..., Path], n: int
 ) -> list[tuple[str, Any]]:
     """Roll back a one-item release whose parent holds ``n`` items; the SQL it ran."""
     release(ws, config, [tile(f"base{i}", 100 + i) for i in range(n)])
     top = release(ws, config, [tile("extra", 7)])
-    with statements(ws) as seen:
+    with executed(ws.engine) as seen:
         rollback.rollback_release(ws, config, actor="bob", release_id=top.id)
     return seen
 
@@ -300,7 +285,7 @@ def test_release_rollback_cost_does_not_grow_with_the_release_size(
     for sql in shape(big):
         assert not re.search(r"FROM item WHERE item\.product_id", sql), sql
     # (the guard above does match how a whole-product read looks)
-    with statements(big_cat) as seen:
+    with executed(big_cat.engine) as seen:
         promotion.plan_promotion(big_cat, big_config)
     assert any(re.search(r"FROM item WHERE item\.product_id", sql) for sql in shape(seen))
 
