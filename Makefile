@@ -54,11 +54,11 @@ audit-deps: install
 
 # the suite on SQLite + a local directory
 test-default: install browser
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=20
 
 # the same suite on PostgreSQL (127.0.0.1:5432) + S3 on SeaweedFS started by the tests
 test-backends: install
-	GEOMESH_TEST_BACKEND=postgres-s3 $(VENV)/bin/pytest -q -p no:cacheprovider -m "not browser"
+	GEOMESH_TEST_BACKEND=postgres-s3 $(VENV)/bin/pytest -q -p no:cacheprovider --durations=20 -m "not browser"
 
 test: lint typecheck audit-deps test-default test-backends
 
