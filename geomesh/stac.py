@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pystac
 from pystac.extensions.file import FileExtension
@@ -22,9 +22,7 @@ from shapely.geometry import mapping
 from geomesh.config import ProductConfig
 from geomesh.hashing import to_multihash
 from geomesh.raster import RasterInfo, inspect
-
-if TYPE_CHECKING:  # the file work's result; its module stays free of pystac
-    from geomesh.tiles import PreparedTile
+from geomesh.tiles import PreparedTile
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"

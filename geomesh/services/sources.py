@@ -116,16 +116,12 @@ def discover(
             continue
         scenes.append((item, {k: item.assets[k] for k in source.assets if k in item.assets}))
     # the identity HEADs wait on the network: ask them all at once
-    asks = [(item.id, key, asset) for item, assets in scenes for key, asset in assets.items()]
+    asks = {(item.id, key): asset for item, assets in scenes for key, asset in assets.items()}
     with ThreadPoolExecutor(
         max_workers=plan_remote(len(asks), ws.settings.workers), thread_name_prefix="geomesh-head"
     ) as pool:
         answers = dict(
-            zip(
-                [(item_id, key) for item_id, key, _ in asks],
-                pool.map(lambda ask: _identity(ask[2], policy), asks),
-                strict=True,
-            )
+            zip(asks, pool.map(lambda a: _identity(a, policy), asks.values()), strict=True)
         )
     found: list[tuple[pystac.Item, dict[str, str], dict[str, str | None], dict[str, str]]] = []
     for item, assets in scenes:
@@ -353,6 +349,7 @@ class _Run:
                     self.workdir,
                     acquired=job.cand.datetime or self.acquired,
                     policy=self.policy,
+                    flush=self.ws.store.adopts_files,
                 )
         except GeomeshError as exc:
             return exc
