@@ -438,7 +438,7 @@ def _stage_with_provider_metadata(
     path = write_tile(spec, sources / f"{spec.name}_provider.tif")
     workdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}demo-", dir=ws.root))
     try:
-        prepared = prepare_tile(config, str(path), workdir)
+        prepared = prepare_tile(config, str(path), workdir, flush=ws.store.adopts_files)
         item_id = item_id_for(config.product_id, prepared.hexdigest) + "-provider"
         if _state(ws, item_id):
             return item_id

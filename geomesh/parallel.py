@@ -137,6 +137,7 @@ def _prepare_safe(
     source_digest: str | None,
     policy: OpeningPolicy | None = None,
     gdal_threads: str | None = None,
+    flush: bool = True,
 ) -> PreparedTile | GeomeshError:
     """Run in a worker: a GeomeshError is returned (picklable), never raised.
 
@@ -153,6 +154,7 @@ def _prepare_safe(
             source_digest=source_digest,
             policy=policy,
             hash_source=True,
+            flush=flush,
         )
     except GeomeshError as exc:
         # exceptions pickle through their args; keep the class and the full message
@@ -174,6 +176,7 @@ def map_prepare(
     workers: int | None = None,
     scheduler: str | None = None,
     policy: OpeningPolicy | None = None,
+    flush: bool = True,
 ) -> Iterator[tuple[str, PreparedTile | GeomeshError]]:
     """Yield (source, prepared-or-error) in input order, from a spawn pool (or Dask).
 
@@ -185,7 +188,13 @@ def map_prepare(
         return
     if scheduler:
         yield from _map_dask(
-            config, tasks, workdir, acquired=acquired, scheduler=scheduler, policy=policy
+            config,
+            tasks,
+            workdir,
+            acquired=acquired,
+            scheduler=scheduler,
+            policy=policy,
+            flush=flush,
         )
         return
     plan = plan_workers(len(tasks), workers, total_bytes=source_bytes([s for s, _ in tasks]))
@@ -197,7 +206,7 @@ def map_prepare(
         initargs=(plan.gdal_threads,),
     ) as pool:
         futures: list[Future[PreparedTile | GeomeshError]] = [
-            pool.submit(_prepare_safe, config, src, workdir, acquired, sdigest, policy)
+            pool.submit(_prepare_safe, config, src, workdir, acquired, sdigest, policy, flush=flush)
             for src, sdigest in tasks
         ]
         for (src, _), fut in zip(tasks, futures, strict=True):
@@ -212,6 +221,7 @@ def _map_dask(
     acquired: datetime | None,
     scheduler: str,
     policy: OpeningPolicy | None,
+    flush: bool,
 ) -> Iterator[tuple[str, PreparedTile | GeomeshError]]:
     try:
         from distributed import Client
@@ -240,6 +250,7 @@ def _map_dask(
                 sdigest,
                 policy,
                 threads,
+                flush=flush,
                 pure=False,
             )
             for src, sdigest in tasks
@@ -257,6 +268,7 @@ def iter_prepared(
     workers: int | None = None,
     scheduler: str | None = None,
     policy: OpeningPolicy | None = None,
+    flush: bool = True,
 ) -> Iterator[tuple[str, PreparedTile | GeomeshError]]:
     """Run :func:`prepare_tile` for each (source, source_digest), serially or in parallel.
 
@@ -275,6 +287,7 @@ def iter_prepared(
             workers=workers,
             scheduler=scheduler,
             policy=policy,
+            flush=flush,
         )
         return
     for source, sdigest in tasks:
@@ -289,6 +302,7 @@ def iter_prepared(
                     source_digest=sdigest,
                     policy=policy,
                     hash_source=True,
+                    flush=flush,
                 ),
             )
         except GeomeshError as exc:

@@ -133,6 +133,8 @@ def _secret(value: SecretStr | str | None) -> SecretStr | None:
 class S3Store:
     """Objects under ``s3://<bucket>/<area prefix>/<key>`` (see the module docstring)."""
 
+    adopts_files = False  # put_file uploads a copy of the bytes
+
     def __init__(
         self,
         *,

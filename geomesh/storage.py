@@ -51,6 +51,10 @@ def check_key(key: str) -> str:
 class ObjectStore(Protocol):
     """What geomesh needs from object storage."""
 
+    #: ``put_file`` links the given file itself into place (no copy of its bytes), so a
+    #: file written to disk (fsync) before it is staged costs staging nothing more
+    adopts_files: bool
+
     def put_file(self, area: Area, key: str, path: Path) -> None:
         """Store the file at ``path`` under ``key`` atomically (no-op if it exists)."""
 
@@ -165,6 +169,8 @@ def _link_into_place(src: Path, target: Path) -> bool:
 
 class LocalStore:
     """Objects as files under ``root/<area>/<key>``."""
+
+    adopts_files = True
 
     def __init__(self, root: Path, prefixes: dict[Area, str] | None = None) -> None:
         self.root = root.resolve()

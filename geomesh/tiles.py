@@ -119,13 +119,14 @@ def object_href(store: ObjectStore, area: Literal["staging"], key: str) -> str:
     return store.url(area, key)
 
 
-def _hash_and_flush(path: Path) -> tuple[str, int]:
-    """The COG's one SHA-256, then its bytes written to disk (fsync) while the caller
-    still reads them: a local store links this very file into place, and the fsync it
-    makes there then finds nothing left to write (~37 ms for 21 MiB off the staging path)."""
+def _hash_cog(path: Path, flush: bool) -> tuple[str, int]:
+    """The COG's one SHA-256; with ``flush``, then its bytes written to disk (fsync) while
+    the caller still reads them: a store that adopts files links this very file into place,
+    and its fsync there then finds nothing left to write (~37 ms for 21 MiB off staging)."""
     digest = sha256_file(path)
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
+    if flush:
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
     return digest
 
 
@@ -138,6 +139,7 @@ def prepare_tile(
     source_digest: str | None = None,
     policy: OpeningPolicy | None = None,
     hash_source: bool = False,
+    flush: bool = True,
 ) -> PreparedTile:
     """Inspect, (warp/clip), write the COG, hash it and read statistics. No database access.
 
@@ -146,6 +148,8 @@ def prepare_tile(
     sees it, and only the policy's drivers are tried. With ``hash_source`` and no
     ``source_digest``, a local source's :func:`source_digest_for` is computed on a thread
     while the COG is written (GDAL's own threads leave a core idle most of that time).
+    ``flush``: the COG is fsynced on its hash thread (``ObjectStore.adopts_files``: the
+    store will link it in place; False for a store that uploads a copy, or a dry run).
     """
     if policy is None:
         policy = OpeningPolicy(
@@ -174,7 +178,7 @@ def prepare_tile(
                     drivers=policy.drivers,
                     name=source,
                     inspect_source=True,
-                    written=lambda path: cog_hash.append(hasher.submit(_hash_and_flush, path)),
+                    written=lambda path: cog_hash.append(hasher.submit(_hash_cog, path, flush)),
                 )
             except BaseException:
                 wait(cog_hash)  # a hash already started finishes before its file goes

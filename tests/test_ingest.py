@@ -403,6 +403,26 @@ def test_one_hash_and_one_inspect_per_tile(
     assert calls == {"source hash (before prepare)": 1}
 
 
+def test_the_cog_is_flushed_early_only_for_a_store_that_adopts_it(
+    workspace: Workspace, config: ProductConfig, s2_tile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local store links the prepared COG into place, so its fsync is made on the hash
+    thread, off the staging path; a store that uploads a copy (S3) needs no fsync of it."""
+    import geomesh.tiles as tiles_mod
+
+    flushed: list[bool] = []
+    hash_cog = tiles_mod._hash_cog
+
+    def spy(path: Path, flush: bool) -> tuple[str, int]:
+        flushed.append(flush)
+        return hash_cog(path, flush)
+
+    monkeypatch.setattr(tiles_mod, "_hash_cog", spy)
+    (res,) = _ingest(workspace, config, s2_tile).results
+    assert res.status == "staged"
+    assert flushed == [workspace.store.adopts_files]
+
+
 def test_a_known_digest_is_used_only_for_the_items_own_content(
     workspace: Workspace, config: ProductConfig, s2_tile: Path
 ) -> None:

@@ -211,6 +211,7 @@ def ingest_rasters(
             workers=ws.settings.workers if workers is None else workers,
             scheduler=scheduler or ws.settings.scheduler,
             policy=policy,
+            flush=ws.store.adopts_files and not dry_run,
         )
         prepared_by_source: dict[str, PreparedTile | GeomeshError] = {}
         pending = iter(prepared_iter)

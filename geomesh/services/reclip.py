@@ -95,6 +95,7 @@ def run_reclip(
             workdir,
             source_digest=source_digest_for(source, forced),
             policy=policy,
+            flush=ws.store.adopts_files,
         )
         prepared.source_meta = SourceMeta(
             source_item_id=None,
