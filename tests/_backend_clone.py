@@ -14,8 +14,9 @@ exactly the template's objects, through obstore. PostgreSQL clones only a databa
 to, so the first clone ends any session left on the template and forbids new ones: from
 then on the template's database is read-only, and its objects are read once and cached
 (write nothing to a template after its first clone). ``places.drop(place)`` removes one: its root at once,
-its database on a background thread, and its buckets go to the next place made, reset to
-what that place must hold (new buckets cost SeaweedFS a volume each, ~1 s on first write).
+its database on a background thread, and its buckets go back to the session's
+:class:`BucketPool`, which hands them to the next place or test (``s3_env``), reset to what
+that one must hold (a new bucket costs SeaweedFS a volume, 0.2-1 s on its first write).
 
 Costs measured on the 2-core machine (PostgreSQL 15, SeaweedFS), a template of two
 releases (75 objects): the first clone ~2 s (new buckets), every further one 0.05-0.2 s
@@ -94,19 +95,72 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+class BucketPool:
+    """The session's S3 bucket pairs (main + quarantine), reused from test to test.
+
+    SeaweedFS gives each new bucket a collection and grows a volume for it on the first
+    write: 0.2 s per bucket on this machine, up to a second on a loaded one. A pair given
+    back goes to the next taker with what its last user changed put back
+    (:meth:`_make_hold`): usually a few deletes.
+    """
+
+    def __init__(self, s3: S3Service) -> None:
+        self.s3 = s3
+        self._spare: list[tuple[str, ...]] = []
+        self._lock = threading.Lock()
+
+    def take(self, objects: list[Objects] | None = None) -> tuple[str, ...]:
+        """A pair holding exactly ``objects`` (one dict per bucket; both empty when None)."""
+        with self._lock:
+            pair = self._spare.pop() if self._spare else None
+        if pair is None:
+            bucket = f"gm-{uuid.uuid4().hex[:16]}"
+            pair = (bucket, f"{bucket}-quarantine")
+            for name in pair:
+                self.s3.create_bucket(name)
+        for bucket, wanted in zip(pair, objects or [{}, {}], strict=True):
+            self._make_hold(bucket, wanted)
+        return pair
+
+    def give_back(self, pair: tuple[str, ...]) -> None:
+        with self._lock:
+            self._spare.append(pair)
+
+    def close(self) -> None:
+        for bucket in (b for pair in self._spare for b in pair):
+            try:
+                self.s3.delete_bucket(bucket)
+            except OSError as exc:  # cleanup only: the session's SeaweedFS data goes too
+                warnings.warn(f"could not delete test bucket {bucket}: {exc}", stacklevel=1)
+
+    def _make_hold(self, bucket: str, wanted: Objects) -> None:
+        """Make ``bucket`` hold exactly ``wanted``: delete what is extra, put what is missing
+        or differs (by ETag: the MD5 of a plainly PUT object's bytes)."""
+        import obstore
+
+        store = self.s3.obstore(bucket)
+        have = {meta["path"]: meta.get("e_tag") for chunk in obstore.list(store) for meta in chunk}
+        extra = [path for path in have if path not in wanted]
+        stale = [
+            path for path, (etag, _) in wanted.items() if etag is None or have.get(path) != etag
+        ]
+        with ThreadPoolExecutor(max_workers=_IO_THREADS) as pool:
+            list(pool.map(lambda path: obstore.delete(store, path), extra))
+            list(pool.map(lambda path: obstore.put(store, path, wanted[path][1]), stale))
+
+
 class Places:
     """Makes, clones and drops places on the selected backend (see the module docstring)."""
 
-    def __init__(self, schema_dir: Path | None, s3: S3Service | None) -> None:
+    def __init__(self, schema_dir: Path | None, buckets: BucketPool | None) -> None:
         self.schema_dir = schema_dir
-        self.s3 = s3
+        self.buckets = buckets
+        self.s3 = buckets.s3 if buckets is not None else None
         self._live: dict[int, Place] = {}
         #: databases of dropped places, dropped by a background thread (see drop)
         self._doomed: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._dropper: threading.Thread | None = None
         self._drop_errors: list[str] = []
-        #: bucket pairs of dropped places, handed to the next place (see _bucket_pair)
-        self._spare_buckets: list[tuple[str, ...]] = []
         #: each template's objects, per bucket: path -> (ETag, bytes) (read once: read-only)
         self._template_objects: dict[str, list[Objects]] = {}
         self._lock = threading.Lock()
@@ -165,8 +219,8 @@ class Places:
             self._end_sessions(place.database)
             self._drop_later(place.database)
         if place.buckets:
-            with self._lock:
-                self._spare_buckets.append(place.buckets)
+            assert self.buckets is not None
+            self.buckets.give_back(place.buckets)
 
     def close(self) -> None:
         for place in list(self._live.values()):
@@ -176,12 +230,6 @@ class Places:
             self._dropper.join()
         for error in self._drop_errors:  # cleanup only: reported, not failed
             warnings.warn(error, stacklevel=1)
-        for bucket in (b for pair in self._spare_buckets for b in pair):
-            assert self.s3 is not None
-            try:
-                self.s3.delete_bucket(bucket)
-            except OSError as exc:  # cleanup only: the session's SeaweedFS data goes too
-                warnings.warn(f"could not delete test bucket {bucket}: {exc}", stacklevel=1)
         if self._admin is not None:
             self._admin.close()
 
@@ -203,47 +251,12 @@ class Places:
         """A postgres-s3 place on ``database`` whose buckets hold exactly ``objects``."""
         from sqlalchemy.engine import make_url
 
-        assert self.s3 is not None
+        assert self.buckets is not None
         url = make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql+psycopg", database=database)
-        buckets = self._bucket_pair()
-        for bucket, wanted in zip(buckets, objects, strict=True):
-            self._make_hold(bucket, wanted)
+        buckets = self.buckets.take(objects)
         env["GEOMESH_DATABASE_URL"] = url.render_as_string(hide_password=False)
-        env.update(self.s3.env(*buckets))
+        env.update(self.buckets.s3.env(*buckets))
         return Place(root, env, database, buckets)
-
-    def _bucket_pair(self) -> tuple[str, ...]:
-        """A spare pair of a dropped place, else two new buckets (main + quarantine).
-
-        Reusing buckets is what makes a clone cheap: SeaweedFS gives each new bucket a
-        collection and grows a volume for it on the first write, about a second; a spare
-        pair only needs what its last place changed put back (``_make_hold``).
-        """
-        with self._lock:
-            if self._spare_buckets:
-                return self._spare_buckets.pop()
-        assert self.s3 is not None
-        bucket = f"gm-{uuid.uuid4().hex[:16]}"
-        pair = (bucket, f"{bucket}-quarantine")
-        for name in pair:
-            self.s3.create_bucket(name)
-        return pair
-
-    def _make_hold(self, bucket: str, wanted: Objects) -> None:
-        """Make ``bucket`` hold exactly ``wanted``: delete what is extra, put what is missing
-        or differs (by ETag: the MD5 of a plainly PUT object's bytes)."""
-        import obstore
-
-        assert self.s3 is not None
-        store = self.s3.obstore(bucket)
-        have = {meta["path"]: meta.get("e_tag") for chunk in obstore.list(store) for meta in chunk}
-        extra = [path for path in have if path not in wanted]
-        stale = [
-            path for path, (etag, _) in wanted.items() if etag is None or have.get(path) != etag
-        ]
-        with ThreadPoolExecutor(max_workers=_IO_THREADS) as pool:
-            list(pool.map(lambda path: obstore.delete(store, path), extra))
-            list(pool.map(lambda path: obstore.put(store, path, wanted[path][1]), stale))
 
     def _objects_of(self, template: Place) -> list[Objects]:
         """The template's objects per bucket (read once: a template is read-only)."""

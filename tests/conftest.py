@@ -6,6 +6,7 @@ same tests run on PostgreSQL (127.0.0.1:5432) and S3 on a SeaweedFS server the s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import textwrap
@@ -174,7 +175,8 @@ def settings(
     if schema_dir_if_present is not None:
         env["GEOMESH_SCHEMA_DIR"] = str(schema_dir_if_present)
     if BACKEND == "postgres-s3":
-        env.update(request.getfixturevalue("postgres_env"))
+        empty = request.node.get_closest_marker("empty_database") is not None
+        env.update(request.getfixturevalue("postgres_env" if empty else "migrated_postgres_env"))
         env.update(request.getfixturevalue("s3_env"))
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -495,7 +497,6 @@ class SeaweedFS:
     def _remove_sockets(self) -> None:
         """The unix sockets of this server: in ``base``, and the gRPC ones SeaweedFS
         creates in /tmp, named by our ports."""
-        import contextlib
         import stat
 
         found = [self.base / "filer.sock", self.base / "s3.sock"]
@@ -517,24 +518,23 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
         server.close()
 
 
+@pytest.fixture(scope="session")
+def bucket_pool(seaweedfs: S3Service) -> Iterator[Any]:
+    """The session's S3 bucket pairs, reused from test to test (``_backend_clone.BucketPool``)."""
+    from _backend_clone import BucketPool
+
+    pool = BucketPool(seaweedfs)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def s3_env(seaweedfs: S3Service) -> Iterator[dict[str, str]]:
-    """GEOMESH_* variables for S3 on SeaweedFS with fresh buckets (main + quarantine)."""
-    import urllib.error
-    import uuid
-
-    bucket = f"gm-{uuid.uuid4().hex[:16]}"
-    quarantine = f"{bucket}-quarantine"
-    seaweedfs.create_bucket(bucket)
-    seaweedfs.create_bucket(quarantine)
-    yield seaweedfs.env(bucket, quarantine)
-    for name in (bucket, quarantine):
-        try:
-            seaweedfs.delete_bucket(name)
-        except urllib.error.URLError as exc:  # cleanup only; the session's data dir goes too
-            import warnings
-
-            warnings.warn(f"could not delete test bucket {name}: {exc}", stacklevel=1)
+def s3_env(seaweedfs: S3Service, bucket_pool: Any) -> Iterator[dict[str, str]]:
+    """GEOMESH_* variables for S3 on SeaweedFS with a bucket pair (main + quarantine) of
+    the session's pool, empty when the test starts."""
+    pair = bucket_pool.take()
+    yield seaweedfs.env(*pair)
+    bucket_pool.give_back(pair)
 
 
 @pytest.fixture(scope="module")
@@ -543,15 +543,16 @@ def places(request: pytest.FixtureRequest, schema_dir_if_present: Path | None) -
     prepared template (``tests/_backend_clone.py``); all dropped when the module ends."""
     from _backend_clone import Places
 
-    s3 = request.getfixturevalue("seaweedfs") if BACKEND == "postgres-s3" else None
-    made = Places(schema_dir_if_present, s3)
+    buckets = request.getfixturevalue("bucket_pool") if BACKEND == "postgres-s3" else None
+    made = Places(schema_dir_if_present, buckets)
     yield made
     made.close()
 
 
-@pytest.fixture
-def postgres_env() -> Iterator[dict[str, str]]:
-    """GEOMESH_DATABASE_URL of a fresh PostgreSQL database, dropped after the test."""
+@contextlib.contextmanager
+def _postgres_database(template: str | None = None) -> Iterator[dict[str, str]]:
+    """GEOMESH_DATABASE_URL of a new PostgreSQL database (a copy of ``template``, else
+    empty), dropped afterwards."""
     import uuid
 
     import psycopg
@@ -567,8 +568,11 @@ def postgres_env() -> Iterator[dict[str, str]]:
         require_service(f"PostgreSQL not reachable at {where}: {first}")
         raise AssertionError("unreachable") from exc
     name = f"gm_{uuid.uuid4().hex}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
     with conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(create)
     url = admin.set(drivername="postgresql+psycopg", database=name)
     try:
         yield {"GEOMESH_DATABASE_URL": url.render_as_string(hide_password=False)}
@@ -580,3 +584,39 @@ def postgres_env() -> Iterator[dict[str, str]]:
                 (name,),
             )
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def postgres_env() -> Iterator[dict[str, str]]:
+    """GEOMESH_DATABASE_URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    with _postgres_database() as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def migrated_template() -> Iterator[str]:
+    """The name of a PostgreSQL database at the newest revision, that nobody connects to:
+    the template ``migrated_postgres_env`` copies (Alembic runs once per session instead of
+    once per test, ~0.3 s each)."""
+    from sqlalchemy.engine import make_url
+
+    from geomesh import db
+
+    with _postgres_database() as env:
+        engine = db.make_engine(env["GEOMESH_DATABASE_URL"])
+        try:
+            db.migrate(engine)
+        finally:
+            engine.dispose()
+        name = make_url(env["GEOMESH_DATABASE_URL"]).database
+        assert name is not None
+        yield name
+
+
+@pytest.fixture
+def migrated_postgres_env(migrated_template: str) -> Iterator[dict[str, str]]:
+    """GEOMESH_DATABASE_URL of a fresh PostgreSQL database at the newest revision (a copy of
+    ``migrated_template``), dropped after the test; what the ``settings`` catalog gets,
+    unless the test is marked ``empty_database``."""
+    with _postgres_database(migrated_template) as env:
+        yield env

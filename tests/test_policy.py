@@ -426,6 +426,7 @@ def test_doctor_names_a_policy_changed_outside_the_service(setup: Setup) -> None
     assert "policy-active" in run_doctor(ws).kinds("error")
 
 
+@pytest.mark.empty_database
 def test_products_registered_before_the_migration_get_version_one(settings: Settings) -> None:
     """Migration 0004 backfills the history from ``product``: a database at 0003 with a
     registered product gets that config as version 1 (active, ``initial``)."""
