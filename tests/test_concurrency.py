@@ -58,7 +58,7 @@ def shared_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     """One storage root and one database that every worker process opens."""
     url = None
     if request.param == "postgres":
-        url = request.getfixturevalue("postgres_env")["GEOMESH_DATABASE_URL"]
+        url = request.getfixturevalue("migrated_postgres_env")["GEOMESH_DATABASE_URL"]
     schemas = SHARED / "stac-schemas"
     return Settings(
         storage_root=tmp_path / "root",

@@ -130,11 +130,11 @@ def _error_line(stderr: str) -> str:
 
 @pytest.fixture
 def proxied_postgres(
-    tmp_path: Path, postgres_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, migrated_postgres_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Workspace, TcpProxy]]:
     """The test's own workspace (direct to PostgreSQL) and a proxy every `geomesh` CLI run
     goes through (``GEOMESH_DATABASE_URL`` points at it); local object store."""
-    direct = make_url(postgres_env["GEOMESH_DATABASE_URL"])
+    direct = make_url(migrated_postgres_env["GEOMESH_DATABASE_URL"])
     proxy = TcpProxy(direct.port or 5432, direct.host or "127.0.0.1")
     via_proxy = direct.set(host="127.0.0.1", port=proxy.port, query={"sslmode": "disable"})
     root = tmp_path / "root"
@@ -306,7 +306,7 @@ def private_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 @pytest.fixture
 def s3_workspace(
     private_s3: SeaweedFS,
-    postgres_env: dict[str, str],
+    migrated_postgres_env: dict[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Workspace]:
@@ -317,7 +317,7 @@ def s3_workspace(
     for name in (bucket, f"{bucket}-quarantine"):
         private_s3.service.create_bucket(name)
     env = {
-        **postgres_env,
+        **migrated_postgres_env,
         **private_s3.service.env(bucket, f"{bucket}-quarantine"),
         "GEOMESH_STORAGE_ROOT": str(tmp_path / "root"),
     }

@@ -53,12 +53,12 @@ DATED = {"TIFFTAG_DATETIME": "2024:06:12 19:03:21"}
 
 @pytest.fixture
 def postgres_workspace(
-    tmp_path: Path, postgres_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, migrated_postgres_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Workspace]:
     """A workspace on PostgreSQL (whatever the suite's backend): several workers need it."""
     monkeypatch.setenv("GEOMESH_STORAGE_ROOT", str(tmp_path / "pg-data"))
     monkeypatch.setenv("GEOMESH_OBJECT_STORE", "local")
-    for k, v in postgres_env.items():
+    for k, v in migrated_postgres_env.items():
         monkeypatch.setenv(k, v)
     ws = Workspace.open(Settings())
     yield ws
