@@ -17,7 +17,7 @@ import pytest
 from conftest import BACKEND, ROOT
 
 EXPECTED = {
-    "ingest overhead": 6,  # 2 sizes × (wall, CPU, memory)
+    "ingest overhead": 9,  # (2 sizes fresh + 1 warm) × (wall, CPU, memory)
     "batch scaling": 4,  # default vs best rio-cogeo setup, vs workers=1, remote ingest ×2
     "validation throughput": 2,
     "CLI start": 2,  # geomesh --help, geomesh items list
