@@ -135,9 +135,8 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str, catalog: str)
     calls: dict[str, int] = {}
     _probe(raster, "cog_translate", spent)
     _probe(raster, "validate_cog", spent)
-    _probe(tiles, "inspect", spent, calls, "inspect (COG)")
+    _probe(tiles, "inspect_with_statistics", spent, calls, "inspect + statistics (COG)")
     _probe(raster, "_inspect_open", spent, calls, "inspect of an open dataset")
-    _probe(tiles, "band_statistics", spent)
     # every SHA-256 pass over tile bytes, wherever it happens
     _probe(tiles, "sha256_file", spent, calls, "sha256 COG (thread, during validate + inspect)")
     _probe(tiles, "source_digest_for", spent, calls, "sha256 source (thread, during COG)")

@@ -521,19 +521,27 @@ def validate_cog(path: str | Path) -> tuple[bool, list[str], list[str]]:
     return bool(ok), list(errs), list(warns)
 
 
-def band_statistics(path: str | Path) -> list[dict[str, float] | None]:
+def inspect_with_statistics(
+    path: str | Path, *, domain_crs: str | None = None
+) -> tuple[RasterInfo, list[dict[str, float] | None]]:
+    """:func:`inspect` and the approximate per-band statistics of a COG just written, from
+    one open of it."""
+    with open_raster(path) as ds:
+        return _inspect_open(ds, str(path), domain_crs), _band_statistics(ds)
+
+
+def _band_statistics(ds: Any) -> list[dict[str, float] | None]:
     """Approximate per-band statistics (GDAL computes them on overviews: cheap)."""
     out: list[dict[str, float] | None] = []
-    with open_raster(path) as ds:
-        for b in range(1, ds.count + 1):
-            try:
-                st = ds.stats(indexes=[b], approx=True)[0]
-            except (RasterioError, ValueError):
-                out.append(None)
-                continue
-            vals = {"minimum": st.min, "maximum": st.max, "mean": st.mean, "stddev": st.std}
-            if all(v is not None and math.isfinite(v) for v in vals.values()):
-                out.append({k: float(v) for k, v in vals.items()})
-            else:
-                out.append(None)
+    for b in range(1, ds.count + 1):
+        try:
+            st = ds.stats(indexes=[b], approx=True)[0]
+        except (RasterioError, ValueError):
+            out.append(None)
+            continue
+        vals = {"minimum": st.min, "maximum": st.max, "mean": st.mean, "stddev": st.std}
+        if all(v is not None and math.isfinite(v) for v in vals.values()):
+            out.append({k: float(v) for k, v in vals.items()})
+        else:
+            out.append(None)
     return out

@@ -30,8 +30,7 @@ from geomesh.opening import OpeningPolicy
 from geomesh.raster import (
     CogResult,
     RasterInfo,
-    band_statistics,
-    inspect,
+    inspect_with_statistics,
     is_remote,
     sanitize_source,
     write_cog,
@@ -185,8 +184,9 @@ def prepare_tile(
                 cog_path.unlink(missing_ok=True)
                 raise
         try:
-            cog_info = inspect(cog_path, domain_crs=config.spatial_domain.crs)
-            statistics = band_statistics(cog_path)
+            cog_info, statistics = inspect_with_statistics(
+                cog_path, domain_crs=config.spatial_domain.crs
+            )
         finally:
             hexdigest, size = cog_hash[0].result()
         if source_hash is not None:

@@ -350,7 +350,8 @@ def test_one_hash_and_one_inspect_per_tile(
     workspace: Workspace, config: ProductConfig, s2_tile: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 19: the COG is hashed once (validation after staging reuses that digest), the
-    source once (while the COG is written, not before), the COG inspected once; a re-run
+    source once (while the COG is written, not before), the COG opened once for its
+    inspection and statistics; a re-run
     of the same location hashes the source up front and skips the file work."""
     import geomesh.raster as raster_mod
     import geomesh.services.pipeline as pipeline_mod
@@ -373,15 +374,18 @@ def test_one_hash_and_one_inspect_per_tile(
     count(rules_mod, "cog_validate", "cog_validate (validation)")
     count(tiles_mod, "source_digest_for", "source hash (prepare)")
     count(pipeline_mod, "source_digest_for", "source hash (before prepare)")
-    count(tiles_mod, "inspect", "inspect")
+    count(tiles_mod, "inspect_with_statistics", "inspect + statistics (COG)")
     count(raster_mod, "_inspect_open", "inspect of an open dataset")
+    count(raster_mod, "open_raster", "open")
     (res,) = _ingest(workspace, config, s2_tile).results
     assert res.status == "staged" and res.findings is not None
     assert calls == {
         "cog hash (prepare)": 1,
         "source hash (prepare)": 1,
-        "inspect": 1,  # the COG; the source is inspected from write_cog's open dataset
+        # the COG; the source is inspected from write_cog's open dataset
+        "inspect + statistics (COG)": 1,
         "inspect of an open dataset": 2,
+        "open": 2,  # the source (write_cog), the COG (inspect and statistics from one open)
     }
     (row,) = _items(workspace)
     assert row.source_digest == tiles_mod.source_digest_for(str(s2_tile), config)
