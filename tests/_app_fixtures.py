@@ -1,21 +1,20 @@
 """Pytest plugin for the app tests (``pytest_plugins = ("_app_fixtures",)``).
 
 The autouse fixture clears Streamlit's process-global caches around every test and makes
-unexpected app errors propagate to ``at.exception`` (GEOMESH_UI_RAISE=1); ``demo_catalog``
+unexpected app errors propagate to ``at.exception`` (GEOMESH_UI_RAISE=1); ``demo_workspace``
 is the seeded demo product on the test's own storage root and backend.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import streamlit as st
 
 from geomesh import demo
-from geomesh.settings import Settings
 from geomesh.workspace import Workspace
 
 
@@ -35,36 +34,43 @@ def _app_isolation(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def demo_template(
-    tmp_path_factory: pytest.TempPathFactory, schema_dir_if_present: Path | None
-) -> Path | None:
-    """A seeded SQLite + local demo catalog, copied per test (seeding once is faster)."""
+def demo_places(
+    request: pytest.FixtureRequest, schema_dir_if_present: Path | None
+) -> Iterator[Any]:
+    """The session's places for the demo catalog: its template and every test's copy."""
+    from _backend_clone import Places
+
     from conftest import BACKEND
 
-    if BACKEND != "sqlite-local":
-        return None
-    root = tmp_path_factory.mktemp("demo-template") / "geomesh-data"
-    mp = pytest.MonkeyPatch()
+    buckets = request.getfixturevalue("bucket_pool") if BACKEND == "postgres-s3" else None
+    made = Places(schema_dir_if_present, buckets)
+    yield made
+    made.close()
+
+
+@pytest.fixture(scope="session")
+def demo_template(tmp_path_factory: pytest.TempPathFactory, demo_places: Any) -> Any:
+    """The demo product seeded once (``demo.seed``) on the selected backend; every test gets
+    a copy (seeding takes 2-7 s, a copy 0.05-0.2 s; ``tests/_backend_clone.py``)."""
+    place = demo_places.fresh(tmp_path_factory.mktemp("demo-template") / "geomesh-data")
+    ws = place.open()
     try:
-        mp.setenv("GEOMESH_STORAGE_ROOT", str(root))
-        if schema_dir_if_present is not None:
-            mp.setenv("GEOMESH_SCHEMA_DIR", str(schema_dir_if_present))
-        ws = Workspace.open(Settings())
         demo.seed(ws)
-        ws.close()
     finally:
-        mp.undo()
-    return root
+        ws.close()
+    return place
 
 
 @pytest.fixture
-def demo_workspace(settings: Settings, demo_template: Path | None) -> Iterator[Workspace]:
-    """The demo product, seeded, on this test's storage root and backend."""
-    if demo_template is not None:
-        shutil.copytree(demo_template, settings.resolved_storage_root(), dirs_exist_ok=True)
-        ws = Workspace.open(settings)
-    else:
-        ws = Workspace.open(settings)
-        demo.seed(ws)
+def demo_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_places: Any, demo_template: Any
+) -> Iterator[Workspace]:
+    """The demo product, seeded, on this test's own storage root and backend (a copy of
+    ``demo_template``); the test's GEOMESH_* variables point at it, for the app and the CLI."""
+    place = demo_places.clone(demo_template, tmp_path / "geomesh-data")
+    for key, value in place.env.items():
+        monkeypatch.setenv(key, value)
+    ws = place.open()
     yield ws
     ws.close()
+    demo_places.drop(place)
