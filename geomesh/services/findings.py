@@ -7,6 +7,7 @@ the read models read them through these functions only.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from sqlmodel import Session, col, func, select
 
@@ -52,6 +53,23 @@ def open_findings(session: Session, item_id: str) -> list[Finding]:
         )
     ).all()
     return sort_findings(record_to_finding(r) for r in rows)
+
+
+def open_count_columns(item_id: Any) -> list[Any]:
+    """Per row of a statement over items, its open findings of each severity (P1, P2, P3
+    order) as correlated scalar subqueries on ``item_id`` (the statement's item id column):
+    counted in ``ix_finding_item_open_severity``, in the same statement as the rows.
+    :func:`finding_counts` counts the same for a list of ids, in one grouped query."""
+    return [
+        select(func.count())
+        .where(
+            col(FindingRecord.item_id) == item_id,
+            col(FindingRecord.open).is_(True),
+            col(FindingRecord.severity) == severity,
+        )
+        .scalar_subquery()
+        for severity in Severity
+    ]
 
 
 def finding_counts(

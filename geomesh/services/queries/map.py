@@ -16,7 +16,8 @@ from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import col
 
-from geomesh.models import FindingRecord, Item, ItemState, Severity
+from geomesh.models import Item, ItemState, Severity
+from geomesh.services.findings import open_count_columns
 from geomesh.services.queries._common import SEVERITIES, val
 from geomesh.services.queries.products import boundary_geojson, product_config
 from geomesh.workspace import Workspace
@@ -83,7 +84,7 @@ def map_layer(
                     col(Item.source),
                     # the GeoJSON as text: GEOS parses it (vectorised) faster than json + shape
                     col(Item.stac)["geometry"].as_string(),
-                    *_open_counts(),
+                    *open_count_columns(col(Item.id)),
                 )
                 .where(*where, same)
                 .order_by(col(Item.state), col(Item.id))
@@ -129,21 +130,6 @@ def map_layer(
         shown=len(features),
         without_footprint=without,
     )
-
-
-def _open_counts() -> list[Any]:
-    """Per drawn item, its open findings of each severity (``SEVERITIES`` order): counted in
-    ``ix_finding_item_open_severity``, in the same statement as the item rows."""
-    return [
-        sa_select(func.count())
-        .where(
-            col(FindingRecord.item_id) == col(Item.id),
-            col(FindingRecord.open).is_(True),
-            col(FindingRecord.severity) == Severity(s),
-        )
-        .scalar_subquery()
-        for s in SEVERITIES
-    ]
 
 
 def _simplified(geoms: Sequence[BaseGeometry], tolerance: float) -> list[dict[str, Any]]:
