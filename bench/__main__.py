@@ -55,8 +55,10 @@ def run_all(names: list[str], *, smoke: bool) -> tuple[list[Row], dict[str, floa
     return rows, durations
 
 
-def render(rows: list[Row], durations: dict[str, float], *, smoke: bool) -> str:
-    info = machine_info()
+def render(
+    info: dict[str, str], rows: list[Row], durations: dict[str, float], *, smoke: bool
+) -> str:
+    """The results page; ``info`` is :func:`~bench.machine_info` taken before the run."""
     lines = [
         "# geomesh benchmark results",
         "",
@@ -93,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = [n for n in BENCHMARKS if not args.only or n in args.only]
     quiet_logs()
+    info = machine_info()  # before the run: its date and load are the run's start
     rows, durations = run_all(names, smoke=args.smoke)
-    text = render(rows, durations, smoke=args.smoke)
+    text = render(info, rows, durations, smoke=args.smoke)
     print(markdown_table(rows))
     print(f"\ntotal {fmt_s(sum(durations.values()))}")
     out = args.out or (None if args.smoke else RESULTS)

@@ -6,6 +6,7 @@ to `make bench` on a quiet machine, not to the test suite.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -88,12 +89,36 @@ def test_ratios_are_finite_and_targets_are_stated(
 
 def test_results_markdown_names_the_machine(smoke: tuple[list[dict[str, object]], str]) -> None:
     rows, text = smoke
-    for label in ("cpu:", "cores:", "ram:", "python:", "gdal:", "date:"):
+    for label in ("cpu:", "cores:", "ram:", "python:", "gdal:", "date:", "python bytecode cache:"):
         assert f"- {label}" in text, label
     header = "| benchmark | case | metric | geomesh | baseline | ratio | target | met? | notes |"
     assert header in text
     table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(table) == 1 + len(rows)
+
+
+def test_the_machine_is_described_as_it_was_when_the_run_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The date and load average the page states are taken before any benchmark runs (the
+    load after one is mostly its own processes)."""
+    monkeypatch.syspath_prepend(str(ROOT))  # `python -m bench` runs from the project root
+    bench_main = importlib.import_module("bench.__main__")
+
+    order: list[str] = []
+
+    def described() -> dict[str, str]:
+        order.append("machine")
+        return {"date": "then", "load average at start (1/5/15 min)": "0.00 / 0.00 / 0.00"}
+
+    def ran(names: list[str], *, smoke: bool) -> tuple[list[object], dict[str, float]]:
+        order.append("run")
+        return [], {}
+
+    monkeypatch.setattr(bench_main, "machine_info", described)
+    monkeypatch.setattr(bench_main, "run_all", ran)
+    assert bench_main.main(["--smoke", "--only", "cli_startup"]) == 0
+    assert order == ["machine", "run"]
 
 
 def test_committed_results_come_from_a_full_run() -> None:
