@@ -47,8 +47,8 @@ from geomesh.config import ProductConfig
 from geomesh.errors import ConfigError, RasterError, SourceNotAllowed
 from geomesh.redact import redact, redact_url
 
-if TYPE_CHECKING:
-    import httpx2
+if TYPE_CHECKING:  # types only: no cycle (settings imports only errors); a batch worker
+    import httpx2  # starts without pydantic-settings (tests/test_parallel.py checks it)
 
     from geomesh.settings import Settings
 else:  # probes only: a batch's worker processes, which never probe, start without it

@@ -351,8 +351,8 @@ def test_one_hash_and_one_inspect_per_tile(
 ) -> None:
     """Issue 19: the COG is hashed once (validation after staging reuses that digest), the
     source once (while the COG is written, not before), the COG opened once for its
-    inspection and statistics; a re-run
-    of the same location hashes the source up front and skips the file work."""
+    inspection and statistics; a re-run of the same location hashes the source up front
+    and skips the file work."""
     import geomesh.raster as raster_mod
     import geomesh.services.pipeline as pipeline_mod
     import geomesh.tiles as tiles_mod
