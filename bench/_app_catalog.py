@@ -336,7 +336,7 @@ def _append_events(ws: Any, pid: str, targets: list[str], n: int) -> None:
 
     from sqlalchemy import insert, update
 
-    from geomesh import audit
+    from geomesh import audit, audit_info
     from geomesh.models import AuditEvent, AuditHead
 
     with ws.transaction() as session:
@@ -373,4 +373,4 @@ def _append_events(ws: Any, pid: str, targets: list[str], n: int) -> None:
         session.execute(
             update(AuditHead).where(AuditHead.id == 1).values(last_seq=seq, last_hash=prev)
         )
-    audit.write_checkpoint(ws.store, ws.audit_key, seq, prev)
+    audit_info.write_checkpoint(ws.store, ws.audit_key, seq, prev)

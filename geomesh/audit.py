@@ -4,7 +4,8 @@ Every state change appends exactly one event *in the same transaction* as the ch
 Each event stores the HMAC-SHA256 of its canonical form (the previous event's hash
 included) under a key kept outside the database (``geomesh.workspace`` loads it and hands
 it to each unit of work in ``Session.info``). After a write commits, the workspace stores
-the chain head as a write-once checkpoint object in the object store's ``meta`` area.
+the chain head as a write-once checkpoint object in the object store's ``meta`` area
+(both in :mod:`geomesh.audit_info`, which needs no database).
 
 ``verify`` recomputes the chain and names each event that was edited, inserted or deleted,
 and each checkpoint the database no longer matches. Someone with write access to the
@@ -26,33 +27,19 @@ from typing import Any, Final
 
 from sqlmodel import Session, col, select
 
+from geomesh.audit_info import (
+    CHANNEL_INFO,
+    CHECKPOINT_PREFIX,
+    HEAD_INFO,
+    KEY_INFO,
+    checkpoint_mac,
+)
 from geomesh.errors import AuditKeyError, StorageError
 from geomesh.models import AuditEvent, AuditHead, utcnow
 from geomesh.redact import redact_value
 from geomesh.storage import ObjectStore
 
 GENESIS = "0" * 64
-#: ``Session.info`` key of the audit chain's HMAC key (set by ``Workspace.transaction``)
-KEY_INFO: Final = "geomesh.audit_key"
-#: ``Session.info`` key of the newest (seq, hash) this unit of work appended
-HEAD_INFO: Final = "geomesh.audit_head"
-#: ``Session.info`` key of where the change came from (``{"name": "cli", "os_user", "host"}``,
-#: set by ``Workspace.transaction``); recorded, hashed, as ``details["channel"]``
-CHANNEL_INFO: Final = "geomesh.channel"
-#: where checkpoints live in the object store's ``meta`` area
-CHECKPOINT_PREFIX: Final = "audit/checkpoints/"
-MIN_KEY_BYTES: Final = 32
-
-
-def keyed(key: bytes) -> dict[str, Any]:
-    """The ``Session.info`` that lets a unit of work append events."""
-    if len(key) < MIN_KEY_BYTES:
-        raise AuditKeyError(
-            f"the audit key has {len(key)} bytes; it needs at least {MIN_KEY_BYTES}",
-            hint="set GEOMESH_AUDIT_KEY to a long random value, or remove it to use the key "
-            "file geomesh creates",
-        )
-    return {KEY_INFO: key}
 
 
 def _session_key(session: Session) -> bytes:
@@ -60,7 +47,8 @@ def _session_key(session: Session) -> bytes:
     if not isinstance(key, bytes):
         raise AuditKeyError(
             "this unit of work has no audit key, so it cannot append to the audit chain",
-            hint="open sessions through Workspace.transaction() (or pass info=audit.keyed(key))",
+            hint="open sessions through Workspace.transaction() "
+            "(or pass info=audit_info.keyed(key))",
         )
     return key
 
@@ -165,24 +153,6 @@ class Checkpoint:
     key: str  #: its object key, to name it in a problem
 
 
-def _checkpoint_mac(key: bytes, seq: int, head_hash: str) -> str:
-    return hmac.new(key, f"checkpoint:{seq}:{head_hash}".encode(), hashlib.sha256).hexdigest()
-
-
-def checkpoint_key(seq: int) -> str:
-    return f"{CHECKPOINT_PREFIX}{seq:012d}.json"
-
-
-def checkpoint_bytes(key: bytes, seq: int, head_hash: str) -> bytes:
-    body = {"seq": seq, "hash": head_hash, "mac": _checkpoint_mac(key, seq, head_hash)}
-    return json.dumps(body, sort_keys=True).encode()
-
-
-def write_checkpoint(store: ObjectStore, key: bytes, seq: int, head_hash: str) -> None:
-    """Store the chain head once (an existing checkpoint object is never replaced)."""
-    store.put_bytes("meta", checkpoint_key(seq), checkpoint_bytes(key, seq, head_hash))
-
-
 def stored_checkpoints(
     store: ObjectStore, key: bytes, *, after: int = 0
 ) -> tuple[list[Checkpoint], list[ChainProblem]]:
@@ -200,7 +170,7 @@ def stored_checkpoints(
         except (ValueError, KeyError, TypeError):
             problems.append(ChainProblem(None, None, f"checkpoint {name} is unreadable"))
             continue
-        if not hmac.compare_digest(mac, _checkpoint_mac(key, seq, head_hash)):
+        if not hmac.compare_digest(mac, checkpoint_mac(key, seq, head_hash)):
             problems.append(
                 ChainProblem(seq, None, f"checkpoint {name} is not signed with the audit key")
             )

@@ -6,7 +6,6 @@ import hashlib
 import re
 import secrets
 from datetime import datetime
-from enum import StrEnum
 from functools import cache
 from typing import Final
 
@@ -23,14 +22,6 @@ SYSTEM: Final = "system"
 MIN_PASSWORD_LENGTH: Final = 12
 #: every API token starts with this, so a leaked one is recognisable (secret scanners)
 TOKEN_PREFIX: Final = "gmt_"
-
-
-class Channel(StrEnum):
-    """Where a state change came from (recorded in each audit event's ``details``)."""
-
-    app = "app"
-    cli = "cli"
-    webhook = "webhook"
 
 
 #: action -> roles allowed. The single source of truth for access control.

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import event, text
+import lazy_loader
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -19,10 +20,14 @@ from sqlalchemy.exc import (
     OperationalError,
     ProgrammingError,
 )
-from sqlmodel import Session, create_engine
 
 from geomesh import faults
 from geomesh.errors import ConfigError, DatabaseError
+
+if TYPE_CHECKING:
+    import sqlmodel
+else:  # the ORM loads with a first session: a read-only CLI call (`items list`) never does
+    sqlmodel = lazy_loader.load("sqlmodel")
 
 T = TypeVar("T")
 
@@ -31,6 +36,14 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x67656F6D
 #: execution option of read-only engines (``read_engine``): SQLite begins them deferred
 READ_ONLY = "geomesh_read_only"
+#: ids per ``IN (...)`` clause: well below SQLite's 32,766 and PostgreSQL's 65,535 parameters
+IN_CHUNK = 500
+
+
+def chunks(values: Sequence[T], n: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """``values`` in consecutive slices of at most ``n`` (one ``IN (...)`` clause each)."""
+    for i in range(0, len(values), n):
+        yield values[i : i + n]
 
 
 def make_engine(url: str) -> Engine:
@@ -146,17 +159,25 @@ def migrate(engine: Engine) -> None:
         ) from None
 
 
+def session(engine: Engine, *, info: dict[str, Any] | None = None) -> sqlmodel.Session:
+    """An ORM session on ``engine`` whose objects stay readable after commit (SQLModel is
+    imported here, with the first session of the process)."""
+    return sqlmodel.Session(engine, expire_on_commit=False, info=info)
+
+
 @contextmanager
-def transaction(engine: Engine, *, info: dict[str, Any] | None = None) -> Iterator[Session]:
+def transaction(
+    engine: Engine, *, info: dict[str, Any] | None = None
+) -> Iterator[sqlmodel.Session]:
     """One unit of work: commit on success, roll back on any exception.
 
     ``info`` travels with the session (``Session.info``): the audit key rides there. A
     lost connection or a transaction the server refused is ``DatabaseError``.
     """
-    with database_errors(engine), Session(engine, expire_on_commit=False, info=info) as session:
-        with session.begin():
-            yield session
-            session.flush()
+    with database_errors(engine), session(engine, info=info) as unit:
+        with unit.begin():
+            yield unit
+            unit.flush()
             faults.point("db.before_commit")
         faults.point("db.after_commit")
 
@@ -211,7 +232,7 @@ def retry_on_conflict(unit_of_work: Callable[[], T], *, attempts: int = 3) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def advisory_lock(session: Session, name: str) -> None:
+def advisory_lock(session: sqlmodel.Session, name: str) -> None:
     """Serialise, until they end, the transactions that take the lock ``name``: for
     decisions that no single row stands for, such as "the user table is empty" (the first
     admin's bootstrap) or "this is the last enabled admin".
@@ -226,7 +247,7 @@ def advisory_lock(session: Session, name: str) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
-def db_now(session: Session) -> datetime:
+def db_now(session: sqlmodel.Session) -> datetime:
     """The database's clock (PostgreSQL ``clock_timestamp()``), for leases that several
     hosts compare; on SQLite (one host) the local UTC clock."""
     bind = session.get_bind()

@@ -14,6 +14,9 @@ from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
+from geomesh.enums import ItemState as ItemState
+from geomesh.enums import Severity as Severity
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -33,28 +36,6 @@ class Role(StrEnum):
     steward = "steward"
     analyst = "analyst"
     viewer = "viewer"
-
-
-class ItemState(StrEnum):
-    """One item version's place in the lifecycle (``geomesh.lifecycle.TRANSITIONS``)."""
-
-    staging = "staging"
-    validation = "validation"
-    production = "production"
-    quarantined = "quarantined"
-    #: a staged tile the P1 route (``rollback``) took out of the pipeline; never released
-    rolled_back = "rolled_back"
-    #: a released item taken out of production by an item or release rollback
-    withdrawn = "withdrawn"
-    superseded = "superseded"
-    deprecated = "deprecated"
-    discarded = "discarded"
-
-
-class Severity(StrEnum):
-    P1 = "P1"
-    P2 = "P2"
-    P3 = "P3"
 
 
 # ------------------------------------------------------------------ users

@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlalchemy.engine import Connection, Engine
 
-from geomesh import audit, db
+from geomesh import audit_info, db
 from geomesh.errors import AuditKeyError, ConfigError, StorageError
 from geomesh.settings import Settings, load_settings
 from geomesh.storage import TMP_PREFIX, LocalStore, ObjectStore
 
-if TYPE_CHECKING:  # only read by the caller that loaded a config
+if TYPE_CHECKING:  # a config: only read by the caller that loaded one; the ORM: see db.session
+    from sqlmodel import Session
+
     from geomesh.config import ProductConfig
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Workspace:
     audit_key: bytes = field(repr=False)
     _migrated: bool = field(default=False, repr=False)
     #: where changes come from (``{"name": "app"}``, ``{"name": "cli", "os_user", "host"}``):
-    #: every audit event of this workspace records it (``audit.CHANNEL_INFO``)
+    #: every audit event of this workspace records it (``audit_info.CHANNEL_INFO``)
     channel: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -86,17 +87,17 @@ class Workspace:
         """One unit of work; commits on success, rolls back on any exception.
 
         When it appended audit events, the new chain head is then stored as a write-once
-        checkpoint (``audit.write_checkpoint``); a failure there is logged, never raised,
+        checkpoint (``audit_info.write_checkpoint``); a failure there is logged, never raised,
         since the change itself has committed.
         """
-        info = {**audit.keyed(self.audit_key), audit.CHANNEL_INFO: self.channel}
+        info = {**audit_info.keyed(self.audit_key), audit_info.CHANNEL_INFO: self.channel}
         with db.transaction(self.engine, info=info) as session:
             yield session
-        head = session.info.get(audit.HEAD_INFO)
+        head = session.info.get(audit_info.HEAD_INFO)
         if head is not None:
             seq, head_hash = head
             try:
-                audit.write_checkpoint(self.store, self.audit_key, seq, head_hash)
+                audit_info.write_checkpoint(self.store, self.audit_key, seq, head_hash)
             except StorageError as exc:
                 log.warning("audit checkpoint #%s not stored: %s", seq, exc)
 
@@ -107,9 +108,17 @@ class Workspace:
         lost or refused connection is ``DatabaseError`` (``db.database_errors``)."""
         with (
             db.database_errors(self.engine),
-            Session(db.read_engine(self.engine), expire_on_commit=False) as session,
+            db.session(db.read_engine(self.engine)) as session,
         ):
             yield session
+
+    @contextmanager
+    def read_rows(self) -> Iterator[Connection]:
+        """:meth:`read` without the ORM: a Core connection over the same read-only snapshot,
+        for statements over :mod:`geomesh.tables` (``geomesh items list`` starts without
+        SQLModel); rolled back at the end."""
+        with db.database_errors(self.engine), db.read_engine(self.engine).connect() as conn:
+            yield conn
 
     def close(self) -> None:
         self.engine.dispose()
@@ -124,7 +133,7 @@ def load_audit_key(settings: Settings, root: Path) -> bytes:
         if not path.exists():
             _create_key_file(path)
         key = _read_key_file(path)
-    audit.keyed(key)  # refuses a key too short to be a secret
+    audit_info.keyed(key)  # refuses a key too short to be a secret
     return key
 
 

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlmodel import col, select
 
-from geomesh import audit
+from geomesh import audit, audit_info
 from geomesh.config import ProductConfig
 from geomesh.errors import AlreadyExists, AuditKeyError, PermissionDenied
 from geomesh.models import AuditEvent, Role
@@ -251,19 +251,21 @@ def test_cutting_the_newest_events_is_detected_by_the_stored_checkpoint(ws: Work
     problems = history.verify_audit(ws)
     assert len(problems) == 1
     assert f"#{(keep.seq or 0) + 1}..#{evs[-1].seq}" in problems[0].problem
-    assert "deleted" in problems[0].problem and audit.CHECKPOINT_PREFIX in problems[0].problem
+    assert "deleted" in problems[0].problem and audit_info.CHECKPOINT_PREFIX in problems[0].problem
 
 
 def test_checkpoints_are_write_once_signed_and_a_forgery_is_named(ws: Workspace) -> None:
-    keys = list(ws.store.list("meta", audit.CHECKPOINT_PREFIX))
+    keys = list(ws.store.list("meta", audit_info.CHECKPOINT_PREFIX))
     head = events(ws)[-1]
-    assert audit.checkpoint_key(head.seq or 0) in keys  # the last write left its head
-    newest = json.loads(ws.store.get_bytes("meta", audit.checkpoint_key(head.seq or 0)))
+    assert audit_info.checkpoint_key(head.seq or 0) in keys  # the last write left its head
+    newest = json.loads(ws.store.get_bytes("meta", audit_info.checkpoint_key(head.seq or 0)))
     assert (newest["seq"], newest["hash"]) == (head.seq, head.hash)
     # write-once: storing the same checkpoint again never replaces it
-    audit.write_checkpoint(ws.store, b"x" * 32, head.seq or 0, head.hash)
-    assert json.loads(ws.store.get_bytes("meta", audit.checkpoint_key(head.seq or 0))) == newest
-    forged = audit.checkpoint_key((head.seq or 0) + 50)
+    audit_info.write_checkpoint(ws.store, b"x" * 32, head.seq or 0, head.hash)
+    assert (
+        json.loads(ws.store.get_bytes("meta", audit_info.checkpoint_key(head.seq or 0))) == newest
+    )
+    forged = audit_info.checkpoint_key((head.seq or 0) + 50)
     ws.store.put_bytes("meta", forged, json.dumps({"seq": 9, "hash": "0", "mac": "0"}).encode())
     problems = history.verify_audit(ws)
     assert [p.problem for p in problems] == [
@@ -278,7 +280,7 @@ def test_the_key_file_is_private_created_once_and_never_stored(
         key_file = workspace.settings.resolved_audit_key_file(workspace.root)
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         assert key_file.read_text().strip().encode() == workspace.audit_key
-    assert len(workspace.audit_key) >= audit.MIN_KEY_BYTES
+    assert len(workspace.audit_key) >= audit_info.MIN_KEY_BYTES
     gs.add_users(workspace)
     secret = workspace.audit_key.decode()
     with workspace.read() as s:

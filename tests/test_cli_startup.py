@@ -83,8 +83,22 @@ NOT_FOR_READING = (
 )
 
 
-def test_items_list_imports_only_the_database_stack(tmp_path: Path) -> None:
-    """`items list` opens a workspace and reads: the item queries and the ORM, no more."""
+#: what `items list` must not load: the ORM and the tables it maps (the list reads Core
+#: statements over ``geomesh.tables``), nor the audit chain or the identity stack.
+#: ``sqlmodel`` itself is in ``sys.modules`` as ``lazy_loader``'s stub (``geomesh.db``),
+#: so its submodules tell whether it was imported.
+NO_ORM = (
+    "sqlmodel.main",
+    "sqlalchemy.orm",
+    "geomesh.models",
+    "geomesh.audit",
+    "geomesh.auth",
+    "argon2",
+)
+
+
+def test_items_list_reads_without_the_orm(tmp_path: Path) -> None:
+    """`items list` opens a workspace and reads with Core statements: no ORM, no more."""
     env = {**os.environ, "GEOMESH_STORAGE_ROOT": str(tmp_path / "root")}
     env.pop("GEOMESH_DATABASE_URL", None)
     env.pop("GEOMESH_OBJECT_STORE", None)
@@ -96,15 +110,21 @@ def test_items_list_imports_only_the_database_stack(tmp_path: Path) -> None:
         capture_output=True,
     )
     loaded = _modules_loaded_by(["items", "list"], env=env)
-    assert {"sqlmodel", "geomesh.services.queries.items"} <= loaded
+    assert {"sqlalchemy", "geomesh.services.queries.item_list"} <= loaded
     assert {m.split(".")[0] for m in loaded} & set(NOT_FOR_READING) == set()
+    assert loaded & set(NO_ORM) == set()
     others = {m for m in loaded if m.startswith("geomesh.services.queries.")}
-    assert others <= {
-        "geomesh.services.queries._common",
-        "geomesh.services.queries.items",
-        "geomesh.services.queries.findings",
-    }
+    assert others == {"geomesh.services.queries.item_list"}
     assert "geomesh.services.auth_session" not in loaded  # no proof needed to read
+
+
+def test_the_orm_check_sees_a_command_that_reads_with_it(tmp_path: Path) -> None:
+    """The same probe sees the ORM when `items show` (an ORM read) runs."""
+    env = {**os.environ, "GEOMESH_STORAGE_ROOT": str(tmp_path / "root")}
+    env.pop("GEOMESH_DATABASE_URL", None)
+    env.pop("GEOMESH_OBJECT_STORE", None)
+    loaded = _modules_loaded_by(["items", "show", "no-such-item"], env=env)
+    assert {"sqlmodel.main", "sqlalchemy.orm", "geomesh.models"} <= loaded
 
 
 def test_the_check_can_fail_a_command_that_loads_the_stack() -> None:

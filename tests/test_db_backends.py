@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, select
 
 import geomesh.models  # noqa: F401  (registers the tables)
-from geomesh import audit, db
+from geomesh import audit, audit_info, db
 from geomesh.errors import ConfigError
 from geomesh.models import AuditEvent, Item, ItemState
 
@@ -66,7 +66,7 @@ def test_migrate_creates_every_table_at_the_head_revision(engine: Engine) -> Non
 
 def test_migrate_twice_is_a_no_op_and_keeps_data(engine: Engine) -> None:
     db.migrate(engine)
-    with db.transaction(engine, info=audit.keyed(KEY)) as s:
+    with db.transaction(engine, info=audit_info.keyed(KEY)) as s:
         audit.append(s, actor="alice", action="ingest", target="item-1")
     db.migrate(engine)
     with Session(engine) as s:
@@ -98,7 +98,7 @@ def test_postgres_engine_is_postgres_and_sqlite_is_not(engine: Engine, database_
 
 def test_transaction_rolls_back_on_error(engine: Engine) -> None:
     db.migrate(engine)
-    with pytest.raises(RuntimeError), db.transaction(engine, info=audit.keyed(KEY)) as s:
+    with pytest.raises(RuntimeError), db.transaction(engine, info=audit_info.keyed(KEY)) as s:
         audit.append(s, actor="alice", action="ingest", target="item-1")
         raise RuntimeError("boom")
     with Session(engine) as s:
@@ -132,7 +132,7 @@ def append_events(index: int, url: str, count: int) -> list[str]:
     ids: list[str] = []
     try:
         for n in range(count):
-            with db.transaction(engine, info=audit.keyed(KEY)) as s:
+            with db.transaction(engine, info=audit_info.keyed(KEY)) as s:
                 event = audit.append(
                     s,
                     actor=f"worker-{index}",
@@ -164,7 +164,9 @@ def _assert_chain_complete(engine: Engine, ids_per_worker: list[list[str]], befo
 
 def test_concurrent_appenders_lose_no_event(engine: Engine, database_url: str) -> None:
     db.migrate(engine)
-    with db.transaction(engine, info=audit.keyed(KEY)) as s:  # the chain head exists: steady state
+    with db.transaction(
+        engine, info=audit_info.keyed(KEY)
+    ) as s:  # the chain head exists: steady state
         audit.append(s, actor="setup", action="seed", target="chain")
     ids = hammer(append_events, WORKERS, database_url, EVENTS_PER_WORKER, setup=connect_engine)
     _assert_chain_complete(engine, ids, before=1)
@@ -220,20 +222,20 @@ def test_postgres_second_appender_waits_for_the_first(
         db.migrate(engine)
         before = 0
         if not fresh:
-            with db.transaction(engine, info=audit.keyed(KEY)) as s:
+            with db.transaction(engine, info=audit_info.keyed(KEY)) as s:
                 audit.append(s, actor="setup", action="seed", target="chain")
             before = 1
         outcome: dict[str, Any] = {}
 
         def second() -> None:
             try:
-                with db.transaction(engine, info=audit.keyed(KEY)) as s:
+                with db.transaction(engine, info=audit_info.keyed(KEY)) as s:
                     outcome["seq"] = audit.append(s, actor="b", action="x", target="b").seq
             except Exception as exc:  # reported by the assertions below
                 outcome["error"] = exc
 
         worker = threading.Thread(target=second, name="second-appender")
-        with db.transaction(engine, info=audit.keyed(KEY)) as s:
+        with db.transaction(engine, info=audit_info.keyed(KEY)) as s:
             first = audit.append(s, actor="a", action="x", target="a")
             worker.start()
             blocked = _wait_until_a_backend_waits_for_a_lock(engine, worker)

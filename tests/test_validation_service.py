@@ -12,7 +12,8 @@ from sqlmodel import col, select
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import ConfigError, InvalidTransition, PermissionDenied, ValidationError
 from geomesh.models import AuditEvent, FindingRecord, Item, ItemState, Role, ValidationRun
-from geomesh.services.findings import finding_counts, open_findings
+from geomesh.services.finding_counts import finding_counts
+from geomesh.services.findings import open_findings
 from geomesh.services.pipeline import ingest_rasters, validate_and_route
 from geomesh.services.remediation import remediate_item
 from geomesh.services.validation import validate_item

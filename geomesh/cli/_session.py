@@ -12,7 +12,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from geomesh.auth import Channel
+from geomesh.audit_info import Channel
 from geomesh.settings import load_settings
 from geomesh.workspace import Workspace
 

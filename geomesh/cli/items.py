@@ -1,4 +1,5 @@
-"""`geomesh items list|show`: read-only, so it loads neither GDAL nor the ingest pipeline."""
+"""`geomesh items list|show`: read-only, so it loads neither GDAL nor the ingest pipeline;
+`items list` reads with Core statements (``queries.item_list``) and never loads the ORM."""
 
 from __future__ import annotations
 

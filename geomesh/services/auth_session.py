@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from geomesh import audit, auth, throttle
+from geomesh.audit_info import Channel
 from geomesh.errors import IdentityNotProven, PermissionDenied
 from geomesh.models import User, utcnow
 from geomesh.workspace import Workspace
@@ -191,7 +192,7 @@ def sign_in_sso(
 
 def app_channel() -> dict[str, str]:
     """The channel the app's audit events record (``Workspace.channel``)."""
-    return {"name": auth.Channel.app.value}
+    return {"name": Channel.app.value}
 
 
 def current_user(ws: Workspace, name: str, method: str = "password") -> SignedIn | None:

@@ -21,10 +21,10 @@ from typing import Any, Final
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from geomesh.db import chunks
 from geomesh.errors import StacError, StorageError, StoreUnavailable
 from geomesh.hashing import parse_multihash, sha256_file
 from geomesh.models import FindingRecord, Item, ItemState, Severity, ValidationRun, utcnow
-from geomesh.services.lookup import chunks
 from geomesh.workspace import Workspace
 
 #: item states in which a steward may review (sign off) an item

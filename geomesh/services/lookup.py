@@ -1,4 +1,5 @@
-"""Shared lookups of the service layer: a row or ``NotFound``, and chunked ``IN`` queries.
+"""Shared lookups of the service layer: a row or ``NotFound``, and chunked ``IN`` queries
+(``db.chunks``).
 
 Every service module finds products and items through these, so "not found" reads the
 same everywhere and a long id list never exceeds a database's bound-parameter limit.
@@ -6,27 +7,18 @@ same everywhere and a long id list never exceeds a database's bound-parameter li
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Final, TypeVar
+from collections.abc import Iterable
+from typing import Final
 
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
+from geomesh.db import chunks
 from geomesh.errors import NotFound
 from geomesh.models import Item, Product
 
-#: ids per ``IN (...)`` clause: well below SQLite's 32,766 and PostgreSQL's 65,535 parameters
-IN_CHUNK: Final = 500
 #: what a "product not registered" error tells the user to do, unless the caller says otherwise
 PRODUCT_HINT: Final = "ingest tiles first: `geomesh ingest CONFIG SOURCE...`"
-
-T = TypeVar("T")
-
-
-def chunks(values: Sequence[T], n: int = IN_CHUNK) -> Iterator[Sequence[T]]:
-    """``values`` in consecutive slices of at most ``n``."""
-    for i in range(0, len(values), n):
-        yield values[i : i + n]
 
 
 def get_product(

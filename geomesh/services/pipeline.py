@@ -19,6 +19,7 @@ from typing import Any
 from sqlmodel import col, select
 
 from geomesh.config import ProductConfig
+from geomesh.db import chunks
 from geomesh.errors import GeomeshError
 from geomesh.logs import RunLog
 from geomesh.models import Item
@@ -33,7 +34,6 @@ from geomesh.services.ingest import (
     find_by_source_digest,
     stage_tile,
 )
-from geomesh.services.lookup import chunks
 from geomesh.services.products import resolve_config
 from geomesh.services.routing import RouteOutcome, route_action, route_item
 from geomesh.services.validation import validate_item

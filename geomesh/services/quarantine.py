@@ -18,7 +18,8 @@ from geomesh import auth, lifecycle
 from geomesh.config import ProductConfig
 from geomesh.errors import InvalidTransition, QuarantineBlocked
 from geomesh.models import AuditEvent, Item, ItemState
-from geomesh.services.findings import finding_counts, open_findings
+from geomesh.services.finding_counts import finding_counts
+from geomesh.services.findings import open_findings
 from geomesh.services.lookup import get_item
 from geomesh.services.products import check_config
 from geomesh.services.routing import route_action

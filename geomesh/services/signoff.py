@@ -16,11 +16,12 @@ from sqlmodel import Session, col, select
 
 from geomesh import audit, auth
 from geomesh.config import ProductConfig
+from geomesh.db import chunks
 from geomesh.errors import PermissionDenied, SignoffError
 from geomesh.models import Approval, AuditEvent, Decision, Item, utcnow
 from geomesh.services import approval_times
 from geomesh.services.gates import REVIEWABLE, Gate
-from geomesh.services.lookup import chunks, get_item
+from geomesh.services.lookup import get_item
 from geomesh.services.outbox import enqueue_escalations
 from geomesh.services.products import check_config
 from geomesh.workspace import Workspace

@@ -28,6 +28,7 @@ from sqlmodel import col, select
 
 from geomesh import audit, auth
 from geomesh.config import ProductConfig
+from geomesh.db import chunks
 from geomesh.errors import GeomeshError, SourceError
 from geomesh.logs import RunLog
 from geomesh.models import Item, utcnow
@@ -53,7 +54,7 @@ from geomesh.remote import (
     self_href,
 )
 from geomesh.services.ingest import IngestReport, TileResult, stage_tile
-from geomesh.services.lookup import chunks, items_by_id
+from geomesh.services.lookup import items_by_id
 from geomesh.services.pipeline import PostStage, known_raster, post_stage_hook
 from geomesh.services.products import check_config
 from geomesh.storage import TMP_PREFIX

@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from geomesh import audit
-from geomesh.auth import Channel
+from geomesh.audit_info import Channel
 from geomesh.errors import (
     DatabaseError,
     GeomeshError,

@@ -20,12 +20,11 @@ from .findings import (
     iter_findings,
     write_findings,
 )
+from .item_list import iter_items, list_items
 from .items import (
     get_item,
     item_detail,
     item_summary,
-    iter_items,
-    list_items,
     production_counterpart,
     raster_facts,
     state_counts,

@@ -11,7 +11,7 @@ from typing import Any
 from sqlmodel import select
 
 from geomesh.models import Product
-from geomesh.services.findings import finding_counts
+from geomesh.services.finding_counts import finding_counts
 from geomesh.services.history import list_releases
 from geomesh.services.lookup import get_item, get_product
 from geomesh.services.products import registered_config

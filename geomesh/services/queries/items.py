@@ -5,16 +5,14 @@ counterpart, a live checksum check).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import func
-from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from geomesh.models import Approval, AuditEvent, Item, ItemState
 from geomesh.releases import diff_json
-from geomesh.services.findings import finding_counts, zero_counts
+from geomesh.services.finding_counts import finding_counts, zero_counts
 from geomesh.services.gates import cached_checksum_gate, checksum_gate
 from geomesh.services.lookup import get_item as lookup_item
 from geomesh.services.queries._common import iso, val
@@ -48,72 +46,6 @@ def item_summary(item: Item, counts: dict[str, int] | None) -> dict[str, Any]:
         "created_at": item.created_at.isoformat(),
         "updated_at": item.updated_at.isoformat(),
     }
-
-
-#: the columns a list view shows (never the STAC JSON: the checksum is read out of it in SQL)
-_LISTED = (
-    "id",
-    "product_id",
-    "state",
-    "source",
-    "content_digest",
-    "size",
-    "submitted_by",
-    "supersedes",
-    "worst_severity",
-    "quarantine_reason",
-    "created_at",
-    "updated_at",
-)
-
-
-def iter_items(
-    ws: Workspace,
-    *,
-    product_id: str | None = None,
-    state: str | ItemState | None = None,
-    batch: int = 1000,
-) -> Iterator[dict[str, Any]]:
-    """Item summaries (``item_summary`` without the STAC JSON), oldest first, streamed:
-    one cursor over a projection (``file:checksum`` extracted in SQL), ``batch`` rows and
-    their finding counts (one grouped query) in memory at a time."""
-    checksum = col(Item.stac)[("assets", "data", "file:checksum")].as_string()
-    stmt = sa_select(*(getattr(Item, c) for c in _LISTED), checksum).order_by(
-        col(Item.created_at), col(Item.id)
-    )
-    if product_id:
-        stmt = stmt.where(col(Item.product_id) == product_id)
-    if state:
-        stmt = stmt.where(col(Item.state) == ItemState(state))
-    with ws.read() as session:
-        result = session.execute(stmt.execution_options(yield_per=batch))
-        for rows in result.partitions():
-            counts = finding_counts(session, [r[0] for r in rows])
-            for row in rows:
-                r = dict(zip(_LISTED, row, strict=False))
-                yield {
-                    "id": r["id"],
-                    "product_id": r["product_id"],
-                    "state": str(val(r["state"])),
-                    "source": r["source"],
-                    "checksum": row[-1],
-                    "digest": r["content_digest"],
-                    "size": r["size"],
-                    "submitted_by": r["submitted_by"],
-                    "supersedes": r["supersedes"],
-                    "worst_severity": val(r["worst_severity"]),
-                    "quarantine_reason": r["quarantine_reason"],
-                    "findings": counts[r["id"]],
-                    "created_at": r["created_at"].isoformat(),
-                    "updated_at": r["updated_at"].isoformat(),
-                }
-
-
-def list_items(
-    ws: Workspace, *, product_id: str | None = None, state: str | ItemState | None = None
-) -> list[dict[str, Any]]:
-    """:func:`iter_items` as a list (small lists; the CLI streams)."""
-    return list(iter_items(ws, product_id=product_id, state=state))
 
 
 def get_item(ws: Workspace, item_id: str) -> dict[str, Any]:

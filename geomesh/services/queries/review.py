@@ -9,7 +9,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
 from geomesh.models import Item, ItemState
-from geomesh.services.findings import finding_counts
+from geomesh.services.finding_counts import finding_counts
 from geomesh.services.gates import cached_checksum_gate, checksum_gate
 from geomesh.services.lookup import items_by_id
 from geomesh.services.queries._common import iso
