@@ -54,6 +54,8 @@ ingestion:
 
 #: UTM 10N origin of Sentinel-2 tile 10SEG, which covers the San Francisco domain
 S2_ORIGIN = (499980.0, 4200000.0)
+#: UTM 10N corner of a tile that lies over the San Francisco domain (up to ~20 km wide)
+SF_ORIGIN = (544000.0, 4193000.0)
 
 
 # ------------------------------------------------------------------ rows

@@ -42,6 +42,7 @@ from typing import Any
 
 from bench import (
     ROOT,
+    SF_ORIGIN,
     Row,
     fmt_s,
     make_tile,
@@ -320,7 +321,7 @@ def remote_batch(smoke: bool) -> list[Row]:
                 height=size,
                 count=1,
                 seed=i,
-                origin=(544000.0, 4193000.0),  # over the San Francisco domain
+                origin=SF_ORIGIN,
             )
             rio_cog(str(raw), str(cogs / f"scene{i:02d}.tif"), ALL)
             raw.unlink()
