@@ -55,6 +55,16 @@ def test_ingest_json_then_items_list(settings: object, config_path: Path, s2_til
     assert row["state"] in {"staging", "validation", "quarantined"}
 
 
+def test_items_list_names_the_states_when_one_is_not(settings: object) -> None:
+    """A mistyped state is a usage error naming the valid ones, not a traceback."""
+    res = CliRunner().invoke(cli, ["items", "list", "--state", "bogus"])
+    assert res.exit_code == 2
+    assert "Invalid value for '--state'" in res.output and "quarantined" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    ok = CliRunner().invoke(cli, ["items", "list", "--state", "quarantined", "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.output) == []
+
+
 def test_dry_run_human_output(settings: object, config_path: Path, s2_tile: Path) -> None:
     res = CliRunner().invoke(cli, ["ingest", str(config_path), str(s2_tile), "--dry-run"])
     assert res.exit_code == 0, res.output

@@ -7,6 +7,7 @@ import click
 
 from geomesh.cli._base import cli, echo_json, echo_json_array, errors_at_edge, json_option
 from geomesh.cli._session import open_workspace
+from geomesh.enums import ItemState
 from geomesh.services import queries
 
 
@@ -17,7 +18,12 @@ def items_group() -> None:
 
 @items_group.command("list")
 @click.option("--product", default=None, help="Only this product id.")
-@click.option("--state", default=None, help="Only items in this state.")
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in ItemState]),
+    default=None,
+    help="Only items in this state.",
+)
 @json_option
 def items_list(product: str | None, state: str | None, as_json: bool) -> None:
     """List items with their state, source, checksum and findings per severity."""

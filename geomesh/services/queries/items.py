@@ -1,6 +1,6 @@
-"""Items: `geomesh items list` / `items show`, and the item detail the map, quarantine and
-review pages show for one item (summary, raster facts, findings, history, production
-counterpart, a live checksum check).
+"""Items: `geomesh items show`, and the item detail the map, quarantine and review pages
+show for one item (summary, raster facts, findings, history, production counterpart, a live
+checksum check). Lists of items are :mod:`.item_list`.
 """
 
 from __future__ import annotations
