@@ -129,11 +129,9 @@ def _make_tiles(base: Path, n: int, size: int, count: int) -> list[str]:
                 height=size,
                 count=count,
                 seed=i,
-                # neighbouring tiles, all inside the 10SEG footprint
-                origin=(
-                    540000.0 + 2 * size * 10 * (i % 4),
-                    4190000.0 - 2 * size * 10 * (i // 4),
-                ),
+                # overlapping the domain, 1 km apart: every tile takes the usual route
+                # (P3 warnings → validation), as a product's tiles do
+                origin=(SF_ORIGIN[0] + 1000.0 * (i % 4), SF_ORIGIN[1] - 1000.0 * (i // 4)),
             )
         )
         for i in range(n)
