@@ -281,28 +281,26 @@ def run(smoke: bool) -> list[Row]:
     with workdir("ingest") as tmp:
         base = Path(tmp)
         warm = make_tile(base / "warm.tif", width=256, height=256, count=1, seed=99)
-        # (label, size, bands, runs, budget, catalogs): nine pairs of the 2048² tile, whose
-        # ±5 % target is within one pair's run-to-run noise on this kind of machine; the
-        # 10980² case only fresh (its overhead is the same fixed cost, and five pairs
-        # already take ~3 min). Every tile
-        # overlaps the domain, as a product's tiles do: it takes the usual route (P3
-        # warnings → validation), not the P1 rollback of a tile outside the domain
+        # (label, size, bands, origin, runs, budget, catalogs): nine pairs of the 2048² tile,
+        # whose ±5 % target is within one pair's run-to-run noise on this kind of machine;
+        # the 10980² case only fresh (its overhead is the same fixed cost, and five pairs
+        # already take ~3 min). Every tile overlaps the domain, as a product's tiles do, and
+        # takes the usual route (P3 warnings → validation), not the P1 rollback of a tile
+        # outside it: the full Sentinel-2 tile covers the domain, a smaller one lies over it
         if smoke:
             cases = [
-                ("256×256×4 uint16", 256, 4, 1, None, ("fresh", "warm")),
-                ("512×512×1 uint16", 512, 1, 1, None, ("fresh",)),
+                ("256×256×4 uint16", 256, 4, SF_ORIGIN, 1, None, ("fresh", "warm")),
+                ("512×512×1 uint16", 512, 1, SF_ORIGIN, 1, None, ("fresh",)),
             ]
         else:
             cases = [
-                ("2048×2048×4 uint16", 2048, 4, 9, None, ("fresh", "warm")),
-                ("10980×10980×1 uint16", 10980, 1, 5, BIG_BUDGET_S, ("fresh",)),
+                ("2048×2048×4 uint16", 2048, 4, SF_ORIGIN, 9, None, ("fresh", "warm")),
+                ("10980×10980×1 uint16", 10980, 1, S2_ORIGIN, 5, BIG_BUDGET_S, ("fresh",)),
             ]
         rows: list[Row] = []
-        for label, size, count, runs, budget, catalogs in cases:
+        for label, size, count, origin, runs, budget, catalogs in cases:
             case_dir = base / f"case{size}"
             case_dir.mkdir()
-            # the full Sentinel-2 tile covers the domain; a smaller one is placed over it
-            origin = S2_ORIGIN if size >= 10980 else SF_ORIGIN
             src = make_tile(
                 case_dir / "src.tif", width=size, height=size, count=count, origin=origin
             )

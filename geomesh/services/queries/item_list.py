@@ -1,4 +1,4 @@
-"""`geomesh items list`, the app's item pickers and the API's lists: item summaries streamed.
+"""`geomesh items list` and the app's item pickers: item summaries, streamed.
 
 Core statements over :mod:`geomesh.tables` on a read-only connection
 (``Workspace.read_rows``): the CLI's `items list` runs in a process that never imports
