@@ -472,8 +472,8 @@ LOCAL_STORE_POINTS = frozenset(
 #: written, audit checkpoints included.
 MINIMUM = {
     "sqlite-local": {
-        "ingest": 17,
-        "quarantine": 20,
+        "ingest": 9,
+        "quarantine": 12,
         "quarantine-release": 4,
         "quarantine-discard": 4,
         "promote": 34,
@@ -484,8 +484,8 @@ MINIMUM = {
         "snapshot": 10,
     },
     "postgres-s3": {
-        "ingest": 8,
-        "quarantine": 9,
+        "ingest": 4,
+        "quarantine": 5,
         "quarantine-release": 2,
         "quarantine-discard": 2,
         "promote": 10,

@@ -327,11 +327,11 @@ def test_run_log_lines(workspace: Workspace, config: ProductConfig, s2_tile: Pat
         for x in f.read_text().splitlines()
     ]
     steps = {ln["step"] for ln in lines if ln["run_id"] == rep.run_id}
-    assert {"prepare", "stage"} <= steps
+    assert {"prepare", "admit"} <= steps
     assert all(ln["product_id"] == config.product_id for ln in lines)
-    stage = next(ln for ln in lines if ln["step"] == "stage")
-    assert stage["item_id"] == rep.results[0].item_id and stage["outcome"] == "ok"
-    assert stage["duration_s"] >= 0
+    admit = next(ln for ln in lines if ln["step"] == "admit")
+    assert admit["item_id"] == rep.results[0].item_id and admit["outcome"] == rep.results[0].route
+    assert admit["duration_s"] >= 0
 
 
 def test_source_digest_shortcut_skips_cog_work(

@@ -30,9 +30,7 @@ def quarantined(
 ) -> str:
     """An item quarantined by routing because its raster has no CRS (P2)."""
     src = make_raster("nocrs.tif", width=64, height=64, count=1, crs=None, tags=DATED)
-    (res,) = ingest_rasters(
-        workspace, config, [src], actor=SYSTEM, post_stage=pipeline.validate_and_route_staged
-    ).results
+    (res,) = ingest_rasters(workspace, config, [src], actor=SYSTEM).results
     assert res.state == "quarantined" and res.item_id
     return res.item_id
 

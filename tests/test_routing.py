@@ -11,7 +11,7 @@ import pytest
 from policy_support import change_policy
 from sqlmodel import col, select
 
-from geomesh import lifecycle
+from geomesh import audit_info, lifecycle
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import NotFound, PermissionDenied
 from geomesh.models import (
@@ -38,12 +38,10 @@ def no_route(*_: Any) -> tuple[str | None, str | None, dict[str, int]]:
 
 
 def ingest(
-    ws: Workspace,
-    cfg: ProductConfig,
-    source: Path,
-    *,
-    post_stage: Any = pipeline.validate_and_route_staged,
+    ws: Workspace, cfg: ProductConfig, source: Path, *, post_stage: Any = None
 ) -> TileResult:
+    """Ingest one tile: by default admitted (staged, validated and routed in one
+    transaction); ``post_stage`` = a hook that runs after staging commits instead."""
     report: IngestReport = ingest_rasters(ws, cfg, [source], actor=SYSTEM, post_stage=post_stage)
     (res,) = report.results
     assert res.status == "staged", res.error
@@ -241,6 +239,57 @@ def test_rollback_restores_a_superseded_staged_version(
     second = ingest(workspace, config, inside)
     assert second.state == "rolled_back"
     assert get_item(workspace, first.item_id).state is ItemState.validation
+
+
+# ------------------------------------------------------------------ admission: one commit
+
+
+def _checkpoints(ws: Workspace) -> list[str]:
+    """The audit chain heads stored so far: one per committed transaction that audited."""
+    return sorted(ws.store.list("meta", audit_info.CHECKPOINT_PREFIX))
+
+
+@pytest.mark.parametrize(
+    ("tile", "route"),
+    [("inside", "route.proceed"), ("nocrs", "quarantine"), ("outside", "rollback")],
+)
+def test_a_new_tile_is_staged_validated_and_routed_in_one_transaction(
+    workspace: Workspace,
+    config: ProductConfig,
+    make_raster: Callable[..., Path],
+    request: pytest.FixtureRequest,
+    tile: str,
+    route: str,
+) -> None:
+    ingest(workspace, config, make_raster("first.tif", width=64, height=64, count=1, tags=DATED))
+    src = (
+        make_raster("nocrs.tif", width=64, height=64, count=1, crs=None, tags=DATED)
+        if tile == "nocrs"
+        else request.getfixturevalue(tile)
+    )
+    before = _checkpoints(workspace)
+    res = ingest(workspace, config, src)
+    assert res.item_id is not None
+    new = [k for k in _checkpoints(workspace) if k not in before]
+    assert len(new) == 1, new  # one commit, so one chain head stored
+    assert actions(workspace, res.item_id) == ["ingest", "validate", route]
+    with workspace.read() as s:
+        last = s.exec(select(AuditEvent).order_by(col(AuditEvent.seq).desc())).first()
+    assert last is not None and last.action == route and new[0] == audit_info.checkpoint_key(last.seq)
+    if tile == "nocrs":  # its copies were made before the transaction that points at them
+        assert workspace.store.exists("quarantine", get_item(workspace, res.item_id).object_key)
+
+
+def test_a_post_stage_hook_runs_after_staging_commits(
+    workspace: Workspace, config: ProductConfig, inside: Path
+) -> None:
+    """The counterpart: a caller's own hook sees the committed staging row, so the same
+    tile routed by ``validate_and_route`` takes three commits (staging, validation, route)."""
+    before = _checkpoints(workspace)
+    res = ingest(workspace, config, inside, post_stage=pipeline.validate_and_route_staged)
+    assert (res.state, res.route) == ("validation", "warn")
+    # the product's registration shares the staging transaction
+    assert len([k for k in _checkpoints(workspace) if k not in before]) == 3
 
 
 # ------------------------------------------------------------------ table, permissions

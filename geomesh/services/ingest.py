@@ -119,10 +119,23 @@ def _version_number(session: Session, product_id: str, source_key: str) -> int:
     return len(rows) + 1
 
 
-def stage_tile(
-    ws: Workspace, config: ProductConfig, prepared: PreparedTile, *, actor: str
-) -> TileResult:
-    """Store object + item JSON, then insert the row and its audit event in one transaction."""
+@dataclass
+class StoredTile:
+    """A prepared tile whose object and item JSON are in the staging area, its row not yet
+    written (:func:`store_tile`)."""
+
+    result: TileResult
+    stac: dict[str, Any]
+    #: the item of the same source this one supersedes (None: the first version)
+    previous: Item | None
+
+
+def store_tile(
+    ws: Workspace, config: ProductConfig, prepared: PreparedTile
+) -> StoredTile | TileResult:
+    """Store a prepared tile's object and item JSON (immutable, content-addressed), before
+    the transaction that inserts its row. Returns the final ``exists`` result instead when
+    the product already holds this content."""
     product_id = config.product_id
     item_id = item_id_for(product_id, prepared.hexdigest)
     if not is_safe_item_id(item_id):
@@ -163,65 +176,87 @@ def stage_tile(
     payload = json.dumps(stac, indent=2, sort_keys=True).encode()
     ws.store.put_bytes("staging", skey, payload)
     faults.point("ingest.files_stored")
+    return StoredTile(result, stac, previous)
+
+
+def stage_tile(
+    ws: Workspace, config: ProductConfig, prepared: PreparedTile, *, actor: str
+) -> TileResult:
+    """Store object + item JSON, then insert the row and its audit event in one transaction."""
+    stored = store_tile(ws, config, prepared)
+    if isinstance(stored, TileResult):
+        return stored
 
     def insert() -> bool:
         """The row, its audit event and the superseding, in ONE transaction (False: a
         concurrent run staged the same content first)."""
         with ws.transaction() as session:
-            return _insert_item(session, config, prepared, stac, previous, actor=actor)
+            return insert_item(session, config, prepared, stored, actor=actor) is not None
 
+    result = stored.result
     if not db.retry_on_conflict(insert):
         result.status = "exists"
         return result
     result.state = ItemState.staging.value
-    result.item = stac
+    result.item = stored.stac
     return result
 
 
-def _insert_item(
-    session: Session,
-    config: ProductConfig,
-    prepared: PreparedTile,
-    stac: dict[str, Any],
-    previous: Item | None,
-    *,
-    actor: str,
-) -> bool:
-    product_id = config.product_id
-    item_id = item_id_for(product_id, prepared.hexdigest)
-    okey = object_key(prepared.hexdigest)
-    skey = stac_key_for(product_id, item_id)
-    auth.require(session, actor, "ingest")
-    # the version this one supersedes, locked before any audit event (the chain's head is
-    # the last lock a transaction takes)
-    prev = get_item(session, previous.id, lock=True) if previous is not None else None
-    register_product(session, config, actor=actor)
-    if session.get(Item, item_id) is not None:  # a concurrent run staged it first
-        return False
-    item = Item(
-        id=item_id,
-        product_id=product_id,
+def new_item(
+    config: ProductConfig, prepared: PreparedTile, stored: StoredTile, *, actor: str
+) -> Item:
+    """The staging row of a stored tile (not added to any session)."""
+    meta = prepared.source_meta
+    result = stored.result
+    assert result.item_id is not None and result.object_key and result.stac_key
+    return Item(
+        id=result.item_id,
+        product_id=config.product_id,
         source=prepared.source_name,
         source_key=prepared.source_key,
         source_digest=prepared.source_digest,
         content_digest=prepared.hexdigest,
         size=prepared.size,
-        object_key=okey,
-        stac_key=skey,
-        stac=stac,
+        object_key=result.object_key,
+        stac_key=result.stac_key,
+        stac=stored.stac,
         state=ItemState.staging,
         submitted_by=actor,
-        supersedes=prev.id if prev is not None else None,
-        source_item_id=prepared.source_meta.source_item_id if prepared.source_meta else None,
-        source_etag=prepared.source_meta.source_etag if prepared.source_meta else None,
+        supersedes=stored.previous.id if stored.previous is not None else None,
+        source_item_id=meta.source_item_id if meta else None,
+        source_etag=meta.source_etag if meta else None,
     )
+
+
+def insert_item(
+    session: Session,
+    config: ProductConfig,
+    prepared: PreparedTile,
+    stored: StoredTile,
+    *,
+    actor: str,
+) -> Item | None:
+    """Insert a stored tile's row with its ``ingest`` audit event, superseding the earlier
+    version, in the caller's transaction. None: a concurrent run staged it first.
+
+    Locks the superseded version before any audit event (the chain's head is the last lock
+    a transaction takes), so a caller may go on to change it (a rollback restores it).
+    """
+    product_id = config.product_id
+    auth.require(session, actor, "ingest")
+    previous = stored.previous
+    prev = get_item(session, previous.id, lock=True) if previous is not None else None
+    register_product(session, config, actor=actor)
+    item = new_item(config, prepared, stored, actor=actor)
+    if session.get(Item, item.id) is not None:  # a concurrent run staged it first
+        return None
     session.add(item)
     session.flush()
     audit.append(
         session,
         actor=actor,
         action="ingest",
-        target=item_id,
+        target=item.id,
         product_id=product_id,
         state_after=ItemState.staging.value,
         digest=prepared.hexdigest,
@@ -239,9 +274,9 @@ def _insert_item(
             ItemState.superseded,
             actor=actor,
             action="supersede",
-            details={"by": item_id},
+            details={"by": item.id},
         )
-    return True
+    return item
 
 
 def find_by_source_digest(ws: Workspace, product_id: str, digest: str | None) -> Item | None:

@@ -1,10 +1,10 @@
 """The ingest pipeline, end to end: prepare → stage → validate → route, for a batch of tiles.
 
 The orchestrator of the services below it: the file work (``geomesh.tiles``, in parallel
-through ``geomesh.parallel``), staging (``services.ingest``), validation
-(``services.validation``) and severity routing (``services.routing``). Each tile is staged
-and routed in the calling process, one transaction per step, so a parallel batch leaves the
-same rows as a serial one.
+through ``geomesh.parallel``), then, by default, admission (``services.admission``: staging,
+validation and severity routing in one transaction). A caller's own post-stage hook runs
+after staging (``services.ingest``) commits instead. Each tile is admitted in the calling
+process, so a parallel batch leaves the same rows as a serial one.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from geomesh.opening import OpeningPolicy
 from geomesh.parallel import iter_prepared
 from geomesh.raster import sanitize_source
 from geomesh.redact import redact
+from geomesh.services.admission import admit_tile
 from geomesh.services.ingest import (
     IngestReport,
     TileResult,
@@ -79,34 +80,44 @@ def validate_and_route_staged(
     return out.state, out.action, out.counts
 
 
-def known_raster(prepared: PreparedTile) -> KnownRaster:
-    """What the file work computed of a tile's COG: its digest and rio-cogeo's verdict."""
-    return KnownRaster(
-        sha256=prepared.hexdigest,
-        cog_errors=tuple(prepared.cog_errors),
-        cog_warnings=tuple(prepared.cog_warnings),
-    )
-
-
 def post_stage_hook(
     ws: Workspace,
     config: ProductConfig,
     item_id: str,
     actor: str,
     post_stage: PostStage | None,
-    *,
-    known: KnownRaster | None = None,
 ) -> tuple[str | None, str | None, dict[str, int]]:
-    """Run ``post_stage``, or the default (validation + routing) when it is None.
-
-    The default gets ``known`` (the digest and COG verdict of the object just staged from
-    this tile), so validation does not hash or cog-validate those bytes a second time; a
-    caller's own hook is called as ``post_stage(ws, config, item_id, actor)``.
-    """
+    """Run ``post_stage`` on a staged item, or the default (validation + routing) when it
+    is None; a caller's own hook is called as ``post_stage(ws, config, item_id, actor)``."""
     if post_stage is None:
-        out = validate_and_route(ws, config, item_id, actor=actor, known=known)
-        return out.state, out.action, out.counts
+        return validate_and_route_staged(ws, config, item_id, actor)
     return post_stage(ws, config, item_id, actor)
+
+
+def stage_and_check(
+    ws: Workspace,
+    config: ProductConfig,
+    prepared: PreparedTile,
+    *,
+    actor: str,
+    post_stage: PostStage | None,
+    log: RunLog,
+    **log_extra: Any,
+) -> TileResult:
+    """Stage a prepared tile and validate + route it: by default in ONE transaction
+    (:func:`~geomesh.services.admission.admit_tile`, logged as step ``admit``); with a
+    caller's ``post_stage``, that hook runs after the staging transaction commits."""
+    item_id = item_id_for(config.product_id, prepared.hexdigest)
+    if post_stage is None:
+        with log.step("admit", item_id=item_id, **log_extra) as info:
+            res = admit_tile(ws, config, prepared, actor=actor)
+            info["outcome"] = res.route or res.status
+        return res
+    with log.step("stage", item_id=item_id, **log_extra):
+        res = stage_tile(ws, config, prepared, actor=actor)
+    if res.status == "staged":
+        _run_post_stage(ws, config, res, actor=actor, post_stage=post_stage, log=log)
+    return res
 
 
 def held_source_keys(ws: Workspace, product_id: str, keys: list[str]) -> set[str]:
@@ -152,8 +163,9 @@ def ingest_rasters(
 ) -> IngestReport:
     """Ingest rasters into the product's staging area. Idempotent per content.
 
-    ``post_stage`` runs after each tile is staged; the default (None) is validation +
-    routing (:func:`validate_and_route`, given the digest the file work computed).
+    ``post_stage`` runs after each tile is staged; the default (None) admits each new tile
+    (staged, validated with the digest the file work computed, and routed) in one
+    transaction, :func:`~geomesh.services.admission.admit_tile`.
     ``policy`` says what may be opened (default: the operator's,
     :meth:`OpeningPolicy.operator`); the app passes an untrusted one. A source it refuses
     fails before a byte of it is read. ``workers``: None = the setting ``GEOMESH_WORKERS``;
@@ -283,10 +295,9 @@ def _finish_one(
         return _dry_run_result(ws, config, prepared)
     try:
         assert log is not None
-        with log.step("stage", item_id=item_id_for(config.product_id, prepared.hexdigest)):
-            res = stage_tile(ws, config, prepared, actor=actor)
-        known = known_raster(prepared) if res.status == "staged" else None
-        _run_post_stage(ws, config, res, actor=actor, post_stage=post_stage, log=log, known=known)
+        res = stage_and_check(ws, config, prepared, actor=actor, post_stage=post_stage, log=log)
+        if res.status == "exists":  # an item a crash left in staging is routed now
+            _run_post_stage(ws, config, res, actor=actor, post_stage=post_stage, log=log)
     except GeomeshError as exc:
         return TileResult(
             source=name,
@@ -305,7 +316,6 @@ def _run_post_stage(
     actor: str,
     post_stage: PostStage | None,
     log: RunLog | None,
-    known: KnownRaster | None = None,
 ) -> None:
     """Validate + route a newly staged item, or one a crash left in staging unrouted.
 
@@ -317,7 +327,7 @@ def _run_post_stage(
         return
     with log.step("validate+route", item_id=res.item_id) as info:
         res.state, res.route, res.findings = post_stage_hook(
-            ws, config, res.item_id, actor, post_stage, known=known
+            ws, config, res.item_id, actor, post_stage
         )
         info["outcome"] = res.route or "ok"
 

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 FINDING_EVENT: Final = "finding"
 BOUNDARY_RULES: Final = ("GM-BOUNDARY-001", "GM-BOUNDARY-002")
 MAX_PAYLOAD_FINDINGS: Final = 50
-_PERMISSION: Final[dict[str, str]] = {
+PERMISSION: Final[dict[str, str]] = {
     "proceed": "validate",
     "warn": "validate",
     "quarantine": "quarantine",
@@ -140,19 +140,10 @@ def route_item(
     changes and the outcome says ``action="none"``.
     """
     config = resolve_config(ws, config)  # the registered routing table decides
-    findings = sort_findings(findings)
-    action = route_action(config, findings)
-    worst = worst_severity(findings)
-    outcome = RouteOutcome(
-        item_id=item_id,
-        action=action,
-        state="",
-        worst_severity=worst.value if worst else None,
-        counts=count_by_severity(findings),
-        findings=findings,
-    )
+    outcome = planned_route(config, item_id, findings)
+    action = outcome.action
     with ws.read() as session:
-        auth.require(session, actor, _PERMISSION[action])
+        auth.require(session, actor, PERMISSION[action])
         item = get_item(
             session,
             item_id,
@@ -162,107 +153,146 @@ def route_item(
         routable = ItemState(item.state) in (ItemState.staging, ItemState.validation)
         object_key, stac_key = item.object_key, item.stac_key
     if routable and action == "quarantine":
-        # copies first (idempotent): the row must never point at a missing quarantine object
-        ws.store.copy("staging", "quarantine", object_key)
-        faults.point("quarantine.copied")
-        if ws.store.exists("staging", stac_key):
-            ws.store.copy("staging", "quarantine", stac_key)
+        copy_to_quarantine(ws, object_key, stac_key)
 
     with ws.transaction() as session:
-        auth.require(session, actor, _PERMISSION[action])
+        auth.require(session, actor, PERMISSION[action])
         check_config(session, config)  # the policy did not change since it was resolved
         # locked: a concurrent routing of the same item waits and then finds it routed
         item = get_item(session, item_id, lock=True, hint="see `geomesh items list` for item ids")
         if action == "rollback" and item.supersedes:
             # the version it may restore, locked before the first audit event (head last)
             items_by_id(session, [item.supersedes], lock=True)
-        state = ItemState(item.state)
-        run_id = _latest_run_id(session, item_id)
-        details: dict[str, Any] = {
-            "run_id": run_id,
-            "worst_severity": outcome.worst_severity,
-            "counts": outcome.counts,
-            "route": action,
-        }
-        if state not in (ItemState.staging, ItemState.validation):
-            outcome.action, outcome.changed = "none", False
-        elif action in ("proceed", "warn"):
-            if state is ItemState.staging:
-                lifecycle.transition(
-                    session,
-                    item,
-                    ItemState.validation,
-                    actor=actor,
-                    action="route.proceed",
-                    details=details,
-                )
-            else:
-                outcome.changed = False
-        elif action == "quarantine":
-            item.quarantine_reason = summarize(findings)
-            item.quarantine_key = item.object_key
+        apply_route(session, config, item, outcome, actor=actor)
+
+    after_route(ws, outcome)
+    return outcome
+
+
+def planned_route(config: ProductConfig, item_id: str, findings: list[Finding]) -> RouteOutcome:
+    """What the routing table says for ``findings`` (worst first), before anything changes."""
+    findings = sort_findings(findings)
+    worst = worst_severity(findings)
+    return RouteOutcome(
+        item_id=item_id,
+        action=route_action(config, findings),
+        state="",
+        worst_severity=worst.value if worst else None,
+        counts=count_by_severity(findings),
+        findings=findings,
+    )
+
+
+def copy_to_quarantine(ws: Workspace, object_key: str, stac_key: str) -> None:
+    """Copy a staged object and its item JSON to the quarantine area, BEFORE the routing
+    transaction (idempotent): the row must never point at a missing quarantine object."""
+    ws.store.copy("staging", "quarantine", object_key)
+    faults.point("quarantine.copied")
+    if ws.store.exists("staging", stac_key):
+        ws.store.copy("staging", "quarantine", stac_key)
+
+
+def apply_route(
+    session: Session, config: ProductConfig, item: Item, outcome: RouteOutcome, *, actor: str
+) -> None:
+    """Route ``item`` by ``outcome.action`` in the caller's transaction, which holds the
+    permission for it and has locked the item (and, for a rollback, the version it
+    superseded) before its first audit event: the state change with its audit event, an
+    escalation in the outbox, a re-clip task. Sets ``outcome.state`` and what was done.
+    """
+    state = ItemState(item.state)
+    run_id = _latest_run_id(session, item.id)
+    details: dict[str, Any] = {
+        "run_id": run_id,
+        "worst_severity": outcome.worst_severity,
+        "counts": outcome.counts,
+        "route": outcome.action,
+    }
+    if state not in (ItemState.staging, ItemState.validation):
+        outcome.action, outcome.changed = "none", False
+    elif outcome.action in ("proceed", "warn"):
+        if state is ItemState.staging:
             lifecycle.transition(
                 session,
                 item,
-                ItemState.quarantined,
+                ItemState.validation,
                 actor=actor,
-                action="quarantine",
-                details={**details, "reason": item.quarantine_reason},
-            )
-        else:  # rollback
-            lifecycle.transition(
-                session,
-                item,
-                ItemState.rolled_back,
-                actor=actor,
-                action="rollback",
+                action="route.proceed",
                 details=details,
             )
-            outcome.restored_item_id = _restore_superseded(session, item, actor=actor)
-            outcome.task_id = _queue_reclip(session, config, item, findings)
-        if outcome.changed and findings:
-            outcome.outbox_ids = enqueue_escalations(
-                session,
-                config,
-                event=FINDING_EVENT,
-                item=item,
-                key=f"run:{run_id}:{action}",
-                severities={f.severity for f in findings},
-                payload={
-                    "item_id": item.id,
-                    "product_id": item.product_id,
-                    "action": action,
-                    "state": ItemState(item.state).value,
-                    "worst_severity": outcome.worst_severity,
-                    "counts": outcome.counts,
-                    "run_id": run_id,
-                    "content_digest": item.content_digest,
-                    "quarantine_reason": item.quarantine_reason if action == "quarantine" else None,
-                    "reclip_task_id": outcome.task_id,
-                    "findings": [
-                        {k: f.to_json()[k] for k in ("rule_id", "severity", "path", "message")}
-                        for f in findings[:MAX_PAYLOAD_FINDINGS]
-                    ],
-                },
-            )
-        outcome.state = ItemState(item.state).value
-        faults.point("route.before_commit")
+        else:
+            outcome.changed = False
+    elif outcome.action == "quarantine":
+        item.quarantine_reason = summarize(outcome.findings)
+        item.quarantine_key = item.object_key
+        lifecycle.transition(
+            session,
+            item,
+            ItemState.quarantined,
+            actor=actor,
+            action="quarantine",
+            details={**details, "reason": item.quarantine_reason},
+        )
+    else:  # rollback
+        lifecycle.transition(
+            session,
+            item,
+            ItemState.rolled_back,
+            actor=actor,
+            action="rollback",
+            details=details,
+        )
+        outcome.restored_item_id = _restore_superseded(session, item, actor=actor)
+        outcome.task_id = _queue_reclip(session, config, item, outcome.findings)
+    if outcome.changed and outcome.findings:
+        outcome.outbox_ids = enqueue_escalations(
+            session,
+            config,
+            event=FINDING_EVENT,
+            item=item,
+            key=f"run:{run_id}:{outcome.action}",
+            severities={f.severity for f in outcome.findings},
+            payload={
+                "item_id": item.id,
+                "product_id": item.product_id,
+                "action": outcome.action,
+                "state": ItemState(item.state).value,
+                "worst_severity": outcome.worst_severity,
+                "counts": outcome.counts,
+                "run_id": run_id,
+                "content_digest": item.content_digest,
+                "quarantine_reason": (
+                    item.quarantine_reason if outcome.action == "quarantine" else None
+                ),
+                "reclip_task_id": outcome.task_id,
+                "findings": [
+                    {k: f.to_json()[k] for k in ("rule_id", "severity", "path", "message")}
+                    for f in outcome.findings[:MAX_PAYLOAD_FINDINGS]
+                ],
+            },
+        )
+    outcome.state = ItemState(item.state).value
+    faults.point("route.before_commit")
 
-    if outcome.changed and action == "rollback":
-        outcome.invalidated = invalidate_previews(ws, item_id)
-    if outcome.changed and action == "warn":
+
+def after_route(ws: Workspace, outcome: RouteOutcome) -> None:
+    """What follows a committed route: a rolled-back item's cached previews go, a warning
+    is logged for an item that proceeds with warnings."""
+    if outcome.changed and outcome.action == "rollback":
+        outcome.invalidated = invalidate_previews(ws, outcome.item_id)
+    if outcome.changed and outcome.action == "warn":
         log.warning(
             "item %s proceeds with warnings: %s",
-            item_id,
-            summarize(findings),
-            extra={"item": item_id},
+            outcome.item_id,
+            summarize(outcome.findings),
+            extra={"item": outcome.item_id},
         )
-    return outcome
 
 
 def _restore_superseded(session: Session, item: Item, *, actor: str) -> str | None:
     """Return the version ``item`` superseded to its earlier state, where that is legal
-    (:func:`route_item` locked that row before this transaction's first audit event)."""
+    (the caller locked that row before this transaction's first audit event: ``route_item``
+    itself, ``ingest.insert_item`` in an admission)."""
     if not item.supersedes:
         return None
     prev = session.get(Item, item.supersedes)

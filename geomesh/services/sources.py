@@ -3,9 +3,9 @@
 * :func:`discover` searches the config's ``source`` and marks each candidate ``new`` or
   ``ingested`` by source item id + asset identity. It never reads pixels.
 * :func:`ingest_from_stac` runs the same core as local ingestion (``prepare_tile`` →
-  ``stage_tile`` → validate + route) on the new assets, reading them through GDAL's
-  ``/vsicurl/`` with the clip to the domain forced on, so only the byte ranges under the
-  domain are fetched. The source item's metadata (datetime, platform, eo:cloud_cover, s2:*,
+  admission: staged, validated and routed in one transaction) on the new assets, reading
+  them through GDAL's ``/vsicurl/`` with the clip to the domain forced on, so only the byte
+  ranges under the domain are fetched. The source item's metadata (datetime, platform, eo:cloud_cover, s2:*,
   …) and a ``derived_from`` link to it go into the new item. Re-runs skip what is already
   ingested; an interrupted run resumes without duplicates.
 """
@@ -53,9 +53,9 @@ from geomesh.remote import (
     search_items,
     self_href,
 )
-from geomesh.services.ingest import IngestReport, TileResult, stage_tile
+from geomesh.services.ingest import IngestReport, TileResult
 from geomesh.services.lookup import items_by_id
-from geomesh.services.pipeline import PostStage, known_raster, post_stage_hook
+from geomesh.services.pipeline import PostStage, stage_and_check
 from geomesh.services.products import check_config
 from geomesh.storage import TMP_PREFIX
 from geomesh.tiles import PreparedTile, SourceMeta, prepare_tile
@@ -386,22 +386,18 @@ class _Run:
                 source_item_id=source_item_id,
                 size=prepared.size,
             )
-            with self.log.step("stage", source_item_id=source_item_id):
-                # the product's own config: forcing the clip must not register a new version
-                res = stage_tile(self.ws, self.config, prepared, actor=self.actor)
+            # the product's own config: forcing the clip must not register a new version
+            res = stage_and_check(
+                self.ws,
+                self.config,
+                prepared,
+                actor=self.actor,
+                post_stage=self.post_stage,
+                log=self.log,
+                source_item_id=source_item_id,
+            )
             if res.status == "exists" and res.item_id:
                 self._record_identity(res.item_id, prepared.source_meta)
-            elif res.status == "staged" and res.item_id:
-                with self.log.step("validate+route", item_id=res.item_id) as info:
-                    res.state, res.route, res.findings = post_stage_hook(
-                        self.ws,
-                        self.config,
-                        res.item_id,
-                        self.actor,
-                        self.post_stage,
-                        known=known_raster(prepared),
-                    )
-                    info["outcome"] = res.route or "ok"
         except GeomeshError as exc:
             return TileResult(source=name, status="failed", error=redact(str(exc), href))
         finally:

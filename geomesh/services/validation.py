@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from geomesh import audit, auth
 from geomesh.config import ProductConfig
@@ -131,64 +131,76 @@ def validate_item(
         # locked: a concurrent validation of the same item waits, then finds this run
         # (same content, same findings) and records nothing, as a serial re-run would
         item = get_item(session, item_id, lock=True)
-        previous = session.exec(
-            select(FindingRecord).where(
-                FindingRecord.item_id == item_id, col(FindingRecord.open).is_(True)
-            )
-        ).all()
-        last = latest_run(session, item_id)
-        if (
-            last is not None
-            and last.content_digest == item.content_digest
-            and last.strict == strict
-            and _same_findings(previous, findings)
-        ):
-            return findings  # nothing changed since the last run: record nothing new
-        for rec in previous:
-            rec.open = False
-            session.add(rec)
-        worst = worst_severity(findings)
-        run = ValidationRun(
-            item_id=item_id,
-            content_digest=item.content_digest,
-            passed=worst is None or worst is Severity.P3,
-            worst_severity=worst,
-            strict=strict,
-            actor=actor,
-        )
-        session.add(run)
-        session.flush()
-        assert run.id is not None
-        for f in findings:
-            session.add(
-                FindingRecord(
-                    run_id=run.id,
-                    item_id=item_id,
-                    product_id=item.product_id,
-                    rule_id=f.rule_id,
-                    severity=f.severity,
-                    path=f.path,
-                    message=f.message,
-                    remediation=f.remediation,
-                    context=json.loads(json.dumps(f.context, default=str)),
-                )
-            )
-        item.worst_severity = worst
-        item.updated_at = utcnow()
-        session.add(item)
-        audit.append(
-            session,
-            actor=actor,
-            action="validate",
-            target=item_id,
-            product_id=item.product_id,
-            digest=item.content_digest,
-            details={
-                "run_id": run.id,
-                "worst_severity": worst.value if worst else None,
-                "counts": count_by_severity(findings),
-                "strict": strict,
-                "closed": len(previous),
-            },
-        )
+        record_run(session, item, findings, strict=strict, actor=actor)
     return findings
+
+
+def record_run(
+    session: Session, item: Item, findings: list[Finding], *, strict: bool, actor: str
+) -> bool:
+    """Persist one validation run of ``item`` (locked by the caller) in the caller's
+    transaction: its previous open findings closed, the run with its findings, the item's
+    worst severity and the ``validate`` audit event. Returns False, recording nothing, when
+    the last run saw the same content with the same findings (a re-run changes nothing).
+    """
+    previous = session.exec(
+        select(FindingRecord).where(
+            FindingRecord.item_id == item.id, col(FindingRecord.open).is_(True)
+        )
+    ).all()
+    last = latest_run(session, item.id)
+    if (
+        last is not None
+        and last.content_digest == item.content_digest
+        and last.strict == strict
+        and _same_findings(previous, findings)
+    ):
+        return False
+    for rec in previous:
+        rec.open = False
+        session.add(rec)
+    worst = worst_severity(findings)
+    run = ValidationRun(
+        item_id=item.id,
+        content_digest=item.content_digest,
+        passed=worst is None or worst is Severity.P3,
+        worst_severity=worst,
+        strict=strict,
+        actor=actor,
+    )
+    session.add(run)
+    session.flush()
+    assert run.id is not None
+    for f in findings:
+        session.add(
+            FindingRecord(
+                run_id=run.id,
+                item_id=item.id,
+                product_id=item.product_id,
+                rule_id=f.rule_id,
+                severity=f.severity,
+                path=f.path,
+                message=f.message,
+                remediation=f.remediation,
+                context=json.loads(json.dumps(f.context, default=str)),
+            )
+        )
+    item.worst_severity = worst
+    item.updated_at = utcnow()
+    session.add(item)
+    audit.append(
+        session,
+        actor=actor,
+        action="validate",
+        target=item.id,
+        product_id=item.product_id,
+        digest=item.content_digest,
+        details={
+            "run_id": run.id,
+            "worst_severity": worst.value if worst else None,
+            "counts": count_by_severity(findings),
+            "strict": strict,
+            "closed": len(previous),
+        },
+    )
+    return True
