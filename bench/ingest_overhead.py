@@ -1,9 +1,9 @@
 """1. Ingest overhead: geomesh ingest of one tile vs a bare ``rio_cogeo.cog_translate``.
 
 geomesh side: ``ingest_rasters`` (SQLite + local store), actor ``system``, no clip, the
-default post-stage (validation + routing). That is: inspect, COG, cog_validate, SHA-256,
-statistics, STAC item, content-addressed store, one transaction with its audit event, then
-validation and routing. Two catalogs, both against the same 1.05× target:
+default admission. That is: inspect, COG, cog_validate, SHA-256, statistics, STAC item,
+content-addressed store, validation, then one transaction that stages, validates and routes
+the tile with their audit events. Two catalogs, both against the same 1.05× target:
 
 * *fresh*: the tile is the first a new catalog gets, opened just before (the product is
   registered with its audit event, and SQLAlchemy compiles each statement once for the new
@@ -140,12 +140,11 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str, catalog: str)
     _probe(tiles, "inspect_with_statistics", spent, calls, "inspect + statistics (COG)")
     _probe(raster, "_inspect_open", spent, calls, "inspect of an open dataset")
     # every SHA-256 pass over tile bytes, wherever it happens
-    _probe(tiles, "sha256_file", spent, calls, "sha256 COG (thread, during validate + inspect)")
+    _probe(tiles, "sha256_mapped", spent, calls, "sha256 COG (thread, during validate + inspect)")
     _probe(tiles, "source_digest_for", spent, calls, "sha256 source (thread, during COG)")
     _probe(pipeline, "source_digest_for", spent, calls, "sha256 source before prepare")
     _probe(rules, "sha256_file", spent, calls, "sha256 COG again (validation)")
-    _probe(pipeline, "stage_tile", spent)
-    _probe(pipeline, "validate_and_route", spent, calls, "validate+route")
+    _probe(pipeline, "admit_tile", spent, calls, "admit (stage + validate + route)")
     before, c0 = rss_mib(), cpu_seconds()
     t0 = time.perf_counter()
     report = pipeline.ingest_rasters(ws, config, [src], actor="system")

@@ -20,7 +20,7 @@ from sqlmodel import select
 from geomesh import parallel as parallel_mod
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import PermissionDenied
-from geomesh.hashing import sha256_file
+from geomesh.hashing import sha256_file, sha256_mapped
 from geomesh.models import AuditEvent, Item, ItemState
 from geomesh.services.ingest import IngestReport
 from geomesh.services.pipeline import ingest_rasters
@@ -349,7 +349,7 @@ def test_source_digest_shortcut_skips_cog_work(
 def test_one_hash_and_one_inspect_per_tile(
     workspace: Workspace, config: ProductConfig, s2_tile: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 19: the COG is hashed once (validation after staging reuses that digest), the
+    """Issue 19: the COG is hashed once (the admission's validation reuses that digest), the
     source once (while the COG is written, not before), the COG opened once for its
     inspection and statistics; a re-run of the same location hashes the source up front
     and skips the file work."""
@@ -369,7 +369,7 @@ def test_one_hash_and_one_inspect_per_tile(
 
         monkeypatch.setattr(module, name, wrapper)
 
-    count(tiles_mod, "sha256_file", "cog hash (prepare)")
+    count(tiles_mod, "sha256_mapped", "cog hash (prepare)")
     count(rules_mod, "sha256_file", "cog hash (validation)")
     count(rules_mod, "cog_validate", "cog_validate (validation)")
     count(tiles_mod, "source_digest_for", "source hash (prepare)")
@@ -405,6 +405,17 @@ def test_one_hash_and_one_inspect_per_tile(
     calls.clear()
     assert _ingest(workspace, config, s2_tile).results[0].status == "exists"
     assert calls == {"source hash (before prepare)": 1}
+
+
+def test_the_mapped_hash_is_the_streamed_hash(tmp_path: Path, s2_tile: Path) -> None:
+    """The COG's one hash reads it through a memory map; same digest and size as the
+    streamed hash of any other file, an empty file included (which cannot be mapped)."""
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    for path in (s2_tile, empty):
+        with open(path, "rb") as fh:
+            assert sha256_mapped(fh) == sha256_file(path)
+    assert sha256_file(empty)[1] == 0 and sha256_file(s2_tile)[1] == s2_tile.stat().st_size
 
 
 def test_the_cog_is_flushed_early_only_for_a_store_that_adopts_it(

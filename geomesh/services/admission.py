@@ -80,7 +80,7 @@ def admit_tile(
             item = insert_item(session, config, prepared, stored, actor=actor)
             if item is None:
                 return None
-            record_run(session, item, findings, strict=strict, actor=actor)
+            record_run(session, item, findings, strict=strict, actor=actor, first=True)
             apply_route(session, config, item, outcome, actor=actor)
         return outcome
 

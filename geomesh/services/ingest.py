@@ -102,21 +102,16 @@ class IngestReport:
         }
 
 
-def _previous_version(session: Session, product_id: str, source_key: str) -> Item | None:
-    return session.exec(
-        select(Item)
-        .where(Item.product_id == product_id, Item.source_key == source_key)
-        .where(col(Item.state) != ItemState.discarded)
-        .order_by(col(Item.created_at).desc())
-        .limit(1)
-    ).first()
-
-
-def _version_number(session: Session, product_id: str, source_key: str) -> int:
+def _versions(session: Session, product_id: str, source_key: str) -> tuple[int, str | None]:
+    """The version number a new item of this source gets, and the item it supersedes (the
+    latest not discarded; None for the first version): one query over its versions."""
     rows = session.exec(
-        select(Item.id).where(Item.product_id == product_id, Item.source_key == source_key)
+        select(Item.id, Item.state)
+        .where(Item.product_id == product_id, Item.source_key == source_key)
+        .order_by(col(Item.created_at).desc())
     ).all()
-    return len(rows) + 1
+    previous = next((i for i, state in rows if state != ItemState.discarded), None)
+    return len(rows) + 1, previous
 
 
 @dataclass
@@ -126,8 +121,8 @@ class StoredTile:
 
     result: TileResult
     stac: dict[str, Any]
-    #: the item of the same source this one supersedes (None: the first version)
-    previous: Item | None
+    #: the id of the item of the same source this one supersedes (None: the first version)
+    previous_id: str | None
 
 
 def store_tile(
@@ -158,11 +153,10 @@ def store_tile(
         if existing is not None:
             result.status, result.state, result.item = "exists", existing.state.value, existing.stac
             return result
-        previous = _previous_version(session, product_id, prepared.source_key)
-        version = _version_number(session, product_id, prepared.source_key)
+        version, previous_id = _versions(session, product_id, prepared.source_key)
     predecessor = (
-        object_href(ws.store, "staging", stac_key_for(product_id, previous.id))
-        if previous is not None
+        object_href(ws.store, "staging", stac_key_for(product_id, previous_id))
+        if previous_id is not None
         else None
     )
     stac = build_stac(
@@ -176,7 +170,7 @@ def store_tile(
     payload = json.dumps(stac, indent=2, sort_keys=True).encode()
     ws.store.put_bytes("staging", skey, payload)
     faults.point("ingest.files_stored")
-    return StoredTile(result, stac, previous)
+    return StoredTile(result, stac, previous_id)
 
 
 def stage_tile(
@@ -222,7 +216,7 @@ def new_item(
         stac=stored.stac,
         state=ItemState.staging,
         submitted_by=actor,
-        supersedes=stored.previous.id if stored.previous is not None else None,
+        supersedes=stored.previous_id,
         source_item_id=meta.source_item_id if meta else None,
         source_etag=meta.source_etag if meta else None,
     )
@@ -244,8 +238,8 @@ def insert_item(
     """
     product_id = config.product_id
     auth.require(session, actor, "ingest")
-    previous = stored.previous
-    prev = get_item(session, previous.id, lock=True) if previous is not None else None
+    previous_id = stored.previous_id
+    prev = get_item(session, previous_id, lock=True) if previous_id is not None else None
     register_product(session, config, actor=actor)
     item = new_item(config, prepared, stored, actor=actor)
     if session.get(Item, item.id) is not None:  # a concurrent run staged it first

@@ -136,19 +136,30 @@ def validate_item(
 
 
 def record_run(
-    session: Session, item: Item, findings: list[Finding], *, strict: bool, actor: str
+    session: Session,
+    item: Item,
+    findings: list[Finding],
+    *,
+    strict: bool,
+    actor: str,
+    first: bool = False,
 ) -> bool:
     """Persist one validation run of ``item`` (locked by the caller) in the caller's
     transaction: its previous open findings closed, the run with its findings, the item's
     worst severity and the ``validate`` audit event. Returns False, recording nothing, when
     the last run saw the same content with the same findings (a re-run changes nothing).
+    ``first``: the item's row was inserted in this transaction, so it has no earlier run.
     """
-    previous = session.exec(
-        select(FindingRecord).where(
-            FindingRecord.item_id == item.id, col(FindingRecord.open).is_(True)
-        )
-    ).all()
-    last = latest_run(session, item.id)
+    previous = (
+        []
+        if first
+        else session.exec(
+            select(FindingRecord).where(
+                FindingRecord.item_id == item.id, col(FindingRecord.open).is_(True)
+            )
+        ).all()
+    )
+    last = None if first else latest_run(session, item.id)
     if (
         last is not None
         and last.content_digest == item.content_digest
