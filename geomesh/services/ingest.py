@@ -1,10 +1,12 @@
 """Staging: a prepared tile's object and item JSON stored, then its row in one transaction.
 
-:func:`stage_tile` stores the object and the item JSON (both immutable, content-addressed)
-and then, in ONE transaction, inserts the Item row with its audit event. The row is the
-visibility point: a crash before it leaves only unreferenced complete objects that a re-run
-reuses and `geomesh doctor` can collect. The file work before it is ``geomesh.tiles``; the
-whole batch (prepare → stage → validate → route) is ``services.pipeline``.
+:func:`store_tile` stores the object and the item JSON (both immutable, content-addressed);
+:func:`insert_item` then inserts the Item row with its audit event in the caller's
+transaction: :func:`stage_tile`'s own, or the admission's (``services.admission``), which
+validates and routes the tile in the same one. The row is the visibility point: a crash
+before it leaves only unreferenced complete objects that a re-run reuses and `geomesh
+doctor` can collect. The file work before it is ``geomesh.tiles``; the whole batch
+(prepare → admit) is ``services.pipeline``.
 """
 
 from __future__ import annotations
