@@ -275,7 +275,9 @@ def test_a_new_tile_is_staged_validated_and_routed_in_one_transaction(
     assert actions(workspace, res.item_id) == ["ingest", "validate", route]
     with workspace.read() as s:
         last = s.exec(select(AuditEvent).order_by(col(AuditEvent.seq).desc())).first()
-    assert last is not None and last.action == route and new[0] == audit_info.checkpoint_key(last.seq)
+    assert (
+        last is not None and last.action == route and new[0] == audit_info.checkpoint_key(last.seq)
+    )
     if tile == "nocrs":  # its copies were made before the transaction that points at them
         assert workspace.store.exists("quarantine", get_item(workspace, res.item_id).object_key)
 

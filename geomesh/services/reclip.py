@@ -21,7 +21,6 @@ help, and the task ends with that answer (:func:`skip_reclip`).
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,13 +32,14 @@ from sqlmodel import Session
 from geomesh import audit, auth
 from geomesh.config import ProductConfig
 from geomesh.errors import NotFound, TaskError
-from geomesh.models import FindingRecord, Item, Severity, Task, ValidationRun, utcnow
+from geomesh.models import Item, Severity, Task, ValidationRun, utcnow
 from geomesh.opening import OpeningPolicy
 from geomesh.services.findings import latest_run
 from geomesh.services.ingest import stage_tile
 from geomesh.services.lookup import get_item
 from geomesh.services.pipeline import validate_and_route
 from geomesh.services.products import registered_config
+from geomesh.services.validation import finding_record
 from geomesh.storage import TMP_PREFIX
 from geomesh.tiles import SourceMeta, object_href, prepare_tile, source_digest_for
 from geomesh.validation.registry import make_finding
@@ -198,19 +198,7 @@ def record_failure(session: Session, task: Task, error: str) -> None:
         message=f"the automatic re-clip (task {task.id}) failed: {error}",
         context={"task_id": task.id, "source": item.source},
     )
-    session.add(
-        FindingRecord(
-            run_id=run.id,
-            item_id=item.id,
-            product_id=item.product_id,
-            rule_id=finding.rule_id,
-            severity=finding.severity,
-            path=finding.path,
-            message=finding.message,
-            remediation=finding.remediation,
-            context=json.loads(json.dumps(finding.context, default=str)),
-        )
-    )
+    session.add(finding_record(run.id, item, finding))
     audit.append(
         session,
         actor=auth.SYSTEM,

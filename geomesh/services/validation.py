@@ -183,19 +183,7 @@ def record_run(
     session.flush()
     assert run.id is not None
     for f in findings:
-        session.add(
-            FindingRecord(
-                run_id=run.id,
-                item_id=item.id,
-                product_id=item.product_id,
-                rule_id=f.rule_id,
-                severity=f.severity,
-                path=f.path,
-                message=f.message,
-                remediation=f.remediation,
-                context=json.loads(json.dumps(f.context, default=str)),
-            )
-        )
+        session.add(finding_record(run.id, item, f))
     item.worst_severity = worst
     item.updated_at = utcnow()
     session.add(item)
@@ -215,3 +203,19 @@ def record_run(
         },
     )
     return True
+
+
+def finding_record(run_id: int, item: Item, finding: Finding) -> FindingRecord:
+    """The row of ``finding`` in validation run ``run_id`` of ``item`` (its context made
+    JSON-safe)."""
+    return FindingRecord(
+        run_id=run_id,
+        item_id=item.id,
+        product_id=item.product_id,
+        rule_id=finding.rule_id,
+        severity=finding.severity,
+        path=finding.path,
+        message=finding.message,
+        remediation=finding.remediation,
+        context=json.loads(json.dumps(finding.context, default=str)),
+    )
