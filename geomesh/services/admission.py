@@ -73,6 +73,8 @@ def admit_tile(
 
     def admit() -> RouteOutcome | None:
         """None: a concurrent run staged this content first (and routes it)."""
+        # a new outcome per attempt: apply_route fills it in, and a retried attempt must
+        # not start from what a rolled-back one wrote there
         outcome = planned_route(config, item_id, findings)
         with ws.transaction() as session:
             auth.require(session, actor, "validate")

@@ -5,9 +5,9 @@
 * :func:`ingest_from_stac` runs the same core as local ingestion (``prepare_tile`` →
   admission: staged, validated and routed in one transaction) on the new assets, reading
   them through GDAL's ``/vsicurl/`` with the clip to the domain forced on, so only the byte
-  ranges under the domain are fetched. The source item's metadata (datetime, platform, eo:cloud_cover, s2:*,
-  …) and a ``derived_from`` link to it go into the new item. Re-runs skip what is already
-  ingested; an interrupted run resumes without duplicates.
+  ranges under the domain are fetched. The source item's metadata (datetime, platform,
+  eo:cloud_cover, s2:*, …) and a ``derived_from`` link to it go into the new item. Re-runs
+  skip what is already ingested; an interrupted run resumes without duplicates.
 """
 
 from __future__ import annotations
