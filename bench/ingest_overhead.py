@@ -22,7 +22,13 @@ integers, bilinear overviews, the same GDAL config), on the same input.
 
 Each run of each side is one fresh ``spawn`` worker: it imports the same modules for both
 sides, warms up on a tiny tile (GDAL drivers, PROJ database, SQLAlchemy, Alembic), then
-measures one call, so ``ru_maxrss`` is that call's peak. The sides alternate (b g, g b, …).
+measures its calls one after the other, so ``ru_maxrss`` is the peak of one call. The sides
+alternate (b g, g b, …). For the 2048² tile each worker makes three calls, on three tiles
+of that size that differ only in their noise (the same three on both sides; a *fresh*
+catalog is opened for each call), and keeps the fastest: on a shared machine a call's wall
+time is its own cost plus whatever the neighbours took from it (one call varies by ±15 %
+here), and the fastest of three is the closest to the cost itself, on both sides alike. The
+notes give every call's time and the ratio of the medians as well.
 """
 
 from __future__ import annotations
@@ -107,9 +113,12 @@ def _probe(
     setattr(module, name, wrapper)
 
 
-def measure_side(side: str, src: str, out_dir: str, warm_src: str, catalog: str) -> Measured:
+def measure_side(
+    side: str, sources: list[str], out_dir: str, warm_src: str, catalog: str
+) -> Measured:
     """Runs in a fresh spawn worker: warm up, then measure one ingest or one cog_translate
-    (``catalog``: ``fresh`` or ``warm``, see the module docstring)."""
+    of each of ``sources`` and keep the fastest (``catalog``: ``fresh`` or ``warm``, see
+    the module docstring)."""
     import geomesh.raster as raster
     import geomesh.services.pipeline as pipeline
     import geomesh.tiles as tiles
@@ -123,16 +132,24 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str, catalog: str)
     if not warm.ok:
         raise RuntimeError(f"warm-up ingest failed: {warm.to_json()}")
     baseline_cog(warm_src, str(out / "warm.tif"))
+    before = rss_mib()
+    calls_s: list[float] = []
+    cpus: list[float] = []
     if side == "baseline":
-        before, c0 = rss_mib(), cpu_seconds()
-        t0 = time.perf_counter()
-        baseline_cog(src, str(out / "out.tif"))
-        seconds = time.perf_counter() - t0
-        cpu = cpu_seconds() - c0
-        size = (out / "out.tif").stat().st_size
-        return Measured(seconds, peak_rss_mib(), before, {"size": size, "cpu": cpu})
+        for i, src in enumerate(sources):
+            c0 = cpu_seconds()
+            t0 = time.perf_counter()
+            baseline_cog(src, str(out / f"out{i}.tif"))
+            calls_s.append(time.perf_counter() - t0)
+            cpus.append(cpu_seconds() - c0)
+        size = (out / "out0.tif").stat().st_size
+        return Measured(
+            min(calls_s),
+            peak_rss_mib(),
+            before,
+            {"size": size, "cpu": min(cpus), "calls_s": calls_s},
+        )
 
-    ws = warm_ws if catalog == "warm" else open_workspace(out / "catalog")
     spent: dict[str, float] = {}
     calls: dict[str, int] = {}
     _probe(raster, "cog_translate", spent)
@@ -145,46 +162,65 @@ def measure_side(side: str, src: str, out_dir: str, warm_src: str, catalog: str)
     _probe(pipeline, "source_digest_for", spent, calls, "sha256 source before prepare")
     _probe(rules, "sha256_file", spent, calls, "sha256 COG again (validation)")
     _probe(pipeline, "admit_tile", spent, calls, "admit (stage + validate + route)")
-    before, c0 = rss_mib(), cpu_seconds()
-    t0 = time.perf_counter()
-    report = pipeline.ingest_rasters(ws, config, [src], actor="system")
-    seconds = time.perf_counter() - t0
-    cpu = cpu_seconds() - c0
-    peak = peak_rss_mib()
-    if not report.ok or report.results[0].status != "staged":
-        raise RuntimeError(f"geomesh ingest failed: {report.to_json()}")
-    res = report.results[0]
-    ws.close()
+    fastest: dict[str, Any] = {}
+    most: dict[str, int] = {}  # the most calls of each probe any ingest made
+    for i, src in enumerate(sources):
+        ws = warm_ws if catalog == "warm" else open_workspace(out / f"catalog{i}")
+        spent.clear()
+        calls.clear()
+        c0 = cpu_seconds()
+        t0 = time.perf_counter()
+        report = pipeline.ingest_rasters(ws, config, [src], actor="system")
+        seconds = time.perf_counter() - t0
+        cpus.append(cpu_seconds() - c0)
+        if not report.ok or report.results[0].status != "staged":
+            raise RuntimeError(f"geomesh ingest failed: {report.to_json()}")
+        if ws is not warm_ws:
+            ws.close()
+        res = report.results[0]
+        if not calls_s or seconds < min(calls_s):
+            fastest = {
+                "size": res.size,
+                "spent": dict(spent),
+                "state": res.state,
+                "route": res.route,
+            }
+        calls_s.append(seconds)
+        for k, v in calls.items():
+            most[k] = max(most.get(k, 0), v)
+    warm_ws.close()
     return Measured(
-        seconds,
-        peak,
+        min(calls_s),
+        peak_rss_mib(),
         before,
-        {
-            "size": res.size,
-            "cpu": cpu,
-            "spent": spent,
-            "calls": calls,
-            "state": res.state,
-            "route": res.route,
-        },
+        {**fastest, "calls": most, "cpu": min(cpus), "calls_s": calls_s},
     )
 
 
-def _pair(i: int, src: Path, warm: Path, base: Path, catalog: str) -> tuple[Measured, Measured]:
+def _pair(
+    i: int, sources: list[Path], warm: Path, base: Path, catalog: str
+) -> tuple[Measured, Measured]:
     order = ("baseline", "geomesh") if i % 2 == 0 else ("geomesh", "baseline")
     got: dict[str, Measured] = {}
+    names = [str(p) for p in sources]
     for side in order:
         out = base / f"{catalog}{i}-{side}"
         out.mkdir()
-        got[side] = in_fresh_worker(measure_side, side, str(src), str(out), str(warm), catalog)
+        got[side] = in_fresh_worker(measure_side, side, names, str(out), str(warm), catalog)
     return got["geomesh"], got["baseline"]
 
 
 def _case(
-    label: str, src: Path, warm: Path, base: Path, runs: int, budget: float | None, catalog: str
+    label: str,
+    sources: list[Path],
+    warm: Path,
+    base: Path,
+    runs: int,
+    budget: float | None,
+    catalog: str,
 ) -> list[Row]:
     t_start = time.perf_counter()
-    pairs = [_pair(0, src, warm, base, catalog)]
+    pairs = [_pair(0, sources, warm, base, catalog)]
     note_runs = ""
     asked = runs
     if budget is not None:
@@ -193,7 +229,7 @@ def _case(
             runs = max(3, min(runs, int(budget // per_pair)))
             note_runs = f"{runs} runs per side ({asked} would exceed the {budget:.0f} s budget); "
     for i in range(1, runs):
-        pairs.append(_pair(i, src, warm, base, catalog))
+        pairs.append(_pair(i, sources, warm, base, catalog))
     g = [p[0] for p in pairs]
     b = [p[1] for p in pairs]
     tg, tb = median([m.seconds for m in g]), median([m.seconds for m in b])
@@ -232,13 +268,18 @@ def _case(
     mem_ratio = mg / mb
 
     def runs(ms: list[Measured]) -> str:
-        return ", ".join(f"{m.seconds:.2f}" for m in ms)
+        return ", ".join("/".join(f"{x:.2f}" for x in m.extra["calls_s"]) for m in ms)
+
+    per_call = len(sources)
+    all_g = median([x for m in g for x in m.extra["calls_s"]])
+    all_b = median([x for m in b for x in m.extra["calls_s"]])
+    how = f"fastest of {per_call} calls per run, " if per_call > 1 else ""
 
     return [
         Row(
             NAME,
             f"{label}, {catalog} catalog ({len(pairs)} runs/side)",
-            "wall time, median",
+            f"wall time, {how}median",
             fmt_s(tg),
             fmt_s(tb),
             time_ratio,
@@ -247,13 +288,19 @@ def _case(
             f"{note_runs}{hash_note}; route {g[0].extra['route']} → {g[0].extra['state']}; "
             f"geomesh = cog_translate {fmt_s(translate)} + overhead "
             f"{fmt_s(max(0.0, tg - translate))} (steps, threads overlap: {breakdown}); "
-            f"runs (s): geomesh {runs(g)}; baseline {runs(b)} (median of the per-pair "
-            f"ratios {median([x.seconds / y.seconds for x, y in pairs]):.2f}×); {size_note}",
+            f"runs (s, each call): geomesh {runs(g)}; baseline {runs(b)} (median of the "
+            f"per-pair ratios {median([x.seconds / y.seconds for x, y in pairs]):.2f}×"
+            + (
+                f"; median of all calls {fmt_s(all_g)} vs {fmt_s(all_b)}, {all_g / all_b:.2f}×"
+                if per_call > 1
+                else ""
+            )
+            + f"); {size_note}",
         ),
         Row(
             NAME,
             f"{label}, {catalog} catalog ({len(pairs)} runs/side)",
-            "CPU time (user+sys, all threads), median",
+            f"CPU time (user+sys, all threads), {how}median",
             fmt_s(cg),
             fmt_s(cb),
             cg / cb,
@@ -280,30 +327,40 @@ def run(smoke: bool) -> list[Row]:
     with workdir("ingest") as tmp:
         base = Path(tmp)
         warm = make_tile(base / "warm.tif", width=256, height=256, count=1, seed=99)
-        # (label, size, bands, origin, runs, budget, catalogs): nine pairs of the 2048² tile,
-        # whose ±5 % target is within one pair's run-to-run noise on this kind of machine;
-        # the 10980² case only fresh (its overhead is the same fixed cost, and five pairs
+        # (label, size, bands, origin, runs, calls per run, budget, catalogs): nine pairs
+        # of the 2048² tile, each run the fastest of three calls, since its ±5 % target is
+        # within one call's run-to-run noise on this kind of machine; the 10980² case only
+        # fresh and one call per run (its overhead is the same fixed cost, and five pairs
         # already take ~3 min). Every tile overlaps the domain, as a product's tiles do, and
         # takes the usual route (P3 warnings → validation), not the P1 rollback of a tile
         # outside it: the full Sentinel-2 tile covers the domain, a smaller one lies over it
         if smoke:
             cases = [
-                ("256×256×4 uint16", 256, 4, SF_ORIGIN, 1, None, ("fresh", "warm")),
-                ("512×512×1 uint16", 512, 1, SF_ORIGIN, 1, None, ("fresh",)),
+                ("256×256×4 uint16", 256, 4, SF_ORIGIN, 1, 2, None, ("fresh", "warm")),
+                ("512×512×1 uint16", 512, 1, SF_ORIGIN, 1, 1, None, ("fresh",)),
             ]
         else:
             cases = [
-                ("2048×2048×4 uint16", 2048, 4, SF_ORIGIN, 9, None, ("fresh", "warm")),
-                ("10980×10980×1 uint16", 10980, 1, S2_ORIGIN, 5, BIG_BUDGET_S, ("fresh",)),
+                ("2048×2048×4 uint16", 2048, 4, SF_ORIGIN, 9, 3, None, ("fresh", "warm")),
+                ("10980×10980×1 uint16", 10980, 1, S2_ORIGIN, 5, 1, BIG_BUDGET_S, ("fresh",)),
             ]
         rows: list[Row] = []
-        for label, size, count, origin, runs, budget, catalogs in cases:
+        for label, size, count, origin, runs, per_run, budget, catalogs in cases:
             case_dir = base / f"case{size}"
             case_dir.mkdir()
-            src = make_tile(
-                case_dir / "src.tif", width=size, height=size, count=count, origin=origin
-            )
+            sources = [
+                make_tile(
+                    case_dir / f"src{k}.tif",
+                    width=size,
+                    height=size,
+                    count=count,
+                    origin=origin,
+                    seed=k,
+                )
+                for k in range(per_run)
+            ]
             for catalog in catalogs:
-                rows += _case(label, src, warm, case_dir, runs, budget, catalog)
-            src.unlink()
+                rows += _case(label, sources, warm, case_dir, runs, budget, catalog)
+            for src in sources:
+                src.unlink()
         return rows

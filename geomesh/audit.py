@@ -82,13 +82,31 @@ def event_hash(event: AuditEvent, key: bytes) -> str:
     return hmac.new(key, _canonical(event), hashlib.sha256).hexdigest()
 
 
+#: ``Session.info`` key of the head row this session locked, with the transaction that
+#: holds the lock (``_head``)
+_LOCKED_HEAD: Final = "geomesh.audit_locked_head"
+
+
 def _head(session: Session) -> AuditHead:
-    head = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).first()
-    if head is None:
-        head = AuditHead(id=1, last_seq=0, last_hash=GENESIS)
-        session.add(head)
+    """The chain's head row, locked until the caller's transaction ends.
+
+    Read ``FOR UPDATE`` at the transaction's first append; later appends of the same
+    transaction reuse that row, whose lock (and, on SQLite, the write lock) they already
+    hold. No geomesh unit of work uses savepoints, which could release the lock early.
+    """
+    held = session.info.get(_LOCKED_HEAD)
+    transaction = session.get_transaction()  # None between transactions
+    if held is not None and transaction is not None and held[0] is transaction:
+        head: AuditHead = held[1]
+        return head
+    found = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).first()
+    if found is None:
+        found = AuditHead(id=1, last_seq=0, last_hash=GENESIS)
+        session.add(found)
         session.flush()
-    return head
+    # the transaction the select ran in (it began one if none had)
+    session.info[_LOCKED_HEAD] = (session.get_transaction(), found)
+    return found
 
 
 def append(
@@ -129,7 +147,6 @@ def append(
     head.last_seq = event.seq or 0
     head.last_hash = event.hash
     session.add(head)
-    session.flush()
     session.info[HEAD_INFO] = (head.last_seq, head.last_hash)
     return event
 

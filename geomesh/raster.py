@@ -7,6 +7,7 @@ that names the file.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import rasterio
 import shapely
-from pyproj import CRS, Transformer
+from pyproj import CRS
 from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
@@ -34,6 +36,7 @@ from shapely.geometry import Polygon, box, mapping
 from shapely.geometry.base import BaseGeometry
 
 from geomesh.config import ProductConfig
+from geomesh.crs import crs_from_text, transformer
 from geomesh.errors import MissingCRS, OutsideDomain, RasterError
 from geomesh.redact import redact
 
@@ -297,10 +300,19 @@ def crs_identity(crs: Any) -> tuple[str | None, str | None, dict[str, Any] | Non
     """(authority code like 'EPSG:32610' or None, WKT2, PROJJSON) of a rasterio/pyproj CRS."""
     if crs is None:
         return None, None, None
-    pcrs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    code, wkt2, projjson = _wkt_identity(crs.to_wkt() if hasattr(crs, "to_wkt") else str(crs))
+    return code, wkt2, json.loads(projjson)  # a fresh dict: the cached text stays unshared
+
+
+@lru_cache(maxsize=64)
+def _wkt_identity(text: str) -> tuple[str | None, str, str]:
+    """:func:`crs_identity` of a CRS's text, PROJJSON as text. Cached: a batch's tiles share
+    a few CRSs, and the authority lookup searches PROJ's database (a tile and its COG ask
+    twice)."""
+    pcrs = crs_from_text(text)
     auth = pcrs.to_authority(min_confidence=90)
     code = f"{auth[0]}:{auth[1]}" if auth else None
-    return code, pcrs.to_wkt(version="WKT2_2019"), pcrs.to_json_dict()
+    return code, pcrs.to_wkt(version="WKT2_2019"), pcrs.to_json()
 
 
 def footprint_polygon(
@@ -312,7 +324,7 @@ def footprint_polygon(
         return poly
     step = max(bounds[2] - bounds[0], bounds[3] - bounds[1]) / (EDGE_POINTS - 1)
     dense = shapely.segmentize(poly, step)
-    tr = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+    tr = transformer(src_crs, dst_crs)
     xs, ys = np.asarray(dense.exterior.coords).T
     tx, ty = tr.transform(xs, ys)
     if not (np.all(np.isfinite(tx)) and np.all(np.isfinite(ty))):
@@ -339,11 +351,13 @@ def _inspect_open(ds: Any, source: str, domain_crs: str | None) -> RasterInfo:
     ovr = tuple(ds.overviews(1)) if ds.count else ()
     footprint = fp4326 = fpdom = None
     if wkt2 is not None:
-        src_crs = CRS.from_wkt(wkt2)
+        src_crs = crs_from_text(wkt2)
         footprint = box(*ds.bounds)
-        fp4326 = footprint_polygon(tuple(ds.bounds), src_crs, CRS.from_epsg(4326))
+        wgs84 = crs_from_text("EPSG:4326")
+        fp4326 = footprint_polygon(tuple(ds.bounds), src_crs, wgs84)
         if domain_crs:
-            fpdom = footprint_polygon(tuple(ds.bounds), src_crs, CRS.from_user_input(domain_crs))
+            dom = crs_from_text(domain_crs)
+            fpdom = fp4326 if dom == wgs84 else footprint_polygon(tuple(ds.bounds), src_crs, dom)
     nodata = ds.nodata
     return RasterInfo(
         source=sanitize_source(source),

@@ -177,13 +177,21 @@ class LocalStore:
         self.prefixes: dict[Area, str] = {a: a for a in AREAS}
         if prefixes:
             self.prefixes.update(prefixes)
+        self._bases: dict[Area, Path] = {}
 
     def describe(self) -> str:
         return f"local directory {self.root}"
 
+    def _base(self, area: Area) -> Path:
+        """The resolved folder of ``area`` (resolved once: it is ours, under the root)."""
+        base = self._bases.get(area)
+        if base is None:
+            base = self._bases[area] = (self.root / self.prefixes[area]).resolve()
+        return base
+
     def path(self, area: Area, key: str) -> Path:
         check_key(key)
-        base = (self.root / self.prefixes[area]).resolve()
+        base = self._base(area)
         p = (base / key).resolve()
         if base not in p.parents:
             raise UnsafePath(f"storage key {key!r} resolves outside {base}")

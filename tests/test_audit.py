@@ -10,13 +10,14 @@ from pathlib import Path
 
 import governance_support as gs
 import pytest
+from _statements import executed
 from click.testing import CliRunner
 from identity_support import token_env
 from pydantic import SecretStr
 from sqlalchemy import text
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from geomesh import audit, audit_info
+from geomesh import audit, audit_info, db
 from geomesh.config import ProductConfig
 from geomesh.errors import AlreadyExists, AuditKeyError, PermissionDenied
 from geomesh.models import AuditEvent, Role
@@ -196,6 +197,27 @@ def test_cli_users(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> Non
     assert "password_hash" not in listed.stdout
     with workspace.read() as s:
         assert authenticate(s, "alice", pw).name == "alice"
+
+
+def test_a_transaction_reads_the_chain_head_once_and_the_next_reads_it_again(
+    workspace: Workspace,
+) -> None:
+    """The head row is read (and locked) at a transaction's first append; its later
+    appends reuse it. A later transaction, even on the same session, reads it again: a
+    stale head would fork the chain, which verify names."""
+
+    def append_three(session: Session) -> None:
+        for n in range(3):
+            audit.append(session, actor="system", action="test.append", target=f"t{n}")
+
+    with db.session(workspace.engine, info=audit_info.keyed(workspace.audit_key)) as session:
+        for _ in range(2):
+            with executed(workspace.engine) as seen, session.begin():
+                append_three(session)
+            heads = [sql for sql, _ in seen if sql.lstrip().upper().startswith("SELECT")]
+            assert len(heads) == 1 and "audithead" in heads[0].lower(), heads
+    assert [e.seq for e in events(workspace)] == [1, 2, 3, 4, 5, 6]
+    assert history.verify_audit(workspace) == []
 
 
 # ------------------------------------------------------------------ the key and checkpoints

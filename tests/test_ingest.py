@@ -21,9 +21,13 @@ from geomesh import parallel as parallel_mod
 from geomesh.config import ProductConfig, load_config
 from geomesh.errors import PermissionDenied
 from geomesh.hashing import sha256_file, sha256_mapped
-from geomesh.models import AuditEvent, Item, ItemState
+from geomesh.models import AuditEvent, FindingRecord, Item, ItemState
+from geomesh.raster import inspect
+from geomesh.services.admission import header_facts
 from geomesh.services.ingest import IngestReport
 from geomesh.services.pipeline import ingest_rasters
+from geomesh.services.validation import run_rules
+from geomesh.validation.rules import RasterFacts, crs_label, read_raster_facts
 from geomesh.workspace import Workspace
 
 SYSTEM = "system"
@@ -93,6 +97,44 @@ def test_ingest_real_rasters(
     assert asset["file:size"] == size
     assert [b["data_type"] for b in asset["raster:bands"]] == [dtype] * bands
     assert _validate_offline(item)  # returns the schema URIs it validated against
+    # the admission's findings (from the file work's digest, verdict and header) are those
+    # of a full validation that hashes, cog-validates and opens the stored object again
+    (row,) = _items(workspace)
+    assert _recorded(workspace, row.id) == sorted(
+        (f.rule_id, f.path, f.message) for f in run_rules(workspace, config, row)
+    )
+
+
+def _recorded(ws: Workspace, item_id: str) -> list[tuple[str, str | None, str]]:
+    with ws.read() as s:
+        rows = s.exec(select(FindingRecord).where(FindingRecord.item_id == item_id)).all()
+    return sorted((r.rule_id, r.path, r.message) for r in rows)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [r[0] for r in REAL] + ["rio-stac__dataset_nocrs.tif", "rasterio__float32.tif"],
+)
+def test_the_header_the_inspection_read_is_the_one_the_rules_read(
+    shared_raster: Callable[[str], Path], name: str
+) -> None:
+    """Issue 19: the admission hands the rules the header of the COG's one inspection
+    instead of opening it again; it is what they would read themselves, CRS included
+    (from WKT2 for a CRS with no authority code, none for a raster without one)."""
+    path = shared_raster(name)
+    given = header_facts(inspect(path), path)
+    read = read_raster_facts(path)
+    assert given is not None
+
+    def shape(f: RasterFacts) -> tuple[Any, ...]:
+        return (f.path, f.transform, f.height, f.width, f.georeferenced, f.block_shape)
+
+    assert shape(given) == shape(read)
+    if read.crs is None:
+        assert given.crs is None
+    else:
+        assert given.crs is not None and given.crs.equals(read.crs)
+        assert crs_label(given.crs) == crs_label(read.crs)
 
 
 def test_s2_like_tile_item_is_complete(
@@ -351,8 +393,8 @@ def test_one_hash_and_one_inspect_per_tile(
 ) -> None:
     """Issue 19: the COG is hashed once (the admission's validation reuses that digest), the
     source once (while the COG is written, not before), the COG opened once for its
-    inspection and statistics; a re-run of the same location hashes the source up front
-    and skips the file work."""
+    inspection and statistics (the validation reuses its header too); a re-run of the same
+    location hashes the source up front and skips the file work."""
     import geomesh.raster as raster_mod
     import geomesh.services.pipeline as pipeline_mod
     import geomesh.tiles as tiles_mod
@@ -372,6 +414,7 @@ def test_one_hash_and_one_inspect_per_tile(
     count(tiles_mod, "sha256_mapped", "cog hash (prepare)")
     count(rules_mod, "sha256_file", "cog hash (validation)")
     count(rules_mod, "cog_validate", "cog_validate (validation)")
+    count(rules_mod, "read_raster_facts", "header read (validation)")
     count(tiles_mod, "source_digest_for", "source hash (prepare)")
     count(pipeline_mod, "source_digest_for", "source hash (before prepare)")
     count(tiles_mod, "inspect_with_statistics", "inspect + statistics (COG)")
@@ -390,17 +433,10 @@ def test_one_hash_and_one_inspect_per_tile(
     (row,) = _items(workspace)
     assert row.source_digest == tiles_mod.source_digest_for(str(s2_tile), config)
     # the findings are those of a full validation that hashes and cog-validates again
-    from geomesh.services.validation import run_rules
-
     full = run_rules(workspace, config, row)
     assert calls["cog hash (validation)"] == 1 and calls["cog_validate (validation)"] == 1
-    with workspace.read() as s:
-        from geomesh.models import FindingRecord
-
-        recorded = s.exec(select(FindingRecord).where(FindingRecord.item_id == row.id)).all()
-    assert sorted((r.rule_id, r.path, r.message) for r in recorded) == sorted(
-        (f.rule_id, f.path, f.message) for f in full
-    )
+    assert calls["header read (validation)"] == 1
+    assert _recorded(workspace, row.id) == sorted((f.rule_id, f.path, f.message) for f in full)
 
     calls.clear()
     assert _ingest(workspace, config, s2_tile).results[0].status == "exists"

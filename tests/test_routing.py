@@ -275,9 +275,17 @@ def test_a_new_tile_is_staged_validated_and_routed_in_one_transaction(
     assert actions(workspace, res.item_id) == ["ingest", "validate", route]
     with workspace.read() as s:
         last = s.exec(select(AuditEvent).order_by(col(AuditEvent.seq).desc())).first()
+        (run,) = s.exec(select(ValidationRun).where(ValidationRun.item_id == res.item_id)).all()
+        validated = s.exec(
+            select(AuditEvent).where(
+                AuditEvent.target == res.item_id, AuditEvent.action == "validate"
+            )
+        ).one()
     assert (
         last is not None and last.action == route and new[0] == audit_info.checkpoint_key(last.seq)
     )
+    # the route names the run it came from, as the validation did
+    assert run.id is not None and last.details["run_id"] == validated.details["run_id"] == run.id
     if tile == "nocrs":  # its copies were made before the transaction that points at them
         assert workspace.store.exists("quarantine", get_item(workspace, res.item_id).object_key)
 

@@ -17,8 +17,14 @@ and routed by ``pipeline.validate_and_route`` as before.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from rasterio.transform import Affine
+
 from geomesh import auth, db
 from geomesh.config import ProductConfig
+from geomesh.crs import crs_from_text
+from geomesh.raster import RasterInfo
 from geomesh.services.ingest import TileResult, insert_item, new_item, store_tile
 from geomesh.services.routing import (
     PERMISSION,
@@ -31,16 +37,36 @@ from geomesh.services.routing import (
 from geomesh.services.validation import record_run, run_rules
 from geomesh.tiles import PreparedTile
 from geomesh.validation.registry import Policy
-from geomesh.validation.rules import KnownRaster
+from geomesh.validation.rules import KnownRaster, RasterFacts
 from geomesh.workspace import Workspace
 
 
 def known_raster(prepared: PreparedTile) -> KnownRaster:
-    """What the file work computed of a tile's COG: its digest and rio-cogeo's verdict."""
+    """What the file work computed of a tile's COG: its digest, rio-cogeo's verdict and
+    the header its one inspection read."""
+    info = prepared.cog_info
     return KnownRaster(
         sha256=prepared.hexdigest,
         cog_errors=tuple(prepared.cog_errors),
         cog_warnings=tuple(prepared.cog_warnings),
+        facts=header_facts(info, prepared.cog_path) if info is not None else None,
+    )
+
+
+def header_facts(info: RasterInfo, path: Path) -> RasterFacts | None:
+    """The validation's :class:`RasterFacts` of an inspected raster at ``path``; None for
+    one georeferenced by ground control points alone (the rules read those themselves)."""
+    if info.crs_wkt2 is None and info.has_gcps:
+        return None
+    t = Affine(*info.transform)
+    return RasterFacts(
+        path=path,
+        crs=crs_from_text(info.crs_wkt2) if info.crs_wkt2 is not None else None,
+        transform=(t.a, t.b, t.c, t.d, t.e, t.f),
+        height=info.height,
+        width=info.width,
+        georeferenced=not t.is_identity,
+        block_shape=info.block_shapes[0] if info.block_shapes else (0, 0),
     )
 
 
@@ -82,8 +108,8 @@ def admit_tile(
             item = insert_item(session, config, prepared, stored, actor=actor)
             if item is None:
                 return None
-            record_run(session, item, findings, strict=strict, actor=actor, first=True)
-            apply_route(session, config, item, outcome, actor=actor)
+            run_id = record_run(session, item, findings, strict=strict, actor=actor, first=True)
+            apply_route(session, config, item, outcome, actor=actor, run_id=run_id)
         return outcome
 
     outcome = db.retry_on_conflict(admit)

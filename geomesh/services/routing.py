@@ -193,15 +193,23 @@ def copy_to_quarantine(ws: Workspace, object_key: str, stac_key: str) -> None:
 
 
 def apply_route(
-    session: Session, config: ProductConfig, item: Item, outcome: RouteOutcome, *, actor: str
+    session: Session,
+    config: ProductConfig,
+    item: Item,
+    outcome: RouteOutcome,
+    *,
+    actor: str,
+    run_id: int | None = None,
 ) -> None:
     """Route ``item`` by ``outcome.action`` in the caller's transaction, which holds the
     permission for it and has locked the item (and, for a rollback, the version it
     superseded) before its first audit event: the state change with its audit event, an
     escalation in the outbox, a re-clip task. Sets ``outcome.state`` and what was done.
+    ``run_id``: the validation run the findings come from (None: the item's latest).
     """
     state = ItemState(item.state)
-    run_id = _latest_run_id(session, item.id)
+    if run_id is None:
+        run_id = _latest_run_id(session, item.id)
     details: dict[str, Any] = {
         "run_id": run_id,
         "worst_severity": outcome.worst_severity,

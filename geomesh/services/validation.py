@@ -143,12 +143,13 @@ def record_run(
     strict: bool,
     actor: str,
     first: bool = False,
-) -> bool:
+) -> int | None:
     """Persist one validation run of ``item`` (locked by the caller) in the caller's
     transaction: its previous open findings closed, the run with its findings, the item's
-    worst severity and the ``validate`` audit event. Returns False, recording nothing, when
-    the last run saw the same content with the same findings (a re-run changes nothing).
-    ``first``: the item's row was inserted in this transaction, so it has no earlier run.
+    worst severity and the ``validate`` audit event. Returns the new run's id, or None,
+    recording nothing, when the last run saw the same content with the same findings (a
+    re-run changes nothing). ``first``: the item's row was inserted in this transaction, so
+    it has no earlier run.
     """
     previous = (
         []
@@ -166,7 +167,7 @@ def record_run(
         and last.strict == strict
         and _same_findings(previous, findings)
     ):
-        return False
+        return None
     for rec in previous:
         rec.open = False
         session.add(rec)
@@ -202,7 +203,7 @@ def record_run(
             "closed": len(previous),
         },
     )
-    return True
+    return run.id
 
 
 def finding_record(run_id: int, item: Item, finding: Finding) -> FindingRecord:

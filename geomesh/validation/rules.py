@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Final
@@ -18,7 +18,7 @@ from typing import Any, Final
 import numpy as np
 import rasterio
 import shapely
-from pyproj import CRS, Transformer
+from pyproj import CRS
 from pyproj.exceptions import CRSError
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rio_cogeo.cogeo import cog_validate
@@ -27,6 +27,7 @@ from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from geomesh.config import ProductConfig
+from geomesh.crs import crs_from_text, transformer
 from geomesh.errors import RasterError, StacError
 from geomesh.hashing import parse_multihash, sha256_file
 from geomesh.validation.findings import Finding
@@ -88,24 +89,14 @@ def _parse_crs(ref: FieldRef) -> CRS:
     if name == "proj:epsg":
         if isinstance(ref.value, bool) or not isinstance(ref.value, int):
             raise CRSError(f"{ref.value!r} is not an EPSG number")
-        return _crs(f"EPSG:{ref.value}")
+        return crs_from_text(f"EPSG:{ref.value}")
     if name == "proj:projjson":
         if not isinstance(ref.value, dict):
             raise CRSError("proj:projjson is not a JSON object")
         return CRS.from_json_dict(ref.value)
     if not isinstance(ref.value, str):
         raise CRSError(f"{ref.value!r} is not a string")
-    return _crs(ref.value)
-
-
-@lru_cache(maxsize=256)
-def _crs(text: str) -> CRS:
-    return CRS.from_user_input(text)
-
-
-@lru_cache(maxsize=256)
-def _transformer(src: CRS, dst: CRS) -> Transformer:
-    return Transformer.from_crs(src, dst, always_xy=True)
+    return crs_from_text(ref.value)
 
 
 @lru_cache(maxsize=32)
@@ -122,7 +113,7 @@ def reproject(geom: BaseGeometry, src: CRS, dst: CRS) -> BaseGeometry:
     minx, miny, maxx, maxy = geom.bounds
     step = max(maxx - minx, maxy - miny) / 64 or 1.0
     dense = shapely.segmentize(geom, step)
-    t = _transformer(src, dst)
+    t = transformer(src, dst)
 
     def fn(xy: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         x, y = t.transform(xy[:, 0], xy[:, 1])
@@ -205,8 +196,9 @@ def read_raster_facts(path: Path) -> RasterFacts:
 @dataclass(frozen=True)
 class KnownRaster:
     """What the caller computed from the raster's bytes just before validating them: their
-    SHA-256 (hex) and rio-cogeo's verdict. The checksum rule then does not hash the same
-    bytes again and the COG rule does not re-run ``cog_validate``; the findings are the
+    SHA-256 (hex), rio-cogeo's verdict and, when given, the header as its one inspection
+    read it. The checksum rule then does not hash the same bytes again, the COG rule does
+    not re-run ``cog_validate`` and the raster is not opened again; the findings are the
     same. Only for bytes the caller itself wrote and hashed a moment ago (the validation
     right after staging); the promotion's checksum gate always re-hashes the stored object.
     """
@@ -214,6 +206,8 @@ class KnownRaster:
     sha256: str
     cog_errors: tuple[str, ...] = ()
     cog_warnings: tuple[str, ...] = ()
+    #: the header facts (their ``path`` is replaced by the subject's raster path)
+    facts: RasterFacts | None = None
 
 
 @dataclass
@@ -245,6 +239,8 @@ class Subject:
     def raster(self) -> RasterFacts | RasterError | None:
         if self.raster_path is None:
             return None
+        if self.known is not None and self.known.facts is not None:
+            return replace(self.known.facts, path=self.raster_path)
         try:
             return read_raster_facts(self.raster_path)
         except RasterError as exc:
@@ -421,7 +417,7 @@ def footprint(s: Subject) -> tuple[BaseGeometry, CRS, str] | None:
     """The item footprint and its CRS: the GeoJSON geometry (WGS84, what searches use),
     else proj:geometry in the item's CRS."""
     candidates: list[tuple[Any, Callable[[], CRS], str]] = [
-        (s.doc.get("geometry"), lambda: _crs(WGS84), "geometry")
+        (s.doc.get("geometry"), lambda: crs_from_text(WGS84), "geometry")
     ]
     proj_geom = s.field("proj:geometry")
     ref = s.crs_ref() or s.field("proj:epsg")
