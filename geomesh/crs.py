@@ -1,5 +1,5 @@
-"""Cached pyproj objects: a batch's tiles share a few CRSs, and building a CRS or a
-transformer asks PROJ's database each time (a transformer ~0.4 ms, a footprint ~0.9 ms).
+"""Cached pyproj objects: a product's tiles share a few CRSs, and building a CRS or a
+transformer asks PROJ's database each time (a transformer ~0.4 ms).
 
 pyproj's CRS is immutable and, like its Transformer, safe to share between threads since
 pyproj 3.1, so one cache serves the pipeline's threads and the validation rules alike.
