@@ -108,9 +108,29 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def make_dirs(path: Path) -> None:
+    """Create the folder ``path`` and its missing parents, each made durable in its own
+    parent (fsynced after the mkdir): without that, a power loss could drop a new folder,
+    and with it a file that was fsynced into it and that a committed row points at."""
+    if path.is_dir():
+        return
+    missing: list[Path] = []
+    folder = path
+    while not folder.is_dir() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # a concurrent writer made it (or a file is in the way)
+            if not folder.is_dir():
+                raise
+        fsync_dir(folder.parent)
+
+
 def atomic_write_bytes(target: Path, data: bytes) -> None:
     """Write ``data`` to ``target`` via a temp file in the same directory, fsync, rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -131,7 +151,7 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
 
 def atomic_copy_file(src: Path, target: Path) -> None:
     """Copy ``src`` to ``target`` through a temp file in the target directory."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
@@ -151,7 +171,7 @@ def atomic_copy_file(src: Path, target: Path) -> None:
 
 def _link_into_place(src: Path, target: Path) -> bool:
     """Hard-link a complete, fsynced file into place (free on one filesystem); False if not possible."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     tmp = target.parent / f"{TMP_PREFIX}{os.getpid()}-{target.name}"
     try:
         with open(src, "rb") as fh:
@@ -226,7 +246,7 @@ class LocalStore:
                 target = self.path(area, key)
                 if target.exists():
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs(target.parent)
                 fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
                 pending.append((Path(tmp_name), target))
                 with os.fdopen(fd, "wb") as fh:
@@ -283,7 +303,7 @@ class LocalStore:
             return
         if not src.exists():
             raise StorageError(f"object {src_area}/{key} is missing from {self.root}")
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(dst.parent)
         # a hard link is atomic and free; fall back to a copy across filesystems
         tmp = dst.parent / f"{TMP_PREFIX}{os.getpid()}-{dst.name}"
         try:

@@ -14,6 +14,7 @@ import obstore
 import pytest
 import rasterio
 
+from geomesh import storage
 from geomesh.errors import ConfigError, StorageError, UnsafePath
 from geomesh.hashing import sha256_file
 from geomesh.s3 import S3Store, gdal_env_for, redact_url
@@ -104,6 +105,42 @@ def test_put_file_content_addressed_and_idempotent(store: ObjectStore, tmp_path:
     src.unlink()
     store.put_file("staging", key, src)
     assert _digest(store.get_bytes("staging", key)) == digest
+
+
+def test_a_new_folder_is_made_durable_in_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file fsynced into a folder the store has just created is durable only once that
+    folder's own entry is: each new folder's parent is fsynced after its mkdir (a power
+    loss would otherwise drop the folder and the file in it). A folder that exists costs
+    no fsync of its parents."""
+    synced: list[Path] = []
+    real = storage.fsync_dir
+
+    def record(path: Path) -> None:
+        synced.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(storage, "fsync_dir", record)
+    (tmp_path / "root").mkdir()
+    store = LocalStore(tmp_path / "root")
+    base = store.path("staging", "a/b/c.json").parents[2]
+    store.put_bytes("staging", "a/b/c.json", b"{}")
+    # root/staging, staging/a and staging/a/b are new: each is fsynced in its parent, then
+    # the file's own folder after the rename
+    assert synced == [base.parent, base, base / "a", base / "a" / "b"]
+    synced.clear()
+    store.put_bytes("staging", "a/b/d.json", b"{}")
+    assert synced == [base / "a" / "b"]
+    src = tmp_path / "obj.bin"
+    src.write_bytes(b"x")
+    synced.clear()
+    store.put_file("staging", object_key(_digest(b"x")), src)
+    shard = store.path("staging", object_key(_digest(b"x"))).parent
+    assert synced[-1] == shard and shard.parent in synced  # the new shard folder, durable
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(FileExistsError):
+        storage.make_dirs(tmp_path / "file")
 
 
 def test_object_key_rejects_what_is_not_a_sha256() -> None:
