@@ -111,9 +111,8 @@ def fsync_dir(path: Path) -> None:
 def make_dirs(path: Path) -> None:
     """Create the folder ``path`` and its missing parents, each made durable in its own
     parent (fsynced after the mkdir): without that, a power loss could drop a new folder,
-    and with it a file that was fsynced into it and that a committed row points at."""
-    if path.is_dir():
-        return
+    and with it a file that was fsynced into it and that a committed row points at (a
+    folder that exists costs one stat)."""
     missing: list[Path] = []
     folder = path
     while not folder.is_dir() and folder.parent != folder:

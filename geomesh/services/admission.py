@@ -37,7 +37,7 @@ from geomesh.services.routing import (
 from geomesh.services.validation import record_run, run_rules
 from geomesh.tiles import PreparedTile
 from geomesh.validation.registry import Policy
-from geomesh.validation.rules import KnownRaster, RasterFacts
+from geomesh.validation.rules import KnownRaster, RasterFacts, raster_facts
 from geomesh.workspace import Workspace
 
 
@@ -58,15 +58,9 @@ def header_facts(info: RasterInfo, path: Path) -> RasterFacts | None:
     one georeferenced by ground control points alone (the rules read those themselves)."""
     if info.crs_wkt2 is None and info.has_gcps:
         return None
-    t = Affine(*info.transform)
-    return RasterFacts(
-        path=path,
-        crs=crs_from_text(info.crs_wkt2) if info.crs_wkt2 is not None else None,
-        transform=(t.a, t.b, t.c, t.d, t.e, t.f),
-        height=info.height,
-        width=info.width,
-        georeferenced=not t.is_identity,
-        block_shape=info.block_shapes[0] if info.block_shapes else (0, 0),
+    crs = crs_from_text(info.crs_wkt2) if info.crs_wkt2 is not None else None
+    return raster_facts(
+        path, crs, Affine(*info.transform), info.height, info.width, info.block_shapes
     )
 
 

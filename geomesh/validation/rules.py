@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -21,6 +21,7 @@ import shapely
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.transform import Affine
 from rio_cogeo.cogeo import cog_validate
 from shapely.errors import ShapelyError
 from shapely.geometry import box, mapping, shape
@@ -175,19 +176,33 @@ def read_raster_facts(path: Path) -> RasterFacts:
                 gcps, gcp_crs = src.gcps
                 if crs is None and gcps and gcp_crs:
                     crs = CRS.from_wkt(gcp_crs.to_wkt())
-                t = src.transform
-                blocks = src.block_shapes
-                return RasterFacts(
-                    path=path,
-                    crs=crs,
-                    transform=(t.a, t.b, t.c, t.d, t.e, t.f),
-                    height=src.height,
-                    width=src.width,
-                    georeferenced=not t.is_identity,
-                    block_shape=(int(blocks[0][0]), int(blocks[0][1])) if blocks else (0, 0),
+                return raster_facts(
+                    path, crs, src.transform, src.height, src.width, src.block_shapes
                 )
     except (RasterioIOError, CRSError) as exc:
         raise RasterError(f"{path}: GDAL cannot read the raster ({exc})") from exc
+
+
+def raster_facts(
+    path: Path,
+    crs: CRS | None,
+    transform: Affine,
+    height: int,
+    width: int,
+    block_shapes: Sequence[Sequence[int]],
+) -> RasterFacts:
+    """The :class:`RasterFacts` of a header, whoever read it (this module, or an
+    inspection whose result the caller passes on in :class:`KnownRaster`)."""
+    t = transform
+    return RasterFacts(
+        path=path,
+        crs=crs,
+        transform=(t.a, t.b, t.c, t.d, t.e, t.f),
+        height=height,
+        width=width,
+        georeferenced=not t.is_identity,
+        block_shape=(int(block_shapes[0][0]), int(block_shapes[0][1])) if block_shapes else (0, 0),
+    )
 
 
 # --------------------------------------------------------------------------- the subject
