@@ -215,17 +215,18 @@ def _database_error(engine: Engine, exc: DBAPIError) -> DatabaseError:
     )
 
 
-def retry_on_conflict(unit_of_work: Callable[[], T], *, attempts: int = 3) -> T:
+def retry_on_conflict(unit_of_work: Callable[[bool], T], *, attempts: int = 3) -> T:
     """Run ``unit_of_work`` (one whole transaction) again when a unique row it inserts was
     committed by a concurrent writer first (``IntegrityError``).
 
-    The retry reads again and finds that row, so two workers racing on the same content end
-    as one inserted it and the other found it, as in a serial run. A conflict that persists
-    after ``attempts`` runs is not a race and propagates.
+    It is called with ``retry=False`` first, ``True`` after a conflict: the retry reads
+    again and finds that row, so two workers racing on the same content end as one
+    inserted it and the other found it, as in a serial run. A conflict that persists after
+    ``attempts`` runs is not a race and propagates.
     """
     for attempt in range(1, attempts + 1):
         try:
-            return unit_of_work()
+            return unit_of_work(attempt > 1)
         except IntegrityError:
             if attempt == attempts:
                 raise

@@ -456,8 +456,9 @@ def write_cog(
     The product's pixel and decompressed-size limits are checked on the source and on the
     clipped grid before anything is written. With ``inspect_source`` the result also holds
     what :func:`inspect` says of the source (footprints in the product's domain CRS), read
-    from the same open dataset. ``written(dst)`` is called as soon as the COG's bytes are
-    final, before they are validated (e.g. to start hashing them on another thread).
+    from the same open dataset once the COG is written. ``written(dst)`` is called as soon
+    as the COG's bytes are final, before the source is inspected and the COG validated
+    (e.g. to start hashing them on another thread while those run).
     """
     do_clip = config.ingestion.clip if clip is None else clip
     resampling = config.ingestion.resampling
@@ -465,8 +466,6 @@ def write_cog(
     source_info: RasterInfo | None = None
     with ExitStack() as stack:
         ds = stack.enter_context(open_raster(source, drivers=drivers, name=name))
-        if inspect_source:
-            source_info = _inspect_open(ds, name, config.spatial_domain.crs)
         src: Any = ds
         if not do_clip:
             check_limits(config, name, ds.width, ds.height, ds.count, ds.dtypes[0], "the raster")
@@ -511,8 +510,10 @@ def write_cog(
                 )
         except (RasterioError, CPLE_BaseError) as exc:  # CPLE_*: GDAL errors, e.g. one GCP
             raise RasterError(f"{name}: could not be converted to a COG ({_short(exc)})") from exc
-    if written is not None:
-        written(dst)
+        if written is not None:
+            written(dst)
+        if inspect_source:
+            source_info = _inspect_open(ds, name, config.spatial_domain.crs)
     is_valid, errors, warns = validate_cog(dst)
     return CogResult(
         path=dst,

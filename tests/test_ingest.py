@@ -23,6 +23,7 @@ from geomesh.errors import PermissionDenied
 from geomesh.hashing import sha256_file, sha256_mapped
 from geomesh.models import AuditEvent, FindingRecord, Item, ItemState
 from geomesh.raster import inspect
+from geomesh.services import history
 from geomesh.services.admission import header_facts
 from geomesh.services.ingest import IngestReport
 from geomesh.services.pipeline import ingest_rasters
@@ -420,6 +421,7 @@ def test_one_hash_and_one_inspect_per_tile(
     count(tiles_mod, "inspect_with_statistics", "inspect + statistics (COG)")
     count(raster_mod, "_inspect_open", "inspect of an open dataset")
     count(raster_mod, "open_raster", "open")
+    count(workspace.store, "open_local", "store read")
     (res,) = _ingest(workspace, config, s2_tile).results
     assert res.status == "staged" and res.findings is not None
     assert calls == {
@@ -429,18 +431,61 @@ def test_one_hash_and_one_inspect_per_tile(
         "inspect + statistics (COG)": 1,
         "inspect of an open dataset": 2,
         "open": 2,  # the source (write_cog), the COG (inspect and statistics from one open)
+        # no "store read": the rules take the file the object was stored from, and read
+        # nothing back from the store (on S3, that was a download of every new object)
     }
     (row,) = _items(workspace)
     assert row.source_digest == tiles_mod.source_digest_for(str(s2_tile), config)
     # the findings are those of a full validation that hashes and cog-validates again
     full = run_rules(workspace, config, row)
     assert calls["cog hash (validation)"] == 1 and calls["cog_validate (validation)"] == 1
-    assert calls["header read (validation)"] == 1
+    assert calls["header read (validation)"] == 1 and calls["store read"] == 1
     assert _recorded(workspace, row.id) == sorted((f.rule_id, f.path, f.message) for f in full)
 
     calls.clear()
     assert _ingest(workspace, config, s2_tile).results[0].status == "exists"
     assert calls == {"source hash (before prepare)": 1}
+
+
+def test_content_another_run_admits_meanwhile_is_found_not_staged_twice(
+    workspace: Workspace,
+    settings: Any,
+    config: ProductConfig,
+    s2_tile: Path,
+    make_raster: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The admission reads once, before the file work is stored, whether the product holds
+    this content; its transaction inserts without reading again. When another run admits
+    the same content in between, that INSERT conflicts, and the retry finds the row: one
+    item, one ingest event, an intact chain."""
+    import geomesh.services.admission as admission_mod
+
+    copy = make_raster("copy-of-s2.tif", tags={"TIFFTAG_DATETIME": "2024:06:12 19:03:21"})
+    assert copy.read_bytes() == s2_tile.read_bytes()  # another location, the same bytes
+    other = Workspace.open(settings, migrate=False)
+    run_rules_now = admission_mod.run_rules
+    raced: list[str] = []
+
+    def race_then_validate(*args: Any, **kwargs: Any) -> Any:
+        if not raced:  # the first admission: another run admits the same content first
+            raced.append("racing")
+            raced.append(_ingest(other, config, copy).results[0].status)
+        return run_rules_now(*args, **kwargs)
+
+    monkeypatch.setattr(admission_mod, "run_rules", race_then_validate)
+    try:
+        (res,) = _ingest(workspace, config, s2_tile).results
+    finally:
+        other.close()
+    assert raced == ["racing", "staged"]
+    assert res.status == "exists", res.to_json()
+    (row,) = _items(workspace)
+    assert row.id == res.item_id and row.source.endswith("copy-of-s2.tif")
+    with workspace.read() as s:
+        events = s.exec(select(AuditEvent).where(AuditEvent.action == "ingest")).all()
+    assert [e.target for e in events] == [row.id]
+    assert history.verify_audit(workspace) == []
 
 
 def test_the_mapped_hash_is_the_streamed_hash(tmp_path: Path, s2_tile: Path) -> None:

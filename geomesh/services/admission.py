@@ -86,12 +86,13 @@ def admit_tile(
         new_item(config, prepared, stored, actor=actor),
         strict=strict,
         known=known_raster(prepared),
+        storing=prepared.cog_path,  # its bytes: the rules read no object back
     )
     item_id = result.item_id
     if planned_route(config, item_id, findings).action == "quarantine":
         copy_to_quarantine(ws, result.object_key, result.stac_key)
 
-    def admit() -> RouteOutcome | None:
+    def admit(retry: bool) -> RouteOutcome | None:
         """None: a concurrent run staged this content first (and routes it)."""
         # a new outcome per attempt: apply_route fills it in, and a retried attempt must
         # not start from what a rolled-back one wrote there
@@ -99,7 +100,7 @@ def admit_tile(
         with ws.transaction() as session:
             auth.require(session, actor, "validate")
             auth.require(session, actor, PERMISSION[outcome.action])
-            item = insert_item(session, config, prepared, stored, actor=actor)
+            item = insert_item(session, config, prepared, stored, actor=actor, retry=retry)
             if item is None:
                 return None
             run_id = record_run(session, item, findings, strict=strict, actor=actor, first=True)

@@ -15,7 +15,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from sqlmodel import Session, col, select
+from sqlalchemy import literal, union_all
+from sqlmodel import Session, select
 
 from geomesh import audit, auth, db, faults, lifecycle
 from geomesh.config import ProductConfig
@@ -104,16 +105,26 @@ class IngestReport:
         }
 
 
-def _versions(session: Session, product_id: str, source_key: str) -> tuple[int, str | None]:
-    """The version number a new item of this source gets, and the item it supersedes (the
-    latest not discarded; None for the first version): one query over its versions."""
-    rows = session.exec(
-        select(Item.id, Item.state)
-        .where(Item.product_id == product_id, Item.source_key == source_key)
-        .order_by(col(Item.created_at).desc())
+def _prior(
+    session: Session, product_id: str, source_key: str, item_id: str
+) -> tuple[Item | None, int, str | None]:
+    """What the product holds of this content or this source, in one round trip: the item
+    of this content if it exists; else the version number a new item of this source gets
+    and the item it supersedes (the latest not discarded; None for the first version)."""
+    cols = (Item.id, Item.state, Item.created_at)
+    rows = session.execute(
+        union_all(  # two index searches (an OR would scan the product's items)
+            select(*cols, literal(True)).where(
+                Item.product_id == product_id, Item.source_key == source_key
+            ),
+            select(*cols, literal(False)).where(Item.id == item_id),
+        )
     ).all()
-    previous = next((i for i, state in rows if state != ItemState.discarded), None)
-    return len(rows) + 1, previous
+    if any(i == item_id for i, _, _, _ in rows):
+        return session.get(Item, item_id), 0, None
+    versions = sorted((row for row in rows if row[3]), key=lambda row: row[2], reverse=True)
+    previous = next((i for i, state, _, _ in versions if state != ItemState.discarded), None)
+    return None, len(versions) + 1, previous
 
 
 @dataclass
@@ -151,11 +162,10 @@ def store_tile(
         cog_errors=prepared.cog_errors,
     )
     with ws.read() as session:
-        existing = session.get(Item, item_id)
-        if existing is not None:
-            result.status, result.state, result.item = "exists", existing.state.value, existing.stac
-            return result
-        version, previous_id = _versions(session, product_id, prepared.source_key)
+        existing, version, previous_id = _prior(session, product_id, prepared.source_key, item_id)
+    if existing is not None:
+        result.status, result.state, result.item = "exists", existing.state.value, existing.stac
+        return result
     predecessor = (
         object_href(ws.store, "staging", stac_key_for(product_id, previous_id))
         if previous_id is not None
@@ -183,11 +193,13 @@ def stage_tile(
     if isinstance(stored, TileResult):
         return stored
 
-    def insert() -> bool:
+    def insert(retry: bool) -> bool:
         """The row, its audit event and the superseding, in ONE transaction (False: a
         concurrent run staged the same content first)."""
         with ws.transaction() as session:
-            return insert_item(session, config, prepared, stored, actor=actor) is not None
+            return (
+                insert_item(session, config, prepared, stored, actor=actor, retry=retry) is not None
+            )
 
     result = stored.result
     if not db.retry_on_conflict(insert):
@@ -231,9 +243,14 @@ def insert_item(
     stored: StoredTile,
     *,
     actor: str,
+    retry: bool,
 ) -> Item | None:
     """Insert a stored tile's row with its ``ingest`` audit event, superseding the earlier
     version, in the caller's transaction. None: a concurrent run staged it first.
+
+    :func:`store_tile` found no row of this content. A concurrent run that inserts one
+    after that makes this INSERT fail (``IntegrityError``), and the caller's
+    :func:`~geomesh.db.retry_on_conflict` calls again with ``retry``, which reads it.
 
     Locks the superseded version before any audit event (the chain's head is the last lock
     a transaction takes), so a caller may go on to change it (a rollback restores it).
@@ -244,7 +261,7 @@ def insert_item(
     prev = get_item(session, previous_id, lock=True) if previous_id is not None else None
     register_product(session, config, actor=actor)
     item = new_item(config, prepared, stored, actor=actor)
-    if session.get(Item, item.id) is not None:  # a concurrent run staged it first
+    if retry and session.get(Item, item.id) is not None:  # a concurrent run staged it
         return None
     session.add(item)
     session.flush()
@@ -282,9 +299,3 @@ def find_by_source_digest(ws: Workspace, product_id: str, digest: str | None) ->
         return session.exec(
             select(Item).where(Item.product_id == product_id, Item.source_digest == digest)
         ).first()
-
-
-def check_can_ingest(ws: Workspace, actor: str) -> None:
-    """Refuse early (before any file work) when ``actor`` may not ingest."""
-    with ws.read() as session:
-        auth.require(session, actor, "ingest")

@@ -16,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
+from geomesh import auth
 from geomesh.config import ProductConfig
 from geomesh.db import chunks
 from geomesh.errors import GeomeshError
@@ -31,11 +32,10 @@ from geomesh.services.admission import admit_tile
 from geomesh.services.ingest import (
     IngestReport,
     TileResult,
-    check_can_ingest,
     find_by_source_digest,
     stage_tile,
 )
-from geomesh.services.products import resolve_config
+from geomesh.services.products import check_config
 from geomesh.services.routing import RouteOutcome, route_action, route_item
 from geomesh.services.validation import validate_item
 from geomesh.stac import build_stac, item_id_for
@@ -120,20 +120,18 @@ def stage_and_check(
     return res
 
 
-def held_source_keys(ws: Workspace, product_id: str, keys: list[str]) -> set[str]:
+def held_source_keys(session: Session, product_id: str, keys: list[str]) -> set[str]:
     """Which of ``keys`` (``source_key_for``) the product holds an item of."""
     held: set[str] = set()
-    unique = sorted(set(keys))
-    with ws.read() as session:
-        for chunk in chunks(unique):
-            held.update(
-                session.exec(
-                    select(Item.source_key)
-                    .where(Item.product_id == product_id)
-                    .where(col(Item.source_key).in_(chunk))
-                    .distinct()
-                ).all()
-            )
+    for chunk in chunks(sorted(set(keys))):
+        held.update(
+            session.exec(
+                select(Item.source_key)
+                .where(Item.product_id == product_id)
+                .where(col(Item.source_key).in_(chunk))
+                .distinct()
+            ).all()
+        )
     return held
 
 
@@ -178,9 +176,12 @@ def ingest_rasters(
     source is hashed while its COG is written, and the digest recorded on its item.
     """
     srcs = [str(s) for s in sources]
-    check_can_ingest(ws, actor)
-    # the registered policy (a differing config is refused); a first ingest registers it
-    config = resolve_config(ws, config, unregistered_ok=True)
+    with ws.read() as session:  # refused early: before any file work
+        auth.require(session, actor, "ingest")
+        # the registered policy (a differing config is refused); a first ingest registers it
+        config = check_config(session, config, unregistered_ok=True)
+        # the locations the product holds an item of (a refused source's key is not used)
+        held = held_source_keys(session, config.product_id, [source_key_for(s) for s in srcs])
     if policy is None:
         policy = OpeningPolicy.operator(ws.settings, config)
     log = (
@@ -202,7 +203,6 @@ def ingest_rasters(
             done[s] = _refused(s, exc, log)
             continue
         allowed.append(s)
-    held = held_source_keys(ws, config.product_id, [source_key_for(s) for s in allowed])
     for s in allowed:
         # a location the product holds: hash now, a re-run of the same bytes skips the work
         sdigest = source_digest_for(s, config) if source_key_for(s) in held else None

@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from geomesh import audit, auth
@@ -40,11 +41,17 @@ def check_product(config: ProductConfig, item: Item) -> None:
 
 
 @contextlib.contextmanager
-def stored_raster(ws: Workspace, item: Item) -> Iterator[tuple[Path | None, list[Finding]]]:
-    """The item's stored COG as a local file (staging, else its quarantine copy).
+def stored_raster(
+    ws: Workspace, item: Item, *, storing: Path | None = None
+) -> Iterator[tuple[Path | None, list[Finding]]]:
+    """The item's stored COG as a local file (staging, else its quarantine copy), or
+    ``storing``: the local file its staging object was stored from, the same bytes.
 
     A missing object is not an exception here: it is a GM-CHECKSUM-003 finding.
     """
+    if storing is not None:
+        yield storing, []
+        return
     candidates: list[tuple[Area, str]] = [("staging", item.object_key)]
     if item.quarantine_key:
         candidates.append(("quarantine", item.quarantine_key))
@@ -72,18 +79,24 @@ def run_rules(
     *,
     strict: bool = False,
     known: KnownRaster | None = None,
+    storing: Path | None = None,
 ) -> list[Finding]:
     """The findings of ``item`` (no database writes).
 
     ``known``: the digest and COG verdict of the staged object as the caller computed them
     while writing it (the pipeline, right after staging). Used only when it names the
-    item's own content and the staging object is there; otherwise the bytes are hashed.
+    item's own content and the staging object is there (or ``storing``); otherwise the
+    bytes are hashed.
+    ``storing``: the local file the item's staging object was just stored from (the
+    admission): the rules read it and read nothing back from the store (on S3, that
+    would download the object).
     """
     if known is not None and (
-        known.sha256 != item.content_digest or not ws.store.exists("staging", item.object_key)
+        known.sha256 != item.content_digest
+        or (storing is None and not ws.store.exists("staging", item.object_key))
     ):
         known = None
-    with stored_raster(ws, item) as (raster, problems):
+    with stored_raster(ws, item, storing=storing) as (raster, problems):
         return validate_document(
             dict(item.stac),
             item_id=item.id,
@@ -183,8 +196,11 @@ def record_run(
     session.add(run)
     session.flush()
     assert run.id is not None
-    for f in findings:
-        session.add(finding_record(run.id, item, f))
+    if findings:  # one multi-row INSERT: the rows are not read back in this unit of work
+        session.execute(
+            insert(FindingRecord),
+            [finding_record(run.id, item, f).model_dump(exclude={"id"}) for f in findings],
+        )
     item.worst_severity = worst
     item.updated_at = utcnow()
     session.add(item)
