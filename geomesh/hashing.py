@@ -6,6 +6,7 @@ import hashlib
 import mmap
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,15 +27,18 @@ def sha256_stream(fh: BinaryIO) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def sha256_mapped(fh: BinaryIO) -> tuple[str, int]:
+def sha256_mapped(fh: BinaryIO, *, started: Callable[[], object] | None = None) -> tuple[str, int]:
     """Hex digest and size of an open file, hashed through a memory map: one pass with no
     copy and the GIL released throughout (~15 % faster than :func:`sha256_stream`). Only for
     a file nobody else can truncate meanwhile (a file this process just wrote): a mapped
-    file cut short under it kills the process (SIGBUS) instead of raising."""
+    file cut short under it kills the process (SIGBUS) instead of raising. ``started`` is
+    called just before the hash runs."""
     size = os.fstat(fh.fileno()).st_size
     if size == 0:
         return hashlib.sha256().hexdigest(), 0
     with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        if started is not None:
+            started()
         return hashlib.sha256(mapped).hexdigest(), size
 
 

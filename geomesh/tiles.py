@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -133,18 +134,34 @@ def _start_writeback(fd: int) -> None:
         _LIBC.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), _SYNC_FILE_RANGE_WRITE)
 
 
-def _hash_cog(path: Path, flush: bool) -> tuple[str, int]:
+def _hash_cog(path: Path, flush: bool, hashing: threading.Event) -> tuple[str, int]:
     """The COG's one SHA-256; with ``flush``, its bytes written to disk (fsync) too, while
     the caller still reads them: a store that adopts files links this very file into place,
     and its fsync there then finds nothing left to write. The disk writes them back while
-    they are hashed (measured on a 21 MiB COG: the fsync after the hash 13 ms → 0.4 ms)."""
-    with open(path, "rb") as fh:
-        if flush:
-            _start_writeback(fh.fileno())
-        digest = sha256_mapped(fh)  # our own temporary file: nobody truncates it
-        if flush:
-            os.fsync(fh.fileno())
+    they are hashed (measured on a 21 MiB COG: the fsync after the hash 13 ms → 0.4 ms).
+
+    ``hashing`` is set once the hash is about to run (the GIL released), or on a failure
+    before: the caller waits for it, so that its own Python work, which holds the GIL, does
+    not keep this thread from starting (up to the 5 ms switch interval)."""
+    try:
+        with open(path, "rb") as fh:
+            if flush:
+                _start_writeback(fh.fileno())
+            # our own temporary file: nobody truncates it
+            digest = sha256_mapped(fh, started=hashing.set)
+            if flush:
+                os.fsync(fh.fileno())
+    finally:
+        hashing.set()
     return digest
+
+
+def _start_hash(hasher: ThreadPoolExecutor, path: Path, flush: bool) -> Future[tuple[str, int]]:
+    """Start the COG's hash on ``hasher`` and return once it runs (see :func:`_hash_cog`)."""
+    hashing = threading.Event()
+    future = hasher.submit(_hash_cog, path, flush, hashing)
+    hashing.wait()
+    return future
 
 
 def prepare_tile(
@@ -195,7 +212,7 @@ def prepare_tile(
                     drivers=policy.drivers,
                     name=source,
                     inspect_source=True,
-                    written=lambda path: cog_hash.append(hasher.submit(_hash_cog, path, flush)),
+                    written=lambda path: cog_hash.append(_start_hash(hasher, path, flush)),
                 )
             except BaseException:
                 wait(cog_hash)  # a hash already started finishes before its file goes

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -509,14 +511,31 @@ def test_the_cog_is_flushed_early_only_for_a_store_that_adopts_it(
     flushed: list[bool] = []
     hash_cog = tiles_mod._hash_cog
 
-    def spy(path: Path, flush: bool) -> tuple[str, int]:
+    def spy(path: Path, flush: bool, hashing: threading.Event) -> tuple[str, int]:
         flushed.append(flush)
-        return hash_cog(path, flush)
+        return hash_cog(path, flush, hashing)
 
     monkeypatch.setattr(tiles_mod, "_hash_cog", spy)
     (res,) = _ingest(workspace, config, s2_tile).results
     assert res.status == "staged"
     assert flushed == [workspace.store.adopts_files]
+
+
+def test_the_cog_hash_is_running_when_the_caller_goes_on_and_a_failure_never_hangs_it(
+    tmp_path: Path, s2_tile: Path
+) -> None:
+    """The caller of ``_start_hash`` resumes only once the hash thread runs (its own work
+    holds the GIL and would keep the thread from starting); a file that cannot be opened
+    releases the caller too, and the hash's future carries the error."""
+    import geomesh.tiles as tiles_mod
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        started = tiles_mod._start_hash(pool, s2_tile, False)
+        assert started.running() or started.done()
+        assert started.result() == sha256_file(s2_tile)
+        missing = tiles_mod._start_hash(pool, tmp_path / "missing.tif", False)
+        with pytest.raises(FileNotFoundError):
+            missing.result()
 
 
 def test_a_known_digest_is_used_only_for_the_items_own_content(
