@@ -24,7 +24,7 @@ from geomesh.errors import StorageError
 from geomesh.models import Item, ItemState
 from geomesh.redact import redact
 from geomesh.services.lookup import get_item
-from geomesh.services.products import register_product
+from geomesh.services.products import check_config, register_product
 from geomesh.stac import build_stac, is_safe_item_id, item_id_for
 from geomesh.storage import object_key
 from geomesh.tiles import PreparedTile, object_href, stac_key_for
@@ -122,8 +122,10 @@ def _prior(
     ).all()
     if any(i == item_id for i, _, _, _ in rows):
         return session.get(Item, item_id), 0, None
-    versions = sorted((row for row in rows if row[3]), key=lambda row: row[2], reverse=True)
-    previous = next((i for i, state, _, _ in versions if state != ItemState.discarded), None)
+    versions = sorted(
+        ((created, i, state) for i, state, created, of_source in rows if of_source), reverse=True
+    )
+    previous = next((i for _, i, state in versions if state != ItemState.discarded), None)
     return None, len(versions) + 1, previous
 
 
@@ -290,6 +292,14 @@ def insert_item(
             details={"by": item.id},
         )
     return item
+
+
+def ingest_policy(session: Session, config: ProductConfig, *, actor: str) -> ProductConfig:
+    """Before any file work: refuse an ``actor`` who may not ingest, and return the policy
+    to ingest under, the product's registered config (a differing ``config`` is refused;
+    a product's first ingest registers ``config``)."""
+    auth.require(session, actor, "ingest")
+    return check_config(session, config, unregistered_ok=True)
 
 
 def find_by_source_digest(ws: Workspace, product_id: str, digest: str | None) -> Item | None:

@@ -18,7 +18,6 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from geomesh import auth
 from geomesh.config import ProductConfig
 from geomesh.db import chunks
 from geomesh.errors import GeomeshError
@@ -33,9 +32,9 @@ from geomesh.services.ingest import (
     IngestReport,
     TileResult,
     find_by_source_digest,
+    ingest_policy,
     stage_tile,
 )
-from geomesh.services.products import check_config
 from geomesh.services.routing import RouteOutcome, route_action, route_item
 from geomesh.services.validation import validate_item
 from geomesh.stac import build_stac, item_id_for
@@ -176,10 +175,8 @@ def ingest_rasters(
     source is hashed while its COG is written, and the digest recorded on its item.
     """
     srcs = [str(s) for s in sources]
-    with ws.read() as session:  # refused early: before any file work
-        auth.require(session, actor, "ingest")
-        # the registered policy (a differing config is refused); a first ingest registers it
-        config = check_config(session, config, unregistered_ok=True)
+    with ws.read() as session:
+        config = ingest_policy(session, config, actor=actor)
         # the locations the product holds an item of (a refused source's key is not used)
         held = held_source_keys(session, config.product_id, [source_key_for(s) for s in srcs])
     if policy is None:

@@ -26,7 +26,7 @@ from shapely.errors import ShapelyError
 from shapely.geometry import shape
 from sqlmodel import col, select
 
-from geomesh import audit, auth
+from geomesh import audit
 from geomesh.config import ProductConfig
 from geomesh.db import chunks
 from geomesh.errors import GeomeshError, SourceError
@@ -53,10 +53,9 @@ from geomesh.remote import (
     search_items,
     self_href,
 )
-from geomesh.services.ingest import IngestReport, TileResult
+from geomesh.services.ingest import IngestReport, TileResult, ingest_policy
 from geomesh.services.lookup import items_by_id
 from geomesh.services.pipeline import PostStage, stage_and_check
-from geomesh.services.products import check_config
 from geomesh.storage import TMP_PREFIX
 from geomesh.tiles import PreparedTile, SourceMeta, prepare_tile
 from geomesh.workspace import Workspace
@@ -224,9 +223,7 @@ def ingest_from_stac(
     """
     require_source(config)
     with ws.read() as session:
-        auth.require(session, actor, "ingest")
-        # the registered policy (a differing config is refused); a first ingest registers it
-        config = check_config(session, config, unregistered_ok=True)
+        config = ingest_policy(session, config, actor=actor)
     policy = source_policy(ws, config)
     cands = list(discover(ws, config, policy=policy) if candidates is None else candidates)
     log = RunLog(ws.root, product_id=config.product_id, stderr=ws.settings.log_stderr)
