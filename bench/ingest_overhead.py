@@ -292,7 +292,7 @@ def _case(
     overhead = median([m.seconds - m.extra["spent"].get("cog_translate", 0.0) for m in g])
     time_target = f"≤ {TIME_TARGET:.2f}×, no second hash"
 
-    def runs(ms: list[Measured]) -> str:
+    def call_times(ms: list[Measured]) -> str:
         return ", ".join("/".join(f"{x:.2f}" for x in m.extra["calls_s"]) for m in ms)
 
     per_call = len(sources)
@@ -309,11 +309,12 @@ def _case(
             fmt_s(tb),
             time_ratio,
             time_target if per_tile else "no second hash (wall: info, the warm row's target)",
-            time_ratio <= TIME_TARGET and once if per_tile else once,
+            (time_ratio <= TIME_TARGET and once) if per_tile else once,
             f"{note_runs}{hash_note}; route {g[0].extra['route']} → {g[0].extra['state']}; "
             f"geomesh = cog_translate {fmt_s(translate)} + overhead "
             f"{fmt_s(overhead)} (fastest calls; steps, threads overlap: {breakdown}); "
-            f"runs (s, each call): geomesh {runs(g)}; baseline {runs(b)} (median of the "
+            f"runs (s, each call): geomesh {call_times(g)}; baseline {call_times(b)} "
+            "(median of the "
             f"per-pair ratios {median([x.seconds / y.seconds for x, y in pairs]):.2f}×"
             + (
                 f"; median of all calls {fmt_s(all_g)} vs {fmt_s(all_b)}, {all_g / all_b:.2f}×"
@@ -354,6 +355,7 @@ def one_off_row(label: str, fresh: float, warm: float, translate_s: float) -> Ro
     of the fastest calls' wall time minus their own ``cog_translate``); the difference is
     what the first tile pays once, held to a share of the tile's ``cog_translate``."""
     one_off = fresh - warm
+    share = one_off / translate_s if translate_s > 0 else math.nan
     return Row(
         NAME,
         f"{label}, a new catalog's first tile vs a further tile",
@@ -363,7 +365,7 @@ def one_off_row(label: str, fresh: float, warm: float, translate_s: float) -> Ro
         fresh / warm if warm > 0 else math.nan,
         f"one-off (the difference) ≤ {ONE_OFF_TARGET:.0%} of cog_translate",
         one_off <= ONE_OFF_TARGET * translate_s,
-        f"one-off {fmt_s(one_off)} = {one_off / translate_s:.1%} of a cog_translate of "
+        f"one-off {fmt_s(one_off)} = {share:.1%} of a cog_translate of "
         f"{fmt_s(translate_s)}: the product's registration with its audit event, SQLAlchemy "
         "compiling each statement once for the new engine, the store's new folders; once "
         "per catalog (the compiles once per process), never per tile",
